@@ -1,0 +1,47 @@
+# env.sh: settings shared by deploy/local/{up,down,status}; sourced, not run.
+# Every value can be overridden from the environment.
+LOCAL_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(cd "$LOCAL_ROOT/../.." && pwd)
+
+# The state directory holds both services' data and logs; `down` removes it.
+# It lives outside the checkout because the postgres user must be able to
+# reach it, and a checkout under /root is not reachable for that user.
+STATE=${OUTBOX_LOCAL_STATE:-/var/tmp/outbox-relay-local}
+PG_PORT=${OUTBOX_PG_PORT:-55432}
+PG_DB=${OUTBOX_PG_DB:-outbox}
+KAFKA_PORT=${OUTBOX_KAFKA_PORT:-19092}
+KAFKA_CONTROLLER_PORT=${OUTBOX_KAFKA_CONTROLLER_PORT:-19093}
+KAFKA_HEAP=${OUTBOX_KAFKA_HEAP:-512m}
+
+# Jars are cached per pom.xml content, outside $STATE, so `down` keeps them
+# and a second `up` downloads nothing.
+CACHE=${OUTBOX_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/outbox-relay}
+POM="$LOCAL_ROOT/kafka/pom.xml"
+KAFKA_JARS="$CACHE/kafka-jars-$(sha256sum "$POM" | cut -c1-16)"
+
+PG_BIN=/usr/lib/postgresql/15/bin
+PG_DATA="$STATE/pg-data"
+PG_SOCK="$STATE/pg-run"
+PG_URL="postgresql://postgres@127.0.0.1:$PG_PORT/$PG_DB"
+KAFKA_BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
+KAFKA_PIDFILE="$STATE/kafka.pid"
+# Debian's python3, which has the Debian-packaged confluent_kafka and psycopg2
+# (a python3 earlier on PATH, e.g. from pyenv, may have neither).
+PY=/usr/bin/python3
+
+as_postgres() {
+	if [ "$(id -un)" = postgres ]; then "$@"; else runuser -u postgres -- "$@"; fi
+}
+
+pg_running() {
+	[ -f "$PG_DATA/postmaster.pid" ] && as_postgres "$PG_BIN/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1
+}
+
+kafka_pid() {
+	local pid
+	[ -f "$KAFKA_PIDFILE" ] || return 1
+	pid=$(cat "$KAFKA_PIDFILE")
+	# The pid must still be our broker, not a recycled number.
+	grep -q 'kafka.Kafka' "/proc/$pid/cmdline" 2>/dev/null || return 1
+	echo "$pid"
+}
