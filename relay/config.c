@@ -1,0 +1,441 @@
+/* config.c: one table of options drives defaults, types, ranges, validation
+ * and the refusal of unknown keys; environment overrides for secrets. */
+#include <errno.h>
+#include <libconfig.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+
+enum opt_type { OPT_INT, OPT_INT64, OPT_BOOL, OPT_STRING, OPT_CHOICE, OPT_STRLIST };
+
+struct option {
+	const char *path;       /* "group.key" */
+	enum opt_type type;
+	size_t offset;          /* into struct config */
+	const char *def_str;    /* OPT_STRING, OPT_CHOICE */
+	long long def_int;      /* OPT_INT, OPT_INT64, OPT_BOOL */
+	long long min, max;     /* OPT_INT, OPT_INT64; for OPT_STRING, min is the minimum length */
+	const char *const *choices;
+};
+
+#define OFF(field) offsetof(struct config, field)
+
+static const char *const db_ahead_choices[] = {"refuse", "trust-database", NULL};
+static const char *const log_level_choices[] = {"debug", "info", "warning", "error", NULL};
+static const char *const log_format_choices[] = {"text", "json", NULL};
+
+/* The single source of truth; conf/relay.conf documents each entry. */
+static const struct option options[] = {
+	{"relay.name", OPT_STRING, OFF(relay_name), NULL, 0, 1, 0, NULL},
+	{"relay.owner", OPT_STRING, OFF(owner), "", 0, 0, 0, NULL},
+	{"relay.lease_ttl_ms", OPT_INT, OFF(lease_ttl_ms), NULL, 10000, 1000, 600000, NULL},
+	{"relay.allow_other_names", OPT_BOOL, OFF(allow_other_names), NULL, 0, 0, 0, NULL},
+	{"relay.on_database_ahead", OPT_CHOICE, OFF(on_database_ahead), "refuse", 0, 0, 0,
+	 db_ahead_choices},
+	{"postgres.conninfo", OPT_STRING, OFF(pg_conninfo), "", 0, 0, 0, NULL},
+	{"postgres.statement_timeout_ms", OPT_INT, OFF(pg_statement_timeout_ms), NULL, 30000, 0,
+	 3600000, NULL},
+	{"kafka.bootstrap_servers", OPT_STRING, OFF(kafka_bootstrap), NULL, 0, 1, 0, NULL},
+	{"kafka.checkpoint_topic", OPT_STRING, OFF(checkpoint_topic), "outbox-relay.checkpoints", 0,
+	 1, 0, NULL},
+	{"kafka.checkpoint_replication_factor", OPT_INT, OFF(checkpoint_replication_factor), NULL, 1,
+	 1, 32, NULL},
+	{"kafka.transaction_timeout_ms", OPT_INT, OFF(transaction_timeout_ms), NULL, 60000, 1000,
+	 900000, NULL},
+	{"kafka.commit_timeout_ms", OPT_INT, OFF(commit_timeout_ms), NULL, 30000, 1000, 900000,
+	 NULL},
+	{"kafka.properties", OPT_STRLIST, OFF(kafka_props), NULL, 0, 0, 0, NULL},
+	{"batch.max_rows", OPT_INT, OFF(batch_max_rows), NULL, 10000, 1, 1000000, NULL},
+	{"batch.max_bytes", OPT_INT64, OFF(batch_max_bytes), NULL, 16 << 20, 1024, 1LL << 31, NULL},
+	{"batch.max_wait_ms", OPT_INT, OFF(batch_max_wait_ms), NULL, 0, 0, 60000, NULL},
+	{"batch.poll_interval_ms", OPT_INT, OFF(poll_interval_ms), NULL, 200, 1, 60000, NULL},
+	{"batch.notify", OPT_BOOL, OFF(notify), NULL, 1, 0, 0, NULL},
+	{"log.level", OPT_CHOICE, OFF(log_level), "info", 0, 0, 0, log_level_choices},
+	{"log.format", OPT_CHOICE, OFF(log_format), "text", 0, 0, 0, log_format_choices},
+};
+
+static const char *const groups[] = {"relay", "postgres", "kafka", "batch", "log"};
+
+struct loader {
+	const char *name;
+	char *errbuf;
+	size_t errlen;
+};
+
+PRINTF(4, 5)
+static void fail(struct loader *ld, const config_setting_t *s, const char *key, const char *fmt,
+		 ...)
+{
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (s && config_setting_source_line(s) > 0)
+		snprintf(ld->errbuf, ld->errlen, "%s:%u: %s: %s", ld->name,
+			 config_setting_source_line(s), key, msg);
+	else
+		snprintf(ld->errbuf, ld->errlen, "%s: %s: %s", ld->name, key, msg);
+}
+
+static const struct option *option_find(const char *path)
+{
+	for (size_t i = 0; i < ARRAY_LEN(options); i++)
+		if (strcmp(options[i].path, path) == 0)
+			return &options[i];
+	return NULL;
+}
+
+static void set_defaults(struct config *cfg)
+{
+	for (size_t i = 0; i < ARRAY_LEN(options); i++) {
+		const struct option *o = &options[i];
+		char *field = (char *)cfg + o->offset;
+		switch (o->type) {
+		case OPT_INT:
+		case OPT_BOOL:
+			if (o->type == OPT_BOOL)
+				*(bool *)field = o->def_int != 0;
+			else
+				*(int *)field = (int)o->def_int;
+			break;
+		case OPT_INT64:
+			*(int64_t *)field = o->def_int;
+			break;
+		case OPT_STRING:
+			*(char **)field = xstrdup(o->def_str);
+			break;
+		case OPT_CHOICE:
+			for (int k = 0; o->choices[k]; k++)
+				if (strcmp(o->choices[k], o->def_str) == 0)
+					*(int *)field = k;
+			break;
+		case OPT_STRLIST:
+			break;
+		}
+	}
+}
+
+static const char *type_name(int t)
+{
+	switch (t) {
+	case CONFIG_TYPE_INT:
+	case CONFIG_TYPE_INT64:
+		return "an integer";
+	case CONFIG_TYPE_FLOAT:
+		return "a float";
+	case CONFIG_TYPE_STRING:
+		return "a string";
+	case CONFIG_TYPE_BOOL:
+		return "a boolean";
+	case CONFIG_TYPE_GROUP:
+		return "a group";
+	case CONFIG_TYPE_ARRAY:
+		return "an array";
+	case CONFIG_TYPE_LIST:
+		return "a list";
+	}
+	return "unknown";
+}
+
+static int apply_strlist(struct loader *ld, const struct option *o, config_setting_t *s,
+			 struct config *cfg)
+{
+	int n = config_setting_length(s);
+
+	if (config_setting_type(s) != CONFIG_TYPE_ARRAY && config_setting_type(s) != CONFIG_TYPE_LIST) {
+		fail(ld, s, o->path, "expected an array of \"name=value\" strings, got %s",
+		     type_name(config_setting_type(s)));
+		return -1;
+	}
+	cfg->kafka_props = xcalloc((size_t)n + 1, sizeof(char *));
+	for (int i = 0; i < n; i++) {
+		config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+		const char *v = config_setting_get_string(e);
+		const char *eq = v ? strchr(v, '=') : NULL;
+		if (!v || !eq || eq == v) {
+			fail(ld, e, o->path, "element %d: expected a \"name=value\" string", i + 1);
+			return -1;
+		}
+		cfg->kafka_props[cfg->n_kafka_props++] = xstrdup(v);
+	}
+	return 0;
+}
+
+static int apply_option(struct loader *ld, const struct option *o, config_setting_t *s,
+			struct config *cfg)
+{
+	char *field = (char *)cfg + o->offset;
+	int t = config_setting_type(s);
+	long long v;
+
+	switch (o->type) {
+	case OPT_INT:
+	case OPT_INT64:
+		if (t != CONFIG_TYPE_INT && t != CONFIG_TYPE_INT64) {
+			fail(ld, s, o->path, "expected an integer, got %s", type_name(t));
+			return -1;
+		}
+		v = config_setting_get_int64(s);
+		if (v < o->min || v > o->max) {
+			fail(ld, s, o->path, "%lld is out of range (%lld..%lld)", v, o->min, o->max);
+			return -1;
+		}
+		if (o->type == OPT_INT)
+			*(int *)field = (int)v;
+		else
+			*(int64_t *)field = v;
+		return 0;
+	case OPT_BOOL:
+		if (t != CONFIG_TYPE_BOOL) {
+			fail(ld, s, o->path, "expected true or false, got %s", type_name(t));
+			return -1;
+		}
+		*(bool *)field = config_setting_get_bool(s) != 0;
+		return 0;
+	case OPT_STRING:
+		if (t != CONFIG_TYPE_STRING) {
+			fail(ld, s, o->path, "expected a string, got %s", type_name(t));
+			return -1;
+		}
+		if ((long long)strlen(config_setting_get_string(s)) < o->min) {
+			fail(ld, s, o->path, "must not be empty");
+			return -1;
+		}
+		free(*(char **)field);
+		*(char **)field = xstrdup(config_setting_get_string(s));
+		return 0;
+	case OPT_CHOICE: {
+		char allowed[256] = "";
+		if (t == CONFIG_TYPE_STRING) {
+			for (int k = 0; o->choices[k]; k++) {
+				if (strcmp(o->choices[k], config_setting_get_string(s)) == 0) {
+					*(int *)field = k;
+					return 0;
+				}
+			}
+		}
+		for (int k = 0; o->choices[k]; k++) {
+			strncat(allowed, k ? ", " : "", sizeof(allowed) - strlen(allowed) - 1);
+			strncat(allowed, o->choices[k], sizeof(allowed) - strlen(allowed) - 1);
+		}
+		if (t == CONFIG_TYPE_STRING)
+			fail(ld, s, o->path, "\"%s\" is not one of: %s", config_setting_get_string(s),
+			     allowed);
+		else
+			fail(ld, s, o->path, "expected a string (one of: %s), got %s", allowed,
+			     type_name(t));
+		return -1;
+	}
+	case OPT_STRLIST:
+		return apply_strlist(ld, o, s, cfg);
+	}
+	return -1;
+}
+
+/* Walk every setting in the file: each must be a known group or option. */
+static int apply_settings(struct loader *ld, config_t *lc, struct config *cfg)
+{
+	config_setting_t *root = config_root_setting(lc);
+	char path[256];
+
+	for (int i = 0; i < config_setting_length(root); i++) {
+		config_setting_t *g = config_setting_get_elem(root, (unsigned)i);
+		const char *gname = config_setting_name(g);
+		bool known = false;
+
+		for (size_t k = 0; k < ARRAY_LEN(groups); k++)
+			known = known || strcmp(groups[k], gname) == 0;
+		if (!known) {
+			fail(ld, g, gname, "unknown group (expected one of: relay, postgres, kafka, batch, log)");
+			return -1;
+		}
+		if (config_setting_type(g) != CONFIG_TYPE_GROUP) {
+			fail(ld, g, gname, "expected a group { ... }, got %s",
+			     type_name(config_setting_type(g)));
+			return -1;
+		}
+		for (int j = 0; j < config_setting_length(g); j++) {
+			config_setting_t *s = config_setting_get_elem(g, (unsigned)j);
+			const struct option *o;
+
+			snprintf(path, sizeof(path), "%s.%s", gname, config_setting_name(s));
+			o = option_find(path);
+			if (!o) {
+				fail(ld, s, path, "unknown option");
+				return -1;
+			}
+			if (apply_option(ld, o, s, cfg) < 0)
+				return -1;
+		}
+	}
+	return 0;
+}
+
+/* Secrets come from the environment so the file can be world-readable. */
+static void apply_env(struct config *cfg)
+{
+	const char *v;
+
+	if ((v = getenv("OUTBOX_PG_CONNINFO")) && *v) {
+		free(cfg->pg_conninfo);
+		cfg->pg_conninfo = xstrdup(v);
+	}
+	if ((v = getenv("OUTBOX_KAFKA_BOOTSTRAP_SERVERS")) && *v) {
+		free(cfg->kafka_bootstrap);
+		cfg->kafka_bootstrap = xstrdup(v);
+	}
+	static const char *const sasl[][2] = {
+		{"OUTBOX_KAFKA_SASL_USERNAME", "sasl.username"},
+		{"OUTBOX_KAFKA_SASL_PASSWORD", "sasl.password"},
+	};
+	for (size_t i = 0; i < ARRAY_LEN(sasl); i++) {
+		char *kv;
+		size_t len;
+
+		if (!(v = getenv(sasl[i][0])) || !*v)
+			continue;
+		len = strlen(sasl[i][1]) + strlen(v) + 2;
+		kv = xmalloc(len);
+		snprintf(kv, len, "%s=%s", sasl[i][1], v);
+		cfg->kafka_props = xrealloc(cfg->kafka_props,
+					    ((size_t)cfg->n_kafka_props + 2) * sizeof(char *));
+		cfg->kafka_props[cfg->n_kafka_props++] = kv;
+		cfg->kafka_props[cfg->n_kafka_props] = NULL;
+	}
+}
+
+static int check_required(struct loader *ld, struct config *cfg)
+{
+	if (!cfg->relay_name) {
+		fail(ld, NULL, "relay.name", "missing (required)");
+		return -1;
+	}
+	if (!cfg->kafka_bootstrap) {
+		fail(ld, NULL, "kafka.bootstrap_servers",
+		     "missing (required; or set OUTBOX_KAFKA_BOOTSTRAP_SERVERS)");
+		return -1;
+	}
+	/* The relay name becomes a Kafka record key and transactional.id and is
+	 * matched in SQL; keep it to a printable, unsurprising alphabet. */
+	for (const char *p = cfg->relay_name; *p; p++) {
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+		      (*p >= '0' && *p <= '9') || *p == '.' || *p == '_' || *p == '-')) {
+			fail(ld, NULL, "relay.name",
+			     "\"%s\" may contain only letters, digits, '.', '_' and '-'",
+			     cfg->relay_name);
+			return -1;
+		}
+	}
+	if (cfg->commit_timeout_ms > cfg->transaction_timeout_ms) {
+		fail(ld, NULL, "kafka.commit_timeout_ms",
+		     "%d must not exceed kafka.transaction_timeout_ms (%d)", cfg->commit_timeout_ms,
+		     cfg->transaction_timeout_ms);
+		return -1;
+	}
+	return 0;
+}
+
+static struct config *load(config_t *lc, bool ok, const char *name, char *errbuf, size_t errlen)
+{
+	struct loader ld = {name, errbuf, errlen};
+	struct config *cfg;
+
+	if (!ok) {
+		snprintf(errbuf, errlen, "%s:%d: %s", config_error_file(lc) ? config_error_file(lc) : name,
+			 config_error_line(lc), config_error_text(lc));
+		return NULL;
+	}
+	cfg = xcalloc(1, sizeof(*cfg));
+	cfg->path = xstrdup(name);
+	set_defaults(cfg);
+	if (apply_settings(&ld, lc, cfg) < 0)
+		goto fail;
+	apply_env(cfg);
+	/* Re-check after the environment so a variable can supply a required value. */
+	if (check_required(&ld, cfg) < 0)
+		goto fail;
+	return cfg;
+fail:
+	config_free(cfg);
+	return NULL;
+}
+
+struct config *config_load(const char *path, char *errbuf, size_t errlen)
+{
+	config_t lc;
+	struct config *cfg;
+	FILE *f = fopen(path, "r");
+
+	if (!f) {
+		snprintf(errbuf, errlen, "could not open configuration file \"%s\": %s", path,
+			 strerror(errno));
+		return NULL;
+	}
+	config_init(&lc);
+	cfg = load(&lc, config_read(&lc, f) == CONFIG_TRUE, path, errbuf, errlen);
+	config_destroy(&lc);
+	fclose(f);
+	return cfg;
+}
+
+struct config *config_load_string(const char *text, const char *name, char *errbuf, size_t errlen)
+{
+	config_t lc;
+	struct config *cfg;
+
+	config_init(&lc);
+	cfg = load(&lc, config_read_string(&lc, text) == CONFIG_TRUE, name, errbuf, errlen);
+	config_destroy(&lc);
+	return cfg;
+}
+
+void config_free(struct config *cfg)
+{
+	if (!cfg)
+		return;
+	for (size_t i = 0; i < ARRAY_LEN(options); i++)
+		if (options[i].type == OPT_STRING)
+			free(*(char **)((char *)cfg + options[i].offset));
+	for (int i = 0; i < cfg->n_kafka_props; i++)
+		free(cfg->kafka_props[i]);
+	free(cfg->kafka_props);
+	free(cfg->path);
+	free(cfg);
+}
+
+void config_log(const struct config *cfg)
+{
+	for (size_t i = 0; i < ARRAY_LEN(options); i++) {
+		const struct option *o = &options[i];
+		const char *field = (const char *)cfg + o->offset;
+		switch (o->type) {
+		case OPT_INT:
+			log_debug("config %s = %d", o->path, *(const int *)field);
+			break;
+		case OPT_INT64:
+			log_debug("config %s = %lld", o->path, (long long)*(const int64_t *)field);
+			break;
+		case OPT_BOOL:
+			log_debug("config %s = %s", o->path, *(const bool *)field ? "true" : "false");
+			break;
+		case OPT_STRING:
+			/* conninfo may hold a password */
+			log_debug("config %s = \"%s\"", o->path,
+				  strcmp(o->path, "postgres.conninfo") == 0 ? "(hidden)"
+									    : *(char *const *)field);
+			break;
+		case OPT_CHOICE:
+			log_debug("config %s = %s", o->path, o->choices[*(const int *)field]);
+			break;
+		case OPT_STRLIST:
+			log_debug("config %s = %d entries", o->path, cfg->n_kafka_props);
+			break;
+		}
+	}
+}

@@ -1,0 +1,64 @@
+/* config.h: the relay's settings, read from a libconfig file that one
+ * option table validates (types, ranges, unknown keys) */
+#ifndef OUTBOX_CONFIG_H
+#define OUTBOX_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common.h"
+#include "log.h"
+
+enum db_ahead_policy { DB_AHEAD_REFUSE, DB_AHEAD_TRUST_DATABASE };
+
+struct config {
+	char *path;
+
+	/* relay */
+	char *relay_name;    /* also the Kafka transactional.id */
+	char *owner;         /* lease owner; "" = host:pid:random */
+	int lease_ttl_ms;
+	bool allow_other_names;
+	int on_database_ahead; /* enum db_ahead_policy */
+
+	/* postgres */
+	char *pg_conninfo;   /* "" = libpq's PG* environment */
+	int pg_statement_timeout_ms;
+
+	/* kafka */
+	char *kafka_bootstrap;
+	char *checkpoint_topic;
+	int checkpoint_replication_factor;
+	int transaction_timeout_ms;
+	int commit_timeout_ms;
+	char **kafka_props;  /* "name=value", passed to librdkafka as is */
+	int n_kafka_props;
+
+	/* batch */
+	int batch_max_rows;
+	int64_t batch_max_bytes;
+	int batch_max_wait_ms;
+	int poll_interval_ms;
+	bool notify;
+
+	/* log */
+	int log_level;       /* enum log_level */
+	int log_format;      /* enum log_format */
+};
+
+/* Read and validate `path`. On success returns a new config (owned by the
+ * caller, free with config_free) with environment overrides applied; on error
+ * returns NULL and writes "file:line: key: problem" into errbuf. */
+struct config *config_load(const char *path, char *errbuf, size_t errlen) MUSTCHECK;
+
+/* Same from a string (the unit tests' entry point); `name` stands for the
+ * file in messages. */
+struct config *config_load_string(const char *text, const char *name, char *errbuf,
+				  size_t errlen) MUSTCHECK;
+
+void config_free(struct config *cfg);
+
+/* Write every option with its value (secrets masked) through the logger. */
+void config_log(const struct config *cfg);
+
+#endif

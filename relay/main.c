@@ -1,0 +1,225 @@
+/* main.c: command line, signals, and the start-up order of the daemon */
+#include <getopt.h>
+#include <libpq-fe.h>
+#include <librdkafka/rdkafka.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "crash.h"
+#include "log.h"
+#include "outbox.h"
+#include "publisher.h"
+#include "relay.h"
+#include "version.h"
+
+#define DEFAULT_CONFIG "/etc/outbox-relay/relay.conf"
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"outbox-relay %s: moves outbox rows from PostgreSQL to Kafka exactly once\n"
+		"\n"
+		"Usage: outbox-relay [COMMAND] [-c FILE]\n"
+		"\n"
+		"Commands:\n"
+		"  run       relay until stopped (the default)\n"
+		"  check     validate the configuration, reach PostgreSQL and Kafka, check the\n"
+		"            outbox schema version\n"
+		"  status    print the relay's position, lease owner, generation and lag\n"
+		"\n"
+		"Options:\n"
+		"  -c, --config FILE   configuration file (default: $OUTBOX_RELAY_CONFIG or\n"
+		"                      " DEFAULT_CONFIG ")\n"
+		"  -V, --version       print the version and the linked library versions\n"
+		"  -h, --help          print this help\n"
+		"\n"
+		"Exit codes: 0 stopped cleanly, 1 configuration or start-up error, 2 usage,\n"
+		"3 fenced (another relay took over), 4 stopped on a poison row,\n"
+		"5 positions disagree (operator decision needed; see README.md).\n",
+		OUTBOX_RELAY_VERSION);
+}
+
+static void print_version(void)
+{
+	int pq = PQlibVersion();
+
+	printf("outbox-relay %s\nlibpq %d.%d\nlibrdkafka %s\n", OUTBOX_RELAY_VERSION, pq / 10000,
+	       pq % 10000, rd_kafka_version_str());
+}
+
+static void on_stop_signal(int sig)
+{
+	static const char msg[] = "second stop signal: exiting at once\n";
+
+	(void)sig;
+	if (relay_stop_requested) {
+		if (write(STDERR_FILENO, msg, sizeof(msg) - 1) < 0)
+			_exit(EXIT_STARTUP);
+		_exit(EXIT_STARTUP);
+	}
+	relay_stop_requested = 1;
+}
+
+static void install_signals(void)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_stop_signal;
+	sigemptyset(&sa.sa_mask);
+	/* no SA_RESTART: a signal must cut a sleep or a select short */
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	sa.sa_handler = SIG_IGN;
+	sigaction(SIGPIPE, &sa, NULL);
+}
+
+/* check: every step is reported; the exit code says whether all passed. */
+static int cmd_check(const struct config *cfg)
+{
+	char err[1024];
+	struct outbox *ob;
+	rd_kafka_conf_t *conf;
+	rd_kafka_t *rk;
+	const struct rd_kafka_metadata *md;
+	rd_kafka_resp_err_t kerr;
+	int version = 0, failed = 0;
+
+	printf("config %s: ok (relay \"%s\")\n", cfg->path, cfg->relay_name);
+	ob = outbox_connect(cfg, err, sizeof(err));
+	if (!ob) {
+		printf("postgresql: FAILED: %s\n", err);
+		failed++;
+	} else if (outbox_schema_version(ob, &version) != OB_OK) {
+		printf("postgresql: FAILED: %s (is sql/install.sql installed?)\n",
+		       outbox_errstr(ob));
+		failed++;
+	} else if (version != OUTBOX_SCHEMA_VERSION) {
+		printf("postgresql: FAILED: outbox schema version %d, this relay needs %d\n",
+		       version, OUTBOX_SCHEMA_VERSION);
+		failed++;
+	} else {
+		printf("postgresql: ok (outbox schema version %d)\n", version);
+	}
+	outbox_free(ob);
+
+	conf = kafka_conf_new(cfg, err, sizeof(err));
+	if (!conf) {
+		printf("kafka: FAILED: %s\n", err);
+		return EXIT_STARTUP;
+	}
+	rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
+	if (!rk) {
+		rd_kafka_conf_destroy(conf);
+		printf("kafka: FAILED: %s\n", err);
+		return EXIT_STARTUP;
+	}
+	kerr = rd_kafka_metadata(rk, 1, NULL, &md, 10000);
+	if (kerr) {
+		printf("kafka: FAILED: %s: %s\n", cfg->kafka_bootstrap, rd_kafka_err2str(kerr));
+		failed++;
+	} else {
+		bool has_ckpt = false;
+		for (int i = 0; i < md->topic_cnt; i++)
+			has_ckpt = has_ckpt || strcmp(md->topics[i].topic, cfg->checkpoint_topic) == 0;
+		printf("kafka: ok (%d broker(s); checkpoint topic \"%s\" %s)\n", md->broker_cnt,
+		       cfg->checkpoint_topic, has_ckpt ? "exists" : "will be created on start");
+		rd_kafka_metadata_destroy(md);
+	}
+	rd_kafka_destroy(rk);
+	return failed ? EXIT_STARTUP : EXIT_OK;
+}
+
+static int cmd_status(const struct config *cfg)
+{
+	char err[1024];
+	struct outbox *ob = outbox_connect(cfg, err, sizeof(err));
+	int st;
+
+	if (!ob) {
+		fprintf(stderr, "outbox-relay: %s\n", err);
+		return EXIT_STARTUP;
+	}
+	st = outbox_status_print(ob, stdout);
+	if (st != OB_OK)
+		fprintf(stderr, "outbox-relay: %s\n", outbox_errstr(ob));
+	outbox_free(ob);
+	return st == OB_OK ? EXIT_OK : EXIT_STARTUP;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{"config", required_argument, NULL, 'c'},
+		{"version", no_argument, NULL, 'V'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	const char *path = getenv("OUTBOX_RELAY_CONFIG");
+	const char *cmd = "run";
+	char err[1024];
+	struct config *cfg;
+	int c, ex;
+
+	if (!path || !*path)
+		path = DEFAULT_CONFIG;
+	while ((c = getopt_long(argc, argv, "+c:Vh", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'c':
+			path = optarg;
+			break;
+		case 'V':
+			print_version();
+			return EXIT_OK;
+		case 'h':
+			usage(stdout);
+			return EXIT_OK;
+		default:
+			usage(stderr);
+			return EXIT_USAGE;
+		}
+	}
+	if (optind < argc)
+		cmd = argv[optind++];
+	/* options may also follow the command */
+	while ((c = getopt_long(argc, argv, "c:Vh", longopts, NULL)) != -1) {
+		if (c != 'c') {
+			usage(stderr);
+			return EXIT_USAGE;
+		}
+		path = optarg;
+	}
+	if (optind < argc || (strcmp(cmd, "run") && strcmp(cmd, "check") && strcmp(cmd, "status"))) {
+		fprintf(stderr, "outbox-relay: unknown command or argument \"%s\"\n",
+			optind < argc ? argv[optind] : cmd);
+		usage(stderr);
+		return EXIT_USAGE;
+	}
+
+	cfg = config_load(path, err, sizeof(err));
+	if (!cfg) {
+		fprintf(stderr, "outbox-relay: %s\n", err);
+		return EXIT_STARTUP;
+	}
+	log_setup((enum log_level)cfg->log_level, (enum log_format)cfg->log_format);
+	if (strcmp(cmd, "check") == 0)
+		ex = cmd_check(cfg);
+	else if (strcmp(cmd, "status") == 0)
+		ex = cmd_status(cfg);
+	else {
+		install_signals();
+		crash_setup();
+		log_info("outbox-relay %s starting (libpq %d, librdkafka %s), relay \"%s\", config %s",
+			 OUTBOX_RELAY_VERSION, PQlibVersion(), rd_kafka_version_str(),
+			 cfg->relay_name, cfg->path);
+		config_log(cfg);
+		ex = relay_run(cfg);
+		log_info("outbox-relay stopped (exit code %d)", ex);
+	}
+	config_free(cfg);
+	return ex;
+}

@@ -1,0 +1,490 @@
+/* outbox.c: the relay's PostgreSQL connection. Every statement is a call of
+ * an outbox.* function (sql/); pages come back in binary to skip parsing. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <libpq-fe.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/select.h>
+
+#include "log.h"
+#include "outbox.h"
+
+struct outbox {
+	const struct config *cfg;
+	PGconn *conn;
+	char errstr[1024];
+};
+
+const char *ob_status_str(int st)
+{
+	switch (st) {
+	case OB_OK:
+		return "ok";
+	case OB_TRANSIENT:
+		return "transient";
+	case OB_FAILED:
+		return "failed";
+	case OB_FENCED:
+		return "fenced";
+	case OB_BACKWARDS:
+		return "backwards";
+	case OB_REGRESSION:
+		return "regression";
+	case OB_OTHER_NAME:
+		return "other-name";
+	case OB_UNKNOWN_RELAY:
+		return "unknown-relay";
+	}
+	return "?";
+}
+
+static void notice_processor(void *arg, const char *message)
+{
+	(void)arg;
+	log_write(LOG_INFO, "libpq", "%s", message);
+}
+
+struct outbox *outbox_connect(const struct config *cfg, char *errbuf, size_t errlen)
+{
+	char opts[64];
+	/* Our defaults come before dbname: the values expanded from the user's
+	 * conninfo override them. */
+	const char *keys[] = {"fallback_application_name", "connect_timeout", "keepalives_idle",
+			      "keepalives_interval", "keepalives_count", "options", "dbname", NULL};
+	const char *vals[] = {"outbox-relay", "10", "10", "5", "3", opts, cfg->pg_conninfo, NULL};
+	struct outbox *ob;
+
+	snprintf(opts, sizeof(opts), "-c statement_timeout=%d", cfg->pg_statement_timeout_ms);
+	ob = xcalloc(1, sizeof(*ob));
+	ob->cfg = cfg;
+	ob->conn = PQconnectdbParams(keys, vals, 1);
+	if (PQstatus(ob->conn) != CONNECTION_OK) {
+		snprintf(errbuf, errlen, "could not connect to PostgreSQL: %s",
+			 PQerrorMessage(ob->conn));
+		/* libpq's message ends with a newline */
+		errbuf[strcspn(errbuf, "\n")] = '\0';
+		outbox_free(ob);
+		return NULL;
+	}
+	PQsetNoticeProcessor(ob->conn, notice_processor, NULL);
+	return ob;
+}
+
+void outbox_free(struct outbox *ob)
+{
+	if (!ob)
+		return;
+	PQfinish(ob->conn);
+	free(ob);
+}
+
+const char *outbox_errstr(const struct outbox *ob)
+{
+	return ob->errstr;
+}
+
+bool outbox_connected(const struct outbox *ob)
+{
+	return ob && PQstatus(ob->conn) == CONNECTION_OK;
+}
+
+/* Map a failed result onto enum ob_status and keep its message. */
+static int classify(struct outbox *ob, PGresult *res, const char *what)
+{
+	const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+	const char *msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+	const char *hint = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_HINT) : NULL;
+
+	if (!msg)
+		msg = PQerrorMessage(ob->conn);
+	snprintf(ob->errstr, sizeof(ob->errstr), "%s: %s%s%s", what, msg, hint ? " (hint: " : "",
+		 hint ? hint : "");
+	if (hint)
+		strncat(ob->errstr, ")", sizeof(ob->errstr) - strlen(ob->errstr) - 1);
+	ob->errstr[strcspn(ob->errstr, "\n")] = '\0';
+
+	if (PQstatus(ob->conn) != CONNECTION_OK || !state)
+		return OB_TRANSIENT;
+	if (strcmp(state, "OR001") == 0)
+		return OB_FENCED;
+	if (strcmp(state, "OR002") == 0)
+		return OB_BACKWARDS;
+	if (strcmp(state, "OR003") == 0)
+		return OB_REGRESSION;
+	if (strcmp(state, "OR004") == 0)
+		return OB_OTHER_NAME;
+	if (strcmp(state, "OR005") == 0)
+		return OB_UNKNOWN_RELAY;
+	/* connection exceptions, shutdown, resources, serialization, timeouts */
+	if (strncmp(state, "08", 2) == 0 || strncmp(state, "57P", 3) == 0 ||
+	    strncmp(state, "53", 2) == 0 || strcmp(state, "40001") == 0 ||
+	    strcmp(state, "40P01") == 0 || strcmp(state, "57014") == 0 ||
+	    strcmp(state, "55P03") == 0)
+		return OB_TRANSIENT;
+	return OB_FAILED;
+}
+
+/* Run one statement with text parameters; *out gets the result on success. */
+static int call(struct outbox *ob, const char *sql, int nparams, const char *const *params,
+		int result_format, PGresult **out)
+{
+	PGresult *res = PQexecParams(ob->conn, sql, nparams, NULL, params, NULL, NULL,
+				     result_format);
+	ExecStatusType st = PQresultStatus(res);
+	int rc;
+
+	if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
+		*out = res;
+		return OB_OK;
+	}
+	rc = classify(ob, res, sql);
+	PQclear(res);
+	*out = NULL;
+	return rc;
+}
+
+static int64_t text_i64(const PGresult *res, int row, int col)
+{
+	return PQgetisnull(res, row, col) ? 0 : strtoll(PQgetvalue(res, row, col), NULL, 10);
+}
+
+int outbox_schema_version(struct outbox *ob, int *version)
+{
+	PGresult *res;
+	int rc = call(ob, "SELECT outbox.version()", 0, NULL, 0, &res);
+
+	if (rc == OB_OK) {
+		*version = (int)text_i64(res, 0, 0);
+		PQclear(res);
+	}
+	return rc;
+}
+
+int outbox_lease_acquire(struct outbox *ob, const char *owner, struct lease *lease)
+{
+	char ttl[16];
+	const char *p[4] = {ob->cfg->relay_name, owner, ttl,
+			    ob->cfg->allow_other_names ? "true" : "false"};
+	PGresult *res;
+	int rc;
+
+	snprintf(ttl, sizeof(ttl), "%d", ob->cfg->lease_ttl_ms);
+	rc = call(ob,
+		  "SELECT acquired, generation, owner, expires_in_ms "
+		  "FROM outbox.lease_acquire($1, $2, $3, $4)",
+		  4, p, 0, &res);
+	if (rc != OB_OK)
+		return rc;
+	memset(lease, 0, sizeof(*lease));
+	lease->acquired = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+	lease->generation = text_i64(res, 0, 1);
+	snprintf(lease->owner, sizeof(lease->owner), "%s", PQgetvalue(res, 0, 2));
+	lease->expires_in_ms = text_i64(res, 0, 3);
+	PQclear(res);
+	return OB_OK;
+}
+
+int outbox_lease_renew(struct outbox *ob, int64_t generation, bool *held)
+{
+	char gen[24], ttl[16];
+	const char *p[3] = {ob->cfg->relay_name, gen, ttl};
+	PGresult *res;
+	int rc;
+
+	snprintf(gen, sizeof(gen), "%" PRId64, generation);
+	snprintf(ttl, sizeof(ttl), "%d", ob->cfg->lease_ttl_ms);
+	rc = call(ob, "SELECT outbox.lease_renew($1, $2, $3)", 3, p, 0, &res);
+	if (rc != OB_OK)
+		return rc;
+	*held = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+	PQclear(res);
+	return OB_OK;
+}
+
+int outbox_lease_release(struct outbox *ob, int64_t generation)
+{
+	char gen[24];
+	const char *p[2] = {ob->cfg->relay_name, gen};
+	PGresult *res;
+	int rc;
+
+	snprintf(gen, sizeof(gen), "%" PRId64, generation);
+	rc = call(ob, "SELECT outbox.lease_release($1, $2)", 2, p, 0, &res);
+	if (rc == OB_OK)
+		PQclear(res);
+	return rc;
+}
+
+int outbox_position_get(struct outbox *ob, struct position *pos)
+{
+	const char *p[1] = {ob->cfg->relay_name};
+	PGresult *res;
+	int rc;
+
+	rc = call(ob,
+		  "SELECT generation, batch_seq, pos_done, pos_next, pos_after_id "
+		  "FROM outbox.position_get($1)",
+		  1, p, 0, &res);
+	if (rc != OB_OK)
+		return rc;
+	position_clear(pos);
+	pos->generation = text_i64(res, 0, 0);
+	pos->batch_seq = text_i64(res, 0, 1);
+	pos->done = xstrdup(PQgetvalue(res, 0, 2));
+	pos->next = PQgetisnull(res, 0, 3) ? NULL : xstrdup(PQgetvalue(res, 0, 3));
+	pos->after_id = text_i64(res, 0, 4);
+	PQclear(res);
+	return OB_OK;
+}
+
+int outbox_window_open(struct outbox *ob, char **next)
+{
+	const char *p[1] = {ob->cfg->relay_name};
+	PGresult *res;
+	int rc = call(ob, "SELECT outbox.window_open($1)", 1, p, 0, &res);
+
+	if (rc != OB_OK)
+		return rc;
+	*next = xstrdup(PQgetvalue(res, 0, 0));
+	PQclear(res);
+	return OB_OK;
+}
+
+static int64_t bin_i64(const char *p)
+{
+	uint32_t hi, lo;
+
+	memcpy(&hi, p, 4);
+	memcpy(&lo, p + 4, 4);
+	return (int64_t)(((uint64_t)ntohl(hi) << 32) | ntohl(lo));
+}
+
+static int32_t bin_i32(const char *p)
+{
+	uint32_t v;
+
+	memcpy(&v, p, 4);
+	return (int32_t)ntohl(v);
+}
+
+/*
+ * Walk a one-dimensional text[] in binary array format: ndim, has-nulls
+ * flag, element type, then (size, lower bound) and each element as a length
+ * (-1 for NULL) and its bytes. Returns the element count or -1 if malformed.
+ * elems[i] gets pointer and length; NULL elements come back as NULL.
+ */
+static int bin_text_array(const char *p, int len, const char ***ptrs, size_t **lens)
+{
+	const char *end = p + len;
+	int ndim, n;
+
+	*ptrs = NULL;
+	*lens = NULL;
+	if (len < 12)
+		return -1;
+	ndim = bin_i32(p);
+	if (ndim == 0)
+		return 0;
+	if (ndim != 1 || len < 20)
+		return -1;
+	n = bin_i32(p + 12);
+	if (n < 0)
+		return -1;
+	p += 20;
+	*ptrs = xcalloc((size_t)n, sizeof(char *));
+	*lens = xcalloc((size_t)n, sizeof(size_t));
+	for (int i = 0; i < n; i++) {
+		int32_t el;
+
+		if (end - p < 4)
+			return -1;
+		el = bin_i32(p);
+		p += 4;
+		if (el < 0) {
+			continue;
+		}
+		if (end - p < el)
+			return -1;
+		(*ptrs)[i] = p;
+		(*lens)[i] = (size_t)el;
+		p += el;
+	}
+	return n;
+}
+
+/* Decode the header arrays of one row into b->hdrs. */
+static int decode_headers(struct outbox *ob, PGresult *res, int row, struct batch *b,
+			  struct record *r)
+{
+	const char **names = NULL, **vals = NULL;
+	size_t *nlens = NULL, *vlens = NULL;
+	int nn = 0, nv = 0, rc = OB_OK;
+
+	r->hdr_off = b->nhdrs;
+	r->hdr_count = 0;
+	if (!PQgetisnull(res, row, 4))
+		nn = bin_text_array(PQgetvalue(res, row, 4), PQgetlength(res, row, 4), &names,
+				    &nlens);
+	if (!PQgetisnull(res, row, 5))
+		nv = bin_text_array(PQgetvalue(res, row, 5), PQgetlength(res, row, 5), &vals,
+				    &vlens);
+	if (nn < 0 || nv < 0 || nn != nv) {
+		snprintf(ob->errstr, sizeof(ob->errstr),
+			 "outbox row %" PRId64 ": malformed header arrays from outbox.fetch_page",
+			 r->id);
+		rc = OB_FAILED;
+		goto out;
+	}
+	for (int i = 0; i < nn; i++) {
+		struct record_header *h;
+
+		if (!names[i])
+			continue; /* the SQL side rejects these; never send a nameless header */
+		h = batch_add_header(b);
+		h->name = names[i];
+		h->name_len = nlens[i];
+		h->value = vals[i];
+		h->value_len = vals[i] ? vlens[i] : 0;
+		r->hdr_count++;
+		b->bytes += (int64_t)(h->name_len + h->value_len);
+	}
+out:
+	free(names);
+	free(vals);
+	free(nlens);
+	free(vlens);
+	return rc;
+}
+
+int outbox_fetch_page(struct outbox *ob, const struct position *pos, int max_rows,
+		      int64_t max_bytes, struct batch *b, int *nrows)
+{
+	char after[24], rows[16], bytes[24];
+	const char *p[5] = {pos->done, pos->next, after, rows, bytes};
+	PGresult *res;
+	int rc, n;
+
+	snprintf(after, sizeof(after), "%" PRId64, pos->after_id);
+	snprintf(rows, sizeof(rows), "%d", max_rows);
+	snprintf(bytes, sizeof(bytes), "%" PRId64, max_bytes);
+	rc = call(ob,
+		  "SELECT id, topic, key, payload, header_names, header_values, created_ms "
+		  "FROM outbox.fetch_page($1, $2, $3, $4, $5)",
+		  5, p, 1, &res);
+	if (rc != OB_OK)
+		return rc;
+	n = PQntuples(res);
+	*nrows = n;
+	if (n == 0) {
+		PQclear(res);
+		return OB_OK;
+	}
+	batch_add_page(b, res);
+	for (int i = 0; i < n; i++) {
+		struct record *r = batch_add_record(b);
+
+		r->id = bin_i64(PQgetvalue(res, i, 0));
+		r->topic = PQgetvalue(res, i, 1); /* libpq NUL-terminates binary values too */
+		r->key = PQgetisnull(res, i, 2) ? NULL : PQgetvalue(res, i, 2);
+		r->key_len = (size_t)PQgetlength(res, i, 2);
+		r->payload = PQgetisnull(res, i, 3) ? NULL : PQgetvalue(res, i, 3);
+		r->payload_len = (size_t)PQgetlength(res, i, 3);
+		r->timestamp_ms = PQgetisnull(res, i, 6) ? 0 : bin_i64(PQgetvalue(res, i, 6));
+		b->bytes += (int64_t)(r->key_len + r->payload_len);
+		rc = decode_headers(ob, res, i, b, r);
+		if (rc != OB_OK)
+			return rc;
+	}
+	return OB_OK;
+}
+
+int outbox_advance(struct outbox *ob, int64_t generation, const struct position *pos,
+		   int64_t *deleted)
+{
+	char gen[24], seq[24], after[24];
+	const char *p[6] = {ob->cfg->relay_name, gen, seq, pos->done, pos->next, after};
+	PGresult *res;
+	int rc;
+
+	snprintf(gen, sizeof(gen), "%" PRId64, generation);
+	snprintf(seq, sizeof(seq), "%" PRId64, pos->batch_seq);
+	snprintf(after, sizeof(after), "%" PRId64, pos->after_id);
+	rc = call(ob, "SELECT outbox.advance($1, $2, $3, $4, $5, $6)", 6, p, 0, &res);
+	if (rc != OB_OK)
+		return rc;
+	*deleted = text_i64(res, 0, 0);
+	PQclear(res);
+	return OB_OK;
+}
+
+int outbox_lag(struct outbox *ob, int64_t *rows, int64_t *oldest_age_ms)
+{
+	const char *p[1] = {ob->cfg->relay_name};
+	PGresult *res;
+	int rc = call(ob, "SELECT rows, oldest_age_ms FROM outbox.lag($1)", 1, p, 0, &res);
+
+	if (rc != OB_OK)
+		return rc;
+	*rows = text_i64(res, 0, 0);
+	*oldest_age_ms = text_i64(res, 0, 1);
+	PQclear(res);
+	return OB_OK;
+}
+
+int outbox_status_print(struct outbox *ob, FILE *out)
+{
+	const char *p[1] = {ob->cfg->relay_name};
+	PGresult *res;
+	int rc = call(ob, "SELECT * FROM outbox.status($1)", 1, p, 0, &res);
+
+	if (rc != OB_OK)
+		return rc;
+	for (int r = 0; r < PQntuples(res); r++)
+		for (int c = 0; c < PQnfields(res); c++)
+			fprintf(out, "%-22s %s\n", PQfname(res, c),
+				PQgetisnull(res, r, c) ? "(null)" : PQgetvalue(res, r, c));
+	PQclear(res);
+	return OB_OK;
+}
+
+int outbox_listen(struct outbox *ob)
+{
+	PGresult *res;
+	int rc = call(ob, "LISTEN outbox_event", 0, NULL, 0, &res);
+
+	if (rc == OB_OK)
+		PQclear(res);
+	return rc;
+}
+
+int outbox_wait(struct outbox *ob, int timeout_ms, bool *notified)
+{
+	int sock = PQsocket(ob->conn);
+	fd_set rfds;
+	struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+	PGnotify *n;
+
+	*notified = false;
+	if (sock < 0) {
+		snprintf(ob->errstr, sizeof(ob->errstr), "connection to PostgreSQL lost");
+		return OB_TRANSIENT;
+	}
+	FD_ZERO(&rfds);
+	FD_SET(sock, &rfds);
+	if (select(sock + 1, &rfds, NULL, NULL, &tv) < 0 && errno != EINTR) {
+		snprintf(ob->errstr, sizeof(ob->errstr), "select: %s", strerror(errno));
+		return OB_TRANSIENT;
+	}
+	if (!PQconsumeInput(ob->conn)) {
+		classify(ob, NULL, "waiting for notifications");
+		return OB_TRANSIENT;
+	}
+	while ((n = PQnotifies(ob->conn)) != NULL) {
+		*notified = true;
+		PQfreemem(n);
+	}
+	return OB_OK;
+}

@@ -1,0 +1,73 @@
+/* outbox.h: the libpq side: one connection to the outbox database and the
+ * outbox.* functions the relay calls (sql/, docs/sql.md) */
+#ifndef OUTBOX_OUTBOX_H
+#define OUTBOX_OUTBOX_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "batch.h"
+#include "checkpoint.h"
+#include "common.h"
+#include "config.h"
+
+/* Results of the calls below. Transient errors (connection lost, server
+ * shutting down, timeouts) are worth a reconnect and retry; the others are
+ * answers. */
+enum ob_status {
+	OB_OK = 0,
+	OB_TRANSIENT = -1,     /* reconnect, back off, retry */
+	OB_FAILED = -2,        /* a server error no retry will cure */
+	OB_FENCED = -3,        /* OR001: our generation is stale */
+	OB_BACKWARDS = -4,     /* OR002: the position would go backwards */
+	OB_REGRESSION = -5,    /* OR003: transaction ids behind the position */
+	OB_OTHER_NAME = -6,    /* OR004: another relay name owns this outbox */
+	OB_UNKNOWN_RELAY = -7, /* OR005 */
+};
+
+const char *ob_status_str(int st);
+
+struct outbox;
+
+struct lease {
+	bool acquired;
+	int64_t generation;
+	char owner[256];
+	int64_t expires_in_ms;
+};
+
+/* Connect with cfg->postgres (borrowed; must outlive the result). Returns
+ * NULL with errbuf set when the server cannot be reached. */
+struct outbox *outbox_connect(const struct config *cfg, char *errbuf, size_t errlen) MUSTCHECK;
+void outbox_free(struct outbox *ob);
+/* The last error's text; borrowed until the next call. */
+const char *outbox_errstr(const struct outbox *ob);
+bool outbox_connected(const struct outbox *ob);
+
+int outbox_schema_version(struct outbox *ob, int *version) MUSTCHECK;
+int outbox_lease_acquire(struct outbox *ob, const char *owner, struct lease *lease) MUSTCHECK;
+int outbox_lease_renew(struct outbox *ob, int64_t generation, bool *held) MUSTCHECK;
+int outbox_lease_release(struct outbox *ob, int64_t generation) MUSTCHECK;
+/* The stored position; pos->generation is the lease generation. */
+int outbox_position_get(struct outbox *ob, struct position *pos) MUSTCHECK;
+/* A new window's upper snapshot (pg_current_snapshot()); malloc'd. */
+int outbox_window_open(struct outbox *ob, char **next) MUSTCHECK;
+/* Append the next page of pos's window (pos->next must be set) to b: at
+ * most max_rows rows, cut at max_bytes (the first row always comes). *nrows
+ * is the number appended; 0 means the window is exhausted. */
+int outbox_fetch_page(struct outbox *ob, const struct position *pos, int max_rows,
+		      int64_t max_bytes, struct batch *b, int *nrows) MUSTCHECK;
+/* Fenced, monotone advance to pos, deleting the relayed rows (retention 0). */
+int outbox_advance(struct outbox *ob, int64_t generation, const struct position *pos,
+		   int64_t *deleted) MUSTCHECK;
+int outbox_lag(struct outbox *ob, int64_t *rows, int64_t *oldest_age_ms) MUSTCHECK;
+/* Print outbox.status() as "column: value" lines. */
+int outbox_status_print(struct outbox *ob, FILE *out) MUSTCHECK;
+
+/* LISTEN on the channel of outbox.notify_enable(). */
+int outbox_listen(struct outbox *ob) MUSTCHECK;
+/* Sleep up to timeout_ms or until a NOTIFY arrives (or a signal). */
+int outbox_wait(struct outbox *ob, int timeout_ms, bool *notified) MUSTCHECK;
+
+#endif

@@ -1,0 +1,69 @@
+/* publisher.h: the librdkafka side: one transactional producer that sends a
+ * batch plus its checkpoint record as one Kafka transaction */
+#ifndef OUTBOX_PUBLISHER_H
+#define OUTBOX_PUBLISHER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <librdkafka/rdkafka.h>
+
+#include "batch.h"
+#include "common.h"
+#include "config.h"
+
+/* What a transaction attempt came to, and what the caller must do next. */
+enum pub_status {
+	PUB_OK,      /* committed */
+	PUB_RESEND,  /* aborted cleanly: nothing visible; send the same batch again */
+	PUB_UNKNOWN, /* outcome unknown (timeouts, broker gone): recreate the
+		      * producer, then read the checkpoint to learn the outcome */
+	PUB_FENCED,  /* another producer took our transactional.id: stop */
+	PUB_POISON,  /* a record can never be published: see publisher_poison() */
+	PUB_FATAL,   /* any other fatal producer error: stop */
+};
+
+const char *pub_status_str(enum pub_status st);
+
+struct publisher;
+
+/* A librdkafka configuration with bootstrap.servers, the relay's logger and
+ * cfg->kafka_props applied (in that order, so the file wins). Shared by the
+ * producer, the checkpoint reader and the admin calls. Returns NULL with
+ * errbuf set when a property is refused. The caller owns the result. */
+rd_kafka_conf_t *kafka_conf_new(const struct config *cfg, char *errbuf, size_t errlen) MUSTCHECK;
+
+/* Create the transactional producer (transactional.id = relay name). cfg is
+ * borrowed and must outlive it. Returns NULL with errbuf on a config error. */
+struct publisher *publisher_new(const struct config *cfg, char *errbuf, size_t errlen) MUSTCHECK;
+
+/* rd_kafka_init_transactions: fences older producers with our
+ * transactional.id and settles their open transaction. PUB_OK, PUB_UNKNOWN
+ * (timed out or retriable: call again later), PUB_FENCED or PUB_FATAL. */
+enum pub_status publisher_init(struct publisher *pub) MUSTCHECK;
+
+/* One transaction: every record of b, then the checkpoint record (key =
+ * relay name, value = ckpt_value) to the checkpoint topic; commit. Does not
+ * wait for single deliveries: commit flushes. The batch stays the caller's. */
+enum pub_status publisher_send(struct publisher *pub, const struct batch *b,
+			       const char *ckpt_value) MUSTCHECK;
+
+/* True once a commit or abort timed out or was retried: the producer must be
+ * destroyed and a new one created before the next transaction, so that a
+ * delayed EndTxn cannot land on a later transaction (KAFKA-17754). */
+bool publisher_needs_recreate(const struct publisher *pub);
+
+/* Last error text (after anything but PUB_OK). Borrowed. */
+const char *publisher_errstr(const struct publisher *pub);
+
+/* For PUB_POISON: the outbox id of the row and why. */
+int64_t publisher_poison_id(const struct publisher *pub);
+
+/* The client handle, for admin calls (checkpoint topic). Borrowed. */
+rd_kafka_t *publisher_handle(struct publisher *pub);
+
+/* Destroy without waiting for the broker; an open transaction is left to
+ * the next producer's init_transactions to abort. NULL is a no-op. */
+void publisher_free(struct publisher *pub);
+
+#endif

@@ -1,0 +1,574 @@
+/* relay.c: the relay loop. Kafka decides what was published (the batch and
+ * its checkpoint commit together); PostgreSQL gets a fenced copy afterwards.
+ * Every step that can fail is retried, repaired from the checkpoint, or
+ * stops the process with a code the supervisor understands. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "batch.h"
+#include "checkpoint.h"
+#include "crash.h"
+#include "log.h"
+#include "outbox.h"
+#include "publisher.h"
+#include "relay.h"
+#include "version.h"
+
+volatile sig_atomic_t relay_stop_requested;
+
+struct relay {
+	const struct config *cfg;
+	struct outbox *ob;
+	struct publisher *pub;
+	char owner[256];
+	int64_t generation;
+	int64_t last_renew_ms;
+	int backoff_ms;
+
+	/* The last committed position: in Kafka's checkpoint and, once
+	 * advanced, in the database. Window moves with no rows in them are
+	 * made here only, and reach the copies with the next batch. */
+	struct position pos;
+	/* pos plus the rows gathered in batch: the next checkpoint. */
+	struct position work;
+	struct batch batch;
+};
+
+/* Sleep that a signal cuts short. */
+static void pause_ms(int ms)
+{
+	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+
+	if (!relay_stop_requested)
+		nanosleep(&ts, NULL);
+}
+
+/* Exponential back-off for transient failures: 100 ms doubling to 5 s. */
+static void back_off(struct relay *r)
+{
+	r->backoff_ms = r->backoff_ms ? r->backoff_ms * 2 : 100;
+	if (r->backoff_ms > 5000)
+		r->backoff_ms = 5000;
+	pause_ms(r->backoff_ms);
+}
+
+static void make_owner(struct relay *r)
+{
+	char host[128] = "unknown";
+
+	if (r->cfg->owner[0]) {
+		snprintf(r->owner, sizeof(r->owner), "%s", r->cfg->owner);
+		return;
+	}
+	gethostname(host, sizeof(host) - 1);
+	srand((unsigned)(time(NULL) ^ getpid()));
+	snprintf(r->owner, sizeof(r->owner), "%s:%d:%04x", host, (int)getpid(), rand() & 0xffff);
+}
+
+/* (Re)connect until it works or a stop is requested; false on stop. */
+static bool db_connect(struct relay *r)
+{
+	char err[1024];
+
+	while (!relay_stop_requested) {
+		outbox_free(r->ob);
+		r->ob = outbox_connect(r->cfg, err, sizeof(err));
+		if (r->ob) {
+			r->backoff_ms = 0;
+			if (r->cfg->notify && outbox_listen(r->ob) != OB_OK) {
+				log_warning("could not listen for outbox notifications: %s",
+					    outbox_errstr(r->ob));
+				continue;
+			}
+			return true;
+		}
+		log_warning("%s", err);
+		back_off(r);
+	}
+	return false;
+}
+
+/* Handle a database error from any call: transient ones reconnect (and the
+ * caller retries), answers become exit codes. Returns -1 to retry, or an
+ * exit code. */
+static int db_trouble(struct relay *r, int st, const char *what)
+{
+	switch (st) {
+	case OB_TRANSIENT:
+		log_warning("%s: %s", what, outbox_errstr(r->ob));
+		if (!outbox_connected(r->ob)) {
+			back_off(r);
+			if (!db_connect(r))
+				return EXIT_OK;
+		} else {
+			back_off(r);
+		}
+		return -1;
+	case OB_FENCED:
+		log_error("%s: %s", what, outbox_errstr(r->ob));
+		return EXIT_FENCED;
+	case OB_REGRESSION:
+	case OB_BACKWARDS:
+		log_error("%s: %s", what, outbox_errstr(r->ob));
+		return EXIT_POSITION;
+	default:
+		log_error("%s: %s", what, outbox_errstr(r->ob));
+		return EXIT_STARTUP;
+	}
+}
+
+/* Take the lease, waiting as a standby while another relay holds it.
+ * Returns -1 when acquired, else an exit code. */
+static int take_lease(struct relay *r)
+{
+	struct lease lease;
+	int64_t last_log = 0;
+
+	while (!relay_stop_requested) {
+		int st = outbox_lease_acquire(r->ob, r->owner, &lease);
+		if (st == OB_OTHER_NAME) {
+			log_error("refusing to start: %s", outbox_errstr(r->ob));
+			return EXIT_STARTUP;
+		}
+		if (st != OB_OK) {
+			int ex = db_trouble(r, st, "could not take the lease");
+			if (ex >= 0)
+				return ex;
+			continue;
+		}
+		if (lease.acquired) {
+			r->generation = lease.generation;
+			r->last_renew_ms = now_ms();
+			log_info("lease of relay \"%s\" taken by \"%s\": generation %" PRId64,
+				 r->cfg->relay_name, r->owner, r->generation);
+			return -1;
+		}
+		if (now_ms() - last_log > 30000) {
+			log_info("standby: relay \"%s\" is held by \"%s\"; lease expires in %" PRId64
+				 " ms",
+				 r->cfg->relay_name, lease.owner, lease.expires_in_ms);
+			last_log = now_ms();
+		}
+		/* Poll a little after the expiry we were told, and never rarely. */
+		int wait = (int)lease.expires_in_ms + 50;
+		pause_ms(wait < 50 ? 50 : wait > r->cfg->lease_ttl_ms / 2 ? r->cfg->lease_ttl_ms / 2 : wait);
+	}
+	return EXIT_OK;
+}
+
+/* Renew the lease every third of its TTL. Returns -1 to go on, or an exit code. */
+static int renew_lease(struct relay *r)
+{
+	bool held;
+	int st;
+
+	if (now_ms() - r->last_renew_ms < r->cfg->lease_ttl_ms / 3)
+		return -1;
+	for (;;) {
+		st = outbox_lease_renew(r->ob, r->generation, &held);
+		if (st == OB_OK)
+			break;
+		int ex = db_trouble(r, st, "could not renew the lease");
+		if (ex >= 0)
+			return ex;
+		if (relay_stop_requested)
+			return EXIT_OK;
+	}
+	if (!held) {
+		log_error("lease of relay \"%s\" lost: another relay took over (generation %" PRId64
+			  " is stale); stopping",
+			  r->cfg->relay_name, r->generation);
+		return EXIT_FENCED;
+	}
+	r->last_renew_ms = now_ms();
+	return -1;
+}
+
+/* Advance the database to pos; retried through reconnects. Returns -1 on
+ * success, else an exit code. */
+static int db_advance(struct relay *r, const struct position *pos)
+{
+	int64_t deleted;
+
+	for (;;) {
+		int st = outbox_advance(r->ob, r->generation, pos, &deleted);
+		if (st == OB_OK)
+			break;
+		/* A stop request does not end this loop: the Kafka transaction is
+		 * committed and the copy should follow (a restart would repair it). */
+		int ex = db_trouble(r, st, "could not advance the database position");
+		if (ex >= 0)
+			return ex;
+		if (relay_stop_requested && !outbox_connected(r->ob))
+			return EXIT_OK;
+	}
+	log_debug("advanced to batch %" PRId64 " (after_id %" PRId64 "), deleted %" PRId64 " rows",
+		  pos->batch_seq, pos->after_id, deleted);
+	return -1;
+}
+
+/* Read the checkpoint through retries; -1 on success, else an exit code. */
+static int read_checkpoint(struct relay *r, struct position *ck, bool *found)
+{
+	char err[1024];
+
+	while (!relay_stop_requested) {
+		if (checkpoint_read_last(r->cfg, ck, found, err, sizeof(err)) == 0)
+			return -1;
+		log_warning("%s", err);
+		back_off(r);
+	}
+	return EXIT_OK;
+}
+
+/*
+ * A new producer: init_transactions fences every older producer with our
+ * transactional.id and settles its open transaction, so the checkpoint read
+ * afterwards is final. Returns -1 when ready, else an exit code.
+ */
+static int producer_start(struct relay *r)
+{
+	char err[1024];
+
+	publisher_free(r->pub);
+	r->pub = NULL;
+	while (!relay_stop_requested) {
+		enum pub_status st;
+
+		if (!r->pub) {
+			r->pub = publisher_new(r->cfg, err, sizeof(err));
+			if (!r->pub) {
+				log_error("%s", err);
+				return EXIT_STARTUP;
+			}
+		}
+		st = publisher_init(r->pub);
+		if (st == PUB_OK) {
+			r->backoff_ms = 0;
+			break;
+		}
+		log_warning("%s", publisher_errstr(r->pub));
+		if (st == PUB_FENCED) {
+			log_error("producer fenced while initializing: another relay took over");
+			return EXIT_FENCED;
+		}
+		if (st == PUB_FATAL)
+			return EXIT_STARTUP;
+		back_off(r);
+	}
+	if (relay_stop_requested)
+		return EXIT_OK;
+	while (checkpoint_ensure_topic(publisher_handle(r->pub), r->cfg, err, sizeof(err)) < 0) {
+		log_warning("%s", err);
+		back_off(r);
+		if (relay_stop_requested)
+			return EXIT_OK;
+	}
+	return -1;
+}
+
+/* Start-up reconciliation of the database position with Kafka's checkpoint
+ * (DESIGN §3.3). Sets r->pos. Returns -1 to go on, else an exit code. */
+static int reconcile(struct relay *r)
+{
+	struct position ck = {0}, db = {0};
+	bool found;
+	int ex = -1, st;
+
+	if ((ex = read_checkpoint(r, &ck, &found)) >= 0)
+		goto out;
+	while ((st = outbox_position_get(r->ob, &db)) != OB_OK) {
+		if ((ex = db_trouble(r, st, "could not read the database position")) >= 0)
+			goto out;
+	}
+	ex = -1;
+	if (found && ck.batch_seq > db.batch_seq) {
+		log_warning("checkpoint in Kafka is at batch %" PRId64 ", the database at %" PRId64
+			    ": bringing the database forward (the previous run stopped between "
+			    "the Kafka commit and the database update)",
+			    ck.batch_seq, db.batch_seq);
+		if ((ex = db_advance(r, &ck)) >= 0)
+			goto out;
+		position_copy(&r->pos, &ck);
+	} else if (found && ck.batch_seq == db.batch_seq) {
+		if (!position_equal(&ck, &db)) {
+			char *a = checkpoint_encode(&ck), *b = checkpoint_encode(&db);
+			log_error("checkpoint and database disagree at the same batch: Kafka has "
+				  "\"%s\", the database \"%s\"; refusing to guess",
+				  a, b);
+			free(a);
+			free(b);
+			ex = EXIT_POSITION;
+			goto out;
+		}
+		position_copy(&r->pos, &db);
+	} else if (!found && db.batch_seq == 0) {
+		position_copy(&r->pos, &db); /* a new relay */
+	} else {
+		char detail[128];
+
+		if (found)
+			snprintf(detail, sizeof(detail), "the checkpoint in Kafka is at batch %" PRId64,
+				 ck.batch_seq);
+		else
+			snprintf(detail, sizeof(detail), "there is no checkpoint in Kafka");
+		if (r->cfg->on_database_ahead != DB_AHEAD_TRUST_DATABASE) {
+			log_error("database position is at batch %" PRId64 " but %s: the checkpoint "
+				  "topic \"%s\" was lost or truncated, or the relay name changed. "
+				  "Refusing to guess; after checking, set relay.on_database_ahead = "
+				  "\"trust-database\" to continue from the database position",
+				  db.batch_seq, detail, r->cfg->checkpoint_topic);
+			ex = EXIT_POSITION;
+			goto out;
+		}
+		log_warning("database position is at batch %" PRId64 " but %s; continuing from "
+			    "the database position (relay.on_database_ahead = trust-database)",
+			    db.batch_seq, detail);
+		position_copy(&r->pos, &db);
+	}
+	r->pos.generation = r->generation;
+	log_info("position: batch %" PRId64 ", done %s, next %s, after_id %" PRId64,
+		 r->pos.batch_seq, r->pos.done, r->pos.next ? r->pos.next : "-", r->pos.after_id);
+out:
+	position_clear(&ck);
+	position_clear(&db);
+	return ex;
+}
+
+/*
+ * Gather the next batch into r->batch and r->work: pages of the current
+ * window, then later windows, until max_rows or max_bytes, or the outbox has
+ * nothing more (waiting up to batch.max_wait_ms for more rows). Returns -1
+ * when done (r->batch may be empty: nothing to send), else an exit code.
+ */
+static int fill_batch(struct relay *r)
+{
+	const struct config *cfg = r->cfg;
+	int64_t start = now_ms();
+	int st, n;
+
+	batch_reset(&r->batch);
+	position_copy(&r->work, &r->pos);
+	for (;;) {
+		int rows_left = cfg->batch_max_rows - (int)r->batch.nrecs;
+		int64_t bytes_left = cfg->batch_max_bytes - r->batch.bytes;
+
+		if (rows_left <= 0 || bytes_left <= 0)
+			return -1;
+		if (!r->work.next) {
+			st = outbox_window_open(r->ob, &r->work.next);
+			if (st != OB_OK)
+				goto trouble;
+		}
+		st = outbox_fetch_page(r->ob, &r->work, rows_left, bytes_left, &r->batch, &n);
+		if (st != OB_OK)
+			goto trouble;
+		if (n > 0) {
+			r->work.after_id = r->batch.recs[r->batch.nrecs - 1].id;
+			continue;
+		}
+		position_finish_window(&r->work);
+		if (r->batch.nrecs == 0) {
+			/* Nothing new: keep the finished window in memory only. */
+			position_copy(&r->pos, &r->work);
+			return -1;
+		}
+		if (now_ms() - start >= cfg->batch_max_wait_ms)
+			return -1;
+		bool notified;
+		int wait = cfg->batch_max_wait_ms - (int)(now_ms() - start);
+		st = outbox_wait(r->ob, wait < cfg->poll_interval_ms ? wait : cfg->poll_interval_ms,
+				 &notified);
+		if (st != OB_OK)
+			goto trouble;
+	}
+trouble:
+	/* Nothing was sent: drop the partial batch and start over. */
+	batch_reset(&r->batch);
+	{
+		int ex = db_trouble(r, st, "could not read the outbox");
+		return ex >= 0 ? ex : -1;
+	}
+}
+
+/* After an unknown outcome: a new producer settles the transaction, and
+ * the checkpoint says whether it committed. Sets *committed. Returns -1 to
+ * go on, else an exit code. */
+static int recover_outcome(struct relay *r, bool *committed)
+{
+	struct position ck = {0};
+	bool found;
+	int ex;
+
+	if ((ex = producer_start(r)) >= 0)
+		return ex;
+	if ((ex = read_checkpoint(r, &ck, &found)) >= 0)
+		return ex;
+	*committed = false;
+	if (found && ck.batch_seq == r->work.batch_seq && position_equal(&ck, &r->work)) {
+		*committed = true;
+		log_info("transaction of batch %" PRId64 " turned out committed", ck.batch_seq);
+	} else if ((!found && r->pos.batch_seq == 0) ||
+		   (found && ck.batch_seq == r->pos.batch_seq)) {
+		log_info("transaction of batch %" PRId64 " turned out not committed: sending again",
+			 r->work.batch_seq);
+	} else {
+		log_error("checkpoint in Kafka is at batch %" PRId64 ", expected %" PRId64
+			  " or %" PRId64 ": another writer used relay name \"%s\"",
+			  found ? ck.batch_seq : 0, r->pos.batch_seq, r->work.batch_seq,
+			  r->cfg->relay_name);
+		ex = EXIT_POSITION;
+	}
+	position_clear(&ck);
+	return ex;
+}
+
+/* Publish r->batch as one transaction until it is committed. Returns -1
+ * when committed, else an exit code. */
+static int publish_batch(struct relay *r)
+{
+	char *value;
+	int ex = -1;
+
+	r->work.batch_seq = r->pos.batch_seq + 1;
+	r->work.generation = r->generation;
+	value = checkpoint_encode(&r->work);
+	for (;;) {
+		enum pub_status st;
+		bool committed;
+
+		if (publisher_needs_recreate(r->pub) && (ex = producer_start(r)) >= 0)
+			break;
+		st = publisher_send(r->pub, &r->batch, value);
+		if (st == PUB_OK)
+			break;
+		switch (st) {
+		case PUB_RESEND:
+			log_warning("transaction of batch %" PRId64 " aborted (%s); sending again",
+				    r->work.batch_seq, publisher_errstr(r->pub));
+			back_off(r);
+			continue;
+		case PUB_UNKNOWN:
+			log_warning("outcome of batch %" PRId64 " unknown (%s); recreating the "
+				    "producer to settle it",
+				    r->work.batch_seq, publisher_errstr(r->pub));
+			back_off(r);
+			if ((ex = recover_outcome(r, &committed)) >= 0)
+				goto out;
+			if (committed)
+				goto out;
+			continue;
+		case PUB_FENCED:
+			log_error("%s: another relay took over transactional.id \"%s\"; stopping",
+				  publisher_errstr(r->pub), r->cfg->relay_name);
+			ex = EXIT_FENCED;
+			goto out;
+		case PUB_POISON:
+			log_error("stopped on outbox row %" PRId64 ": %s; nothing after it is "
+				  "published until the row is fixed or removed",
+				  publisher_poison_id(r->pub), publisher_errstr(r->pub));
+			ex = EXIT_POISON;
+			goto out;
+		default:
+			log_error("%s", publisher_errstr(r->pub));
+			ex = EXIT_STARTUP;
+			goto out;
+		}
+	}
+out:
+	r->backoff_ms = 0;
+	free(value);
+	return ex;
+}
+
+static int loop(struct relay *r)
+{
+	int ex;
+
+	while (!relay_stop_requested) {
+		if ((ex = renew_lease(r)) >= 0)
+			return ex;
+		if ((ex = fill_batch(r)) >= 0)
+			return ex;
+		if (r->batch.nrecs == 0) {
+			bool notified;
+			if (outbox_wait(r->ob, r->cfg->poll_interval_ms, &notified) != OB_OK &&
+			    (ex = db_trouble(r, OB_TRANSIENT, "waiting for outbox rows")) >= 0)
+				return ex;
+			continue;
+		}
+		crash_point("after-fetch");
+		if ((ex = publish_batch(r)) >= 0)
+			return ex;
+		crash_point("after-commit");
+		if ((ex = db_advance(r, &r->work)) >= 0)
+			return ex;
+		crash_point("after-advance");
+		log_debug("batch %" PRId64 ": %zu rows committed", r->work.batch_seq,
+			  r->batch.nrecs);
+		position_copy(&r->pos, &r->work);
+		batch_reset(&r->batch);
+		/* A commit that needed retries leaves the producer suspect. */
+		if (publisher_needs_recreate(r->pub) && (ex = producer_start(r)) >= 0)
+			return ex;
+	}
+	return EXIT_OK;
+}
+
+int relay_run(const struct config *cfg)
+{
+	struct relay r = {.cfg = cfg};
+	int version = 0, ex, st;
+
+	make_owner(&r);
+	if (!db_connect(&r))
+		return EXIT_OK;
+	while ((st = outbox_schema_version(r.ob, &version)) != OB_OK) {
+		if (st != OB_TRANSIENT) {
+			log_error("could not read the outbox schema version (is sql/install.sql "
+				  "installed?): %s",
+				  outbox_errstr(r.ob));
+			ex = EXIT_STARTUP;
+			goto out;
+		}
+		if ((ex = db_trouble(&r, st, "could not read the outbox schema version")) >= 0)
+			goto out;
+	}
+	if (version != OUTBOX_SCHEMA_VERSION) {
+		log_error("outbox schema version is %d, this relay needs %d: run sql/install.sql",
+			  version, OUTBOX_SCHEMA_VERSION);
+		ex = EXIT_STARTUP;
+		goto out;
+	}
+
+	/* Order matters (DESIGN §3): the lease bumps our generation first, so
+	 * an older relay can no longer advance the database; init_transactions
+	 * then fences its producer and settles its transaction; only then is
+	 * the checkpoint final and safe to reconcile with. */
+	if ((ex = take_lease(&r)) >= 0)
+		goto out;
+	if ((ex = producer_start(&r)) >= 0)
+		goto out;
+	if ((ex = reconcile(&r)) >= 0)
+		goto out;
+	log_info("relay \"%s\" publishing", cfg->relay_name);
+	ex = loop(&r);
+out:
+	if (r.generation && outbox_connected(r.ob) && ex == EXIT_OK) {
+		/* Let a standby take over at once instead of after the TTL. */
+		if (outbox_lease_release(r.ob, r.generation) != OB_OK)
+			log_warning("could not release the lease: %s", outbox_errstr(r.ob));
+		else
+			log_info("lease released");
+	}
+	publisher_free(r.pub);
+	outbox_free(r.ob);
+	batch_free(&r.batch);
+	position_clear(&r.pos);
+	position_clear(&r.work);
+	return ex;
+}
