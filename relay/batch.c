@@ -1,6 +1,7 @@
 /* batch.c: growable arrays behind struct batch */
 #include <libpq-fe.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "batch.h"
 #include "common.h"
@@ -25,6 +26,7 @@ size_t batch_add_page(struct batch *b, struct pg_result *res)
 struct record *batch_add_record(struct batch *b)
 {
 	b->recs = grow(b->recs, &b->cap_recs, b->nrecs + 1, sizeof(*b->recs));
+	memset(&b->recs[b->nrecs], 0, sizeof(*b->recs));
 	return &b->recs[b->nrecs++];
 }
 

@@ -90,7 +90,9 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 	struct publisher *pub = opaque;
 
 	(void)rk;
-	if (m->err && !pub->dr_err) {
+	/* Purged records only echo the abort; keep the first real cause. */
+	if (m->err && !pub->dr_err && m->err != RD_KAFKA_RESP_ERR__PURGE_QUEUE &&
+	    m->err != RD_KAFKA_RESP_ERR__PURGE_INFLIGHT) {
 		pub->dr_err = m->err;
 		pub->dr_id = (int64_t)(intptr_t)m->_private;
 	}
@@ -350,16 +352,25 @@ static enum pub_status commit(struct publisher *pub)
 			return fatal_status(pub);
 		}
 		if (rd_kafka_error_txn_requires_abort(error)) {
-			rd_kafka_resp_err_t dr = pub->dr_err;
 			rd_kafka_error_destroy(error);
-			if (dr && is_poison(dr)) {
-				pub->poison_id = pub->dr_id;
+			st = abort_txn(pub, PUB_RESEND);
+			/* The failed records' delivery reports say why. */
+			rd_kafka_poll(pub->rk, 0);
+			if (st != PUB_RESEND || !pub->dr_err || !is_poison(pub->dr_err))
+				return st;
+			if (pub->dr_id < 0) {
+				/* The checkpoint record itself was refused: no row
+				 * is to blame and no retry can help. */
 				snprintf(pub->errstr, sizeof(pub->errstr),
-					 "could not deliver outbox row %" PRId64 ": %s", pub->dr_id,
-					 rd_kafka_err2str(dr));
-				return abort_txn(pub, PUB_POISON);
+					 "checkpoint topic \"%s\" refused the checkpoint record: %s",
+					 pub->cfg->checkpoint_topic, rd_kafka_err2str(pub->dr_err));
+				return PUB_FATAL;
 			}
-			return abort_txn(pub, PUB_RESEND);
+			pub->poison_id = pub->dr_id;
+			snprintf(pub->errstr, sizeof(pub->errstr),
+				 "could not deliver outbox row %" PRId64 ": %s", pub->dr_id,
+				 rd_kafka_err2str(pub->dr_err));
+			return PUB_POISON;
 		}
 		pub->needs_recreate = true;
 		st = rd_kafka_error_is_retriable(error) && now_ms() < deadline ? PUB_OK : PUB_UNKNOWN;

@@ -1,0 +1,251 @@
+"""Fixtures for the end-to-end tests: a fresh outbox database per test on the
+local PostgreSQL, unique Kafka topics on the local broker, the relay as a
+real subprocess, and a read_committed reader of whole topics.
+
+deploy/local/up must have run; scripts/test does that and exports
+OUTBOX_PG_URL and OUTBOX_KAFKA_BOOTSTRAP.
+"""
+import os
+import re
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg2
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+ROOT = Path(__file__).resolve().parents[2]
+PG_URL = os.environ.get("OUTBOX_PG_URL", "postgresql://postgres@127.0.0.1:55432/outbox")
+BOOTSTRAP = os.environ.get("OUTBOX_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+RELAY_BIN = os.environ.get("OUTBOX_RELAY_BIN", str(ROOT / "build/relay/outbox-relay"))
+SANITIZED = os.environ.get("OUTBOX_E2E_SANITIZED") == "1"
+QUIET = {"log_level": 0}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "sanitizer: also run against the ASan+UBSan relay build")
+
+
+def pg_url_for(dbname):
+    return urlunsplit(urlsplit(PG_URL)._replace(path="/" + dbname))
+
+
+def psql(url, *args, check=True):
+    return subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", url, *args],
+                          check=check, capture_output=True, text=True)
+
+
+@pytest.fixture
+def outbox_db():
+    """A new database with the outbox schema installed; dropped afterwards."""
+    name = "e2e_" + uuid.uuid4().hex[:10]
+    admin = psycopg2.connect(PG_URL)
+    admin.autocommit = True
+    admin.cursor().execute(f"CREATE DATABASE {name}")
+    url = pg_url_for(name)
+    psql(url, "-f", str(ROOT / "sql/install.sql"))
+    yield url
+    cur = admin.cursor()
+    cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+    cur.execute(f"DROP DATABASE IF EXISTS {name}")
+    admin.close()
+
+
+def create_topics(names, partitions=1, config=None):
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP, **QUIET})
+    futs = admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1,
+                                         config=config or {}) for n in names])
+    for f in futs.values():
+        f.result(30)
+    # wait until the metadata shows every partition with a leader
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        md = admin.list_topics(timeout=5)
+        if all(n in md.topics and len(md.topics[n].partitions) == partitions and
+               all(p.leader >= 0 for p in md.topics[n].partitions.values()) for n in names):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"topics {names} not ready")
+
+
+@pytest.fixture
+def topics():
+    """Factory: topics(n, partitions) -> list of new unique topic names."""
+    def make(n=1, partitions=1):
+        names = [f"e2e-{uuid.uuid4().hex[:8]}-{i}" for i in range(n)]
+        create_topics(names, partitions)
+        return names
+    return make
+
+
+def read_all(topic_names, isolation="read_committed", timeout=120):
+    """Every record of every partition of the topics, from the start to the
+    end (the last stable offset for read_committed). No consumer group."""
+    cons = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": "e2e-unused",
+                     "isolation.level": isolation, "enable.auto.commit": False,
+                     "enable.partition.eof": True, "fetch.wait.max.ms": 50, **QUIET})
+    md = cons.list_topics(timeout=10)
+    parts = [TopicPartition(t, p, OFFSET_BEGINNING)
+             for t in topic_names for p in md.topics[t].partitions]
+    pending = {(tp.topic, tp.partition) for tp in parts}
+    cons.assign(parts)
+    out = []
+    deadline = time.monotonic() + timeout
+    try:
+        while pending:
+            assert time.monotonic() < deadline, f"reading {topic_names} timed out"
+            for m in cons.consume(10000, 0.5):
+                if m.error():
+                    if m.error().code() == KafkaError._PARTITION_EOF:
+                        pending.discard((m.topic(), m.partition()))
+                        continue
+                    raise AssertionError(f"consume error: {m.error()}")
+                out.append(m)
+    finally:
+        cons.close()
+    return out
+
+
+def header(msg, name):
+    for k, v in msg.headers() or []:
+        if k == name:
+            return v
+    return None
+
+
+class Relay:
+    """The relay binary as a subprocess, its stderr in a log file."""
+
+    def __init__(self, config, log_path, env=None):
+        self.config = config
+        self.log_path = log_path
+        self.log = open(log_path, "ab")
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        if SANITIZED:
+            full_env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0:exitcode=86")
+            full_env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1:exitcode=87")
+        self.proc = subprocess.Popen([RELAY_BIN, "run", "-c", str(config)], stdout=self.log,
+                                     stderr=self.log, env=full_env)
+
+    def text(self):
+        return Path(self.log_path).read_text(errors="replace")
+
+    def wait_log(self, pattern, timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if re.search(pattern, self.text()):
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"relay log has no /{pattern}/ (exit {self.proc.poll()}):\n{self.text()}")
+
+    def stop(self, sig=signal.SIGTERM, timeout=60):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.log.close()
+
+    def wait_exit(self, timeout=120):
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.log.close()
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(30)
+        self.log.close()
+
+
+@pytest.fixture
+def relays(tmp_path):
+    """Factory that starts relays and makes sure none outlives the test."""
+    started = []
+
+    def start(config, env=None):
+        r = Relay(config, tmp_path / f"relay-{len(started)}.log", env)
+        started.append(r)
+        return r
+    yield start
+    for r in started:
+        if r.proc.poll() is None:
+            r.kill()
+
+
+def write_config(path, db_url, name, **opts):
+    """A relay.conf for the test; opts are "group.key" -> value overrides."""
+    groups = {
+        "relay": {"name": name, "lease_ttl_ms": 2000},
+        "postgres": {"conninfo": db_url},
+        "kafka": {"bootstrap_servers": BOOTSTRAP, "checkpoint_topic": f"ckpt-{name}",
+                  "transaction_timeout_ms": 20000, "commit_timeout_ms": 10000},
+        "batch": {"poll_interval_ms": 50},
+        "log": {"level": "info"},
+    }
+    for k, v in opts.items():
+        g, key = k.split(".", 1)
+        groups[g][key] = v
+
+    def lit(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int):
+            return str(v) + ("L" if abs(v) > 2**31 - 1 else "")
+        if isinstance(v, list):
+            return "[" + ", ".join(lit(x) for x in v) + "]"
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    text = "".join(f"{g} = {{\n" + "".join(f"  {k} = {lit(v)};\n" for k, v in kv.items()) + "};\n"
+                   for g, kv in groups.items())
+    Path(path).write_text(text)
+    return path
+
+
+def wait_for(pred, timeout=120, what="condition", interval=0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (as its Java client computes it), for partition checks."""
+    m, r = 0x5bd1e995, 24
+    length = len(data)
+    h = (0x9747b28c ^ length) & 0xFFFFFFFF
+    i = 0
+    while length - i >= 4:
+        k = data[i] | (data[i + 1] << 8) | (data[i + 2] << 16) | (data[i + 3] << 24)
+        k = (k * m) & 0xFFFFFFFF
+        k ^= k >> r
+        k = (k * m) & 0xFFFFFFFF
+        h = (h * m) & 0xFFFFFFFF
+        h ^= k
+        i += 4
+    rest = length - i
+    if rest == 3:
+        h ^= data[i + 2] << 16
+    if rest >= 2:
+        h ^= data[i + 1] << 8
+    if rest >= 1:
+        h ^= data[i]
+        h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 15
+    return h
+
+
+def java_partition(key: bytes, partitions: int) -> int:
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
