@@ -38,6 +38,8 @@ struct record_header *batch_add_header(struct batch *b)
 
 void batch_reset(struct batch *b)
 {
+	for (size_t i = 0; i < b->nrecs; i++)
+		free(b->recs[i].dead_reason);
 	for (size_t i = 0; i < b->npages; i++)
 		PQclear(b->pages[i]);
 	b->npages = 0;

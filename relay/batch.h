@@ -27,6 +27,9 @@ struct record {
 	int64_t timestamp_ms;
 	size_t hdr_off;      /* first header in batch.hdrs */
 	size_t hdr_count;
+	/* Set when the record goes to the dead-letter topic instead (owned,
+	 * freed by batch_reset): why it cannot be published. */
+	char *dead_reason;
 };
 
 struct batch {

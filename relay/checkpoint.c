@@ -187,7 +187,8 @@ int checkpoint_decode(const void *buf, size_t len, struct position *pos, char *e
 	return 0;
 }
 
-int checkpoint_ensure_topic(rd_kafka_t *rk, const struct config *cfg, char *errbuf, size_t errlen)
+int kafka_topic_ensure(rd_kafka_t *rk, const char *topic, int rf, bool compact, char *errbuf,
+		       size_t errlen)
 {
 	char rderr[256];
 	rd_kafka_NewTopic_t *nt;
@@ -198,17 +199,17 @@ int checkpoint_ensure_topic(rd_kafka_t *rk, const struct config *cfg, char *errb
 	size_t n;
 	int rc = -1;
 
-	nt = rd_kafka_NewTopic_new(cfg->checkpoint_topic, 1, cfg->checkpoint_replication_factor,
+	nt = rd_kafka_NewTopic_new(topic, 1, rf,
 				   rderr, sizeof(rderr));
 	if (!nt) {
-		snprintf(errbuf, errlen, "could not describe checkpoint topic \"%s\": %s",
-			 cfg->checkpoint_topic, rderr);
+		snprintf(errbuf, errlen, "could not describe topic \"%s\": %s",
+			 topic, rderr);
 		return -1;
 	}
 	/* Compaction keeps the newest checkpoint per relay name for ever. */
-	if (rd_kafka_NewTopic_set_config(nt, "cleanup.policy", "compact") ||
-	    rd_kafka_NewTopic_set_config(nt, "min.compaction.lag.ms", "3600000")) {
-		snprintf(errbuf, errlen, "could not set checkpoint topic config");
+	if (compact && (rd_kafka_NewTopic_set_config(nt, "cleanup.policy", "compact") ||
+			rd_kafka_NewTopic_set_config(nt, "min.compaction.lag.ms", "3600000"))) {
+		snprintf(errbuf, errlen, "could not set topic config");
 		rd_kafka_NewTopic_destroy(nt);
 		return -1;
 	}
@@ -216,26 +217,26 @@ int checkpoint_ensure_topic(rd_kafka_t *rk, const struct config *cfg, char *errb
 	rd_kafka_CreateTopics(rk, &nt, 1, NULL, q);
 	ev = rd_kafka_queue_poll(q, 30000);
 	if (!ev) {
-		snprintf(errbuf, errlen, "could not create checkpoint topic \"%s\": timed out",
-			 cfg->checkpoint_topic);
+		snprintf(errbuf, errlen, "could not create topic \"%s\": timed out",
+			 topic);
 		goto out;
 	}
 	if (rd_kafka_event_error(ev)) {
-		snprintf(errbuf, errlen, "could not create checkpoint topic \"%s\": %s",
-			 cfg->checkpoint_topic, rd_kafka_event_error_string(ev));
+		snprintf(errbuf, errlen, "could not create topic \"%s\": %s",
+			 topic, rd_kafka_event_error_string(ev));
 		goto out;
 	}
 	res = rd_kafka_event_CreateTopics_result(ev);
 	tres = rd_kafka_CreateTopics_result_topics(res, &n);
 	if (n == 1 && rd_kafka_topic_result_error(tres[0]) != RD_KAFKA_RESP_ERR_NO_ERROR &&
 	    rd_kafka_topic_result_error(tres[0]) != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
-		snprintf(errbuf, errlen, "could not create checkpoint topic \"%s\": %s",
-			 cfg->checkpoint_topic, rd_kafka_topic_result_error_string(tres[0]));
+		snprintf(errbuf, errlen, "could not create topic \"%s\": %s",
+			 topic, rd_kafka_topic_result_error_string(tres[0]));
 		goto out;
 	}
 	if (n == 1 && rd_kafka_topic_result_error(tres[0]) == RD_KAFKA_RESP_ERR_NO_ERROR)
-		log_info("created checkpoint topic \"%s\" (compacted, replication factor %d)",
-			 cfg->checkpoint_topic, cfg->checkpoint_replication_factor);
+		log_info("created topic \"%s\" (%s, replication factor %d)", topic,
+			 compact ? "compacted" : "one partition", rf);
 	rc = 0;
 out:
 	if (ev)
@@ -243,6 +244,12 @@ out:
 	rd_kafka_queue_destroy(q);
 	rd_kafka_NewTopic_destroy(nt);
 	return rc;
+}
+
+int checkpoint_ensure_topic(rd_kafka_t *rk, const struct config *cfg, char *errbuf, size_t errlen)
+{
+	return kafka_topic_ensure(rk, cfg->checkpoint_topic, cfg->checkpoint_replication_factor, true,
+				  errbuf, errlen);
 }
 
 /*

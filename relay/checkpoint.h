@@ -48,6 +48,11 @@ char *checkpoint_encode(const struct position *pos);
 int checkpoint_decode(const void *buf, size_t len, struct position *pos, char *errbuf,
 		      size_t errlen) MUSTCHECK;
 
+/* Create `topic` with one partition if it is missing (compacted when
+ * `compact`), through the admin API of `rk`. */
+int kafka_topic_ensure(rd_kafka_t *rk, const char *topic, int rf, bool compact, char *errbuf,
+		       size_t errlen) MUSTCHECK;
+
 /* Create the checkpoint topic (compacted, one partition) if it is missing,
  * through the admin API of `rk` (any client handle). */
 int checkpoint_ensure_topic(rd_kafka_t *rk, const struct config *cfg, char *errbuf,

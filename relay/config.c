@@ -20,42 +20,48 @@ struct option {
 	long long def_int;      /* OPT_INT, OPT_INT64, OPT_BOOL */
 	long long min, max;     /* OPT_INT, OPT_INT64; for OPT_STRING, min is the minimum length */
 	const char *const *choices;
+	bool reloadable;        /* SIGHUP applies it to a running relay */
 };
 
 #define OFF(field) offsetof(struct config, field)
 
 static const char *const db_ahead_choices[] = {"refuse", "trust-database", NULL};
+static const char *const poison_choices[] = {"stop", "dead-letter", NULL};
 static const char *const log_level_choices[] = {"debug", "info", "warning", "error", NULL};
 static const char *const log_format_choices[] = {"text", "json", NULL};
 
 /* The single source of truth; conf/relay.conf documents each entry. */
 static const struct option options[] = {
-	{"relay.name", OPT_STRING, OFF(relay_name), NULL, 0, 1, 0, NULL},
-	{"relay.owner", OPT_STRING, OFF(owner), "", 0, 0, 0, NULL},
-	{"relay.lease_ttl_ms", OPT_INT, OFF(lease_ttl_ms), NULL, 10000, 1000, 600000, NULL},
-	{"relay.allow_other_names", OPT_BOOL, OFF(allow_other_names), NULL, 0, 0, 0, NULL},
+	{"relay.name", OPT_STRING, OFF(relay_name), NULL, 0, 1, 0, NULL, false},
+	{"relay.owner", OPT_STRING, OFF(owner), "", 0, 0, 0, NULL, false},
+	{"relay.lease_ttl_ms", OPT_INT, OFF(lease_ttl_ms), NULL, 10000, 1000, 600000, NULL, true},
+	{"relay.allow_other_names", OPT_BOOL, OFF(allow_other_names), NULL, 0, 0, 0, NULL, false},
 	{"relay.on_database_ahead", OPT_CHOICE, OFF(on_database_ahead), "refuse", 0, 0, 0,
-	 db_ahead_choices},
-	{"postgres.conninfo", OPT_STRING, OFF(pg_conninfo), "", 0, 0, 0, NULL},
+	 db_ahead_choices, false},
+	{"relay.poison_policy", OPT_CHOICE, OFF(poison_policy), "stop", 0, 0, 0, poison_choices, true},
+	{"relay.poison_retry_ms", OPT_INT, OFF(poison_retry_ms), NULL, 30000, 1000, 3600000, NULL,
+	 true},
+	{"postgres.conninfo", OPT_STRING, OFF(pg_conninfo), "", 0, 0, 0, NULL, false},
 	{"postgres.statement_timeout_ms", OPT_INT, OFF(pg_statement_timeout_ms), NULL, 30000, 0,
-	 3600000, NULL},
-	{"kafka.bootstrap_servers", OPT_STRING, OFF(kafka_bootstrap), NULL, 0, 1, 0, NULL},
+	 3600000, NULL, false},
+	{"kafka.bootstrap_servers", OPT_STRING, OFF(kafka_bootstrap), NULL, 0, 1, 0, NULL, false},
 	{"kafka.checkpoint_topic", OPT_STRING, OFF(checkpoint_topic), "outbox-relay.checkpoints", 0,
-	 1, 0, NULL},
+	 1, 0, NULL, false},
 	{"kafka.checkpoint_replication_factor", OPT_INT, OFF(checkpoint_replication_factor), NULL, 1,
-	 1, 32, NULL},
+	 1, 32, NULL, false},
 	{"kafka.transaction_timeout_ms", OPT_INT, OFF(transaction_timeout_ms), NULL, 60000, 1000,
-	 900000, NULL},
+	 900000, NULL, false},
 	{"kafka.commit_timeout_ms", OPT_INT, OFF(commit_timeout_ms), NULL, 30000, 1000, 900000,
-	 NULL},
-	{"kafka.properties", OPT_STRLIST, OFF(kafka_props), NULL, 0, 0, 0, NULL},
-	{"batch.max_rows", OPT_INT, OFF(batch_max_rows), NULL, 10000, 1, 1000000, NULL},
-	{"batch.max_bytes", OPT_INT64, OFF(batch_max_bytes), NULL, 16 << 20, 1024, 1LL << 31, NULL},
-	{"batch.max_wait_ms", OPT_INT, OFF(batch_max_wait_ms), NULL, 0, 0, 60000, NULL},
-	{"batch.poll_interval_ms", OPT_INT, OFF(poll_interval_ms), NULL, 200, 1, 60000, NULL},
-	{"batch.notify", OPT_BOOL, OFF(notify), NULL, 1, 0, 0, NULL},
-	{"log.level", OPT_CHOICE, OFF(log_level), "info", 0, 0, 0, log_level_choices},
-	{"log.format", OPT_CHOICE, OFF(log_format), "text", 0, 0, 0, log_format_choices},
+	 NULL, false},
+	{"kafka.dead_letter_topic", OPT_STRING, OFF(dead_letter_topic), "", 0, 0, 0, NULL, false},
+	{"kafka.properties", OPT_STRLIST, OFF(kafka_props), NULL, 0, 0, 0, NULL, false},
+	{"batch.max_rows", OPT_INT, OFF(batch_max_rows), NULL, 10000, 1, 1000000, NULL, true},
+	{"batch.max_bytes", OPT_INT64, OFF(batch_max_bytes), NULL, 16 << 20, 1024, 1LL << 31, NULL, true},
+	{"batch.max_wait_ms", OPT_INT, OFF(batch_max_wait_ms), NULL, 0, 0, 60000, NULL, true},
+	{"batch.poll_interval_ms", OPT_INT, OFF(poll_interval_ms), NULL, 200, 1, 60000, NULL, true},
+	{"batch.notify", OPT_BOOL, OFF(notify), NULL, 1, 0, 0, NULL, false},
+	{"log.level", OPT_CHOICE, OFF(log_level), "info", 0, 0, 0, log_level_choices, true},
+	{"log.format", OPT_CHOICE, OFF(log_format), "text", 0, 0, 0, log_format_choices, true},
 };
 
 static const char *const groups[] = {"relay", "postgres", "kafka", "batch", "log"};
@@ -332,6 +338,11 @@ static int check_required(struct loader *ld, struct config *cfg)
 			return -1;
 		}
 	}
+	if (cfg->poison_policy == POISON_DEAD_LETTER && !cfg->dead_letter_topic[0]) {
+		fail(ld, NULL, "kafka.dead_letter_topic",
+		     "must be set when relay.poison_policy is \"dead-letter\"");
+		return -1;
+	}
 	if (cfg->commit_timeout_ms > cfg->transaction_timeout_ms) {
 		fail(ld, NULL, "kafka.commit_timeout_ms",
 		     "%d must not exceed kafka.transaction_timeout_ms (%d)", cfg->commit_timeout_ms,
@@ -438,4 +449,73 @@ void config_log(const struct config *cfg)
 			break;
 		}
 	}
+}
+
+static bool option_differs(const struct option *o, const struct config *a, const struct config *b)
+{
+	const char *fa = (const char *)a + o->offset, *fb = (const char *)b + o->offset;
+
+	switch (o->type) {
+	case OPT_INT:
+	case OPT_CHOICE:
+		return *(const int *)fa != *(const int *)fb;
+	case OPT_INT64:
+		return *(const int64_t *)fa != *(const int64_t *)fb;
+	case OPT_BOOL:
+		return *(const bool *)fa != *(const bool *)fb;
+	case OPT_STRING:
+		return strcmp(*(char *const *)fa, *(char *const *)fb) != 0;
+	case OPT_STRLIST:
+		if (a->n_kafka_props != b->n_kafka_props)
+			return true;
+		for (int i = 0; i < a->n_kafka_props; i++)
+			if (strcmp(a->kafka_props[i], b->kafka_props[i]) != 0)
+				return true;
+		return false;
+	}
+	return false;
+}
+
+int config_reload(struct config *cfg, char *errbuf, size_t errlen)
+{
+	struct config *fresh = config_load(cfg->path, errbuf, errlen);
+
+	if (!fresh)
+		return -1;
+	for (size_t i = 0; i < ARRAY_LEN(options); i++) {
+		const struct option *o = &options[i];
+		char *dst = (char *)cfg + o->offset, *src = (char *)fresh + o->offset;
+
+		if (!option_differs(o, cfg, fresh))
+			continue;
+		if (!o->reloadable) {
+			log_warning("configuration option %s changed: it takes effect at the next "
+				    "start, not on reload",
+				    o->path);
+			continue;
+		}
+		switch (o->type) {
+		case OPT_INT:
+		case OPT_CHOICE:
+			*(int *)dst = *(int *)src;
+			break;
+		case OPT_INT64:
+			*(int64_t *)dst = *(int64_t *)src;
+			break;
+		case OPT_BOOL:
+			*(bool *)dst = *(bool *)src;
+			break;
+		case OPT_STRING: {
+			char *tmp = *(char **)dst;
+			*(char **)dst = *(char **)src;
+			*(char **)src = tmp;
+			break;
+		}
+		case OPT_STRLIST:
+			break; /* none is reloadable */
+		}
+		log_info("configuration option %s reloaded", o->path);
+	}
+	config_free(fresh);
+	return 0;
 }

@@ -10,6 +10,7 @@
 #include "log.h"
 
 enum db_ahead_policy { DB_AHEAD_REFUSE, DB_AHEAD_TRUST_DATABASE };
+enum poison_policy { POISON_STOP, POISON_DEAD_LETTER };
 
 struct config {
 	char *path;
@@ -20,6 +21,8 @@ struct config {
 	int lease_ttl_ms;
 	bool allow_other_names;
 	int on_database_ahead; /* enum db_ahead_policy */
+	int poison_policy;     /* enum poison_policy */
+	int poison_retry_ms;   /* a relay stopped on a poison row looks again this often */
 
 	/* postgres */
 	char *pg_conninfo;   /* "" = libpq's PG* environment */
@@ -31,6 +34,7 @@ struct config {
 	int checkpoint_replication_factor;
 	int transaction_timeout_ms;
 	int commit_timeout_ms;
+	char *dead_letter_topic; /* "" = none */
 	char **kafka_props;  /* "name=value", passed to librdkafka as is */
 	int n_kafka_props;
 
@@ -57,6 +61,13 @@ struct config *config_load_string(const char *text, const char *name, char *errb
 				  size_t errlen) MUSTCHECK;
 
 void config_free(struct config *cfg);
+
+/* SIGHUP: read cfg->path again. When it is valid, apply the options marked
+ * reloadable (batch.*, log.*, lease TTL, poison policy) and log each change,
+ * and a warning for changed options that need a restart; returns 0. When it
+ * is invalid, keep cfg as it is and return -1 with the reason in errbuf.
+ * Main thread only. */
+int config_reload(struct config *cfg, char *errbuf, size_t errlen) MUSTCHECK;
 
 /* Write every option with its value (secrets masked) through the logger. */
 void config_log(const struct config *cfg);

@@ -38,8 +38,8 @@ static void usage(FILE *out)
 		"  -h, --help          print this help\n"
 		"\n"
 		"Exit codes: 0 stopped cleanly, 1 configuration or start-up error, 2 usage,\n"
-		"3 fenced (another relay took over), 4 stopped on a poison row,\n"
-		"5 positions disagree (operator decision needed; see README.md).\n",
+		"3 fenced (another relay took over), 5 positions disagree (operator decision\n"
+		"needed; see README.md).\n",
 		OUTBOX_RELAY_VERSION);
 }
 
@@ -64,6 +64,12 @@ static void on_stop_signal(int sig)
 	relay_stop_requested = 1;
 }
 
+static void on_hup(int sig)
+{
+	(void)sig;
+	relay_reload_requested = 1;
+}
+
 static void install_signals(void)
 {
 	struct sigaction sa;
@@ -74,6 +80,8 @@ static void install_signals(void)
 	/* no SA_RESTART: a signal must cut a sleep or a select short */
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
+	sa.sa_handler = on_hup;
+	sigaction(SIGHUP, &sa, NULL);
 	sa.sa_handler = SIG_IGN;
 	sigaction(SIGPIPE, &sa, NULL);
 }

@@ -10,9 +10,13 @@
 #include "log.h"
 #include "publisher.h"
 
+/* A topic the relay produces to, and what it last learned of it. */
 struct topic_handle {
 	char *name;
 	rd_kafka_topic_t *rkt;
+	bool exists;
+	int64_t checked_ms; /* 0 = never */
+	int64_t max_bytes;  /* the topic's max.message.bytes; 0 = unknown */
 };
 
 struct publisher {
@@ -21,6 +25,8 @@ struct publisher {
 	struct topic_handle *topics;
 	size_t ntopics;
 	rd_kafka_topic_t *ckpt_rkt;
+	rd_kafka_topic_t *dlq_rkt;
+	int64_t client_max_bytes; /* the producer's message.max.bytes */
 	bool needs_recreate;
 	char errstr[512];
 
@@ -165,6 +171,15 @@ struct publisher *publisher_new(const struct config *cfg, char *errbuf, size_t e
 		goto fail;
 	}
 	pub->ckpt_rkt = rd_kafka_topic_new(pub->rk, cfg->checkpoint_topic, NULL);
+	if (cfg->dead_letter_topic[0])
+		pub->dlq_rkt = rd_kafka_topic_new(pub->rk, cfg->dead_letter_topic, NULL);
+	{
+		char buf[32];
+		size_t sz = sizeof(buf);
+		if (rd_kafka_conf_get(rd_kafka_conf(pub->rk), "message.max.bytes", buf, &sz) ==
+		    RD_KAFKA_CONF_OK)
+			pub->client_max_bytes = strtoll(buf, NULL, 10);
+	}
 	return pub;
 fail:
 	rd_kafka_conf_destroy(conf);
@@ -212,15 +227,110 @@ enum pub_status publisher_init(struct publisher *pub)
 	return st;
 }
 
-static rd_kafka_topic_t *topic_get(struct publisher *pub, const char *name)
+static struct topic_handle *topic_get(struct publisher *pub, const char *name)
 {
+	struct topic_handle *th;
+
 	for (size_t i = 0; i < pub->ntopics; i++)
 		if (strcmp(pub->topics[i].name, name) == 0)
-			return pub->topics[i].rkt;
+			return &pub->topics[i];
 	pub->topics = xrealloc(pub->topics, (pub->ntopics + 1) * sizeof(*pub->topics));
-	pub->topics[pub->ntopics].name = xstrdup(name);
-	pub->topics[pub->ntopics].rkt = rd_kafka_topic_new(pub->rk, name, NULL);
-	return pub->topics[pub->ntopics++].rkt;
+	th = &pub->topics[pub->ntopics++];
+	memset(th, 0, sizeof(*th));
+	th->name = xstrdup(name);
+	th->rkt = rd_kafka_topic_new(pub->rk, name, NULL);
+	return th;
+}
+
+/* The topic's max.message.bytes, or 0 when the broker will not say. */
+static int64_t topic_max_bytes(struct publisher *pub, const char *name)
+{
+	rd_kafka_ConfigResource_t *res = rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_TOPIC, name);
+	rd_kafka_queue_t *q = rd_kafka_queue_new(pub->rk);
+	rd_kafka_event_t *ev;
+	int64_t max = 0;
+
+	rd_kafka_DescribeConfigs(pub->rk, &res, 1, NULL, q);
+	ev = rd_kafka_queue_poll(q, 10000);
+	if (ev && !rd_kafka_event_error(ev)) {
+		size_t nres, ncfg;
+		const rd_kafka_ConfigResource_t **rs = rd_kafka_DescribeConfigs_result_resources(
+			rd_kafka_event_DescribeConfigs_result(ev), &nres);
+		for (size_t i = 0; i < nres; i++) {
+			const rd_kafka_ConfigEntry_t **ce = rd_kafka_ConfigResource_configs(rs[i], &ncfg);
+			for (size_t k = 0; k < ncfg; k++)
+				if (strcmp(rd_kafka_ConfigEntry_name(ce[k]), "max.message.bytes") == 0 &&
+				    rd_kafka_ConfigEntry_value(ce[k]))
+					max = strtoll(rd_kafka_ConfigEntry_value(ce[k]), NULL, 10);
+		}
+	}
+	if (ev)
+		rd_kafka_event_destroy(ev);
+	rd_kafka_queue_destroy(q);
+	rd_kafka_ConfigResource_destroy(res);
+	return max;
+}
+
+/* Learn whether a topic exists and its size limit; a known topic is looked
+ * at again every five minutes, a missing one every time it is needed.
+ * Returns -1 when the broker could not be asked. */
+static int topic_refresh(struct publisher *pub, struct topic_handle *th)
+{
+	const struct rd_kafka_metadata *md;
+	rd_kafka_resp_err_t err;
+
+	if (th->checked_ms && th->exists && now_ms() - th->checked_ms < 300000)
+		return 0;
+	err = rd_kafka_metadata(pub->rk, 0, th->rkt, &md, 10000);
+	if (err)
+		return -1;
+	th->exists = md->topic_cnt == 1 && md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR &&
+		     md->topics[0].partition_cnt > 0;
+	rd_kafka_metadata_destroy(md);
+	th->checked_ms = now_ms();
+	if (th->exists)
+		th->max_bytes = topic_max_bytes(pub, th->name);
+	return 0;
+}
+
+/* What the broker will count against max.message.bytes for a batch holding
+ * only this record: the payload, key and headers, plus the record and batch
+ * framing (generous, so a row is never let through to fail in the commit). */
+static int64_t record_wire_size(const struct batch *b, const struct record *r)
+{
+	int64_t n = 128 + (int64_t)(r->key_len + r->payload_len);
+
+	for (size_t h = 0; h < r->hdr_count; h++)
+		n += 10 + (int64_t)(b->hdrs[r->hdr_off + h].name_len + b->hdrs[r->hdr_off + h].value_len);
+	return n + 32; /* the outbox-id header */
+}
+
+int publisher_check(struct publisher *pub, const struct batch *b, size_t i, char *why,
+		    size_t whylen)
+{
+	const struct record *r = &b->recs[i];
+	struct topic_handle *th = topic_get(pub, r->topic);
+	int64_t size = record_wire_size(b, r);
+
+	if (pub->client_max_bytes && size > pub->client_max_bytes) {
+		snprintf(why, whylen,
+			 "record of about %" PRId64 " bytes exceeds the producer's message.max.bytes (%" PRId64 ")",
+			 size, pub->client_max_bytes);
+		return 1;
+	}
+	if (topic_refresh(pub, th) < 0)
+		return -1;
+	if (!th->exists) {
+		snprintf(why, whylen, "topic \"%s\" does not exist", r->topic);
+		return 1;
+	}
+	if (th->max_bytes && size > th->max_bytes) {
+		snprintf(why, whylen,
+			 "record of about %" PRId64 " bytes exceeds max.message.bytes of topic \"%s\" (%" PRId64 ")",
+			 size, r->topic, th->max_bytes);
+		return 1;
+	}
+	return 0;
 }
 
 /* Errors that no retry can cure: the row itself cannot be published. */
@@ -281,6 +391,28 @@ static enum pub_status abort_txn(struct publisher *pub, enum pub_status want)
 	return PUB_UNKNOWN;
 }
 
+/* The row as a dead letter: its key, payload (when it fits) and headers,
+ * and why it could not be published where it was meant to go. */
+static rd_kafka_resp_err_t produce_dead_letter(struct publisher *pub, const struct batch *b,
+					       const struct record *r, rd_kafka_headers_t *hdrs)
+{
+	const void *payload = r->payload;
+	size_t plen = r->payload_len;
+	char num[24];
+
+	rd_kafka_header_add(hdrs, "outbox-error", -1, r->dead_reason, -1);
+	rd_kafka_header_add(hdrs, "outbox-topic", -1, r->topic, -1);
+	if (pub->client_max_bytes && record_wire_size(b, r) + 512 > pub->client_max_bytes) {
+		/* Too large for any topic: the dead letter says so instead. */
+		snprintf(num, sizeof(num), "%zu", r->payload_len);
+		rd_kafka_header_add(hdrs, "outbox-payload-omitted-bytes", -1, num, -1);
+		payload = NULL;
+		plen = 0;
+	}
+	return produce(pub, pub->dlq_rkt, r->key, r->key_len, payload, plen, r->timestamp_ms,
+		       hdrs, r->id);
+}
+
 static enum pub_status produce_all(struct publisher *pub, const struct batch *b,
 				   const char *ckpt_value)
 {
@@ -288,7 +420,7 @@ static enum pub_status produce_all(struct publisher *pub, const struct batch *b,
 
 	for (size_t i = 0; i < b->nrecs; i++) {
 		const struct record *r = &b->recs[i];
-		rd_kafka_headers_t *hdrs = rd_kafka_headers_new(r->hdr_count + 1);
+		rd_kafka_headers_t *hdrs = rd_kafka_headers_new(r->hdr_count + 4);
 		char idbuf[24];
 
 		for (size_t h = 0; h < r->hdr_count; h++) {
@@ -298,20 +430,25 @@ static enum pub_status produce_all(struct publisher *pub, const struct batch *b,
 		}
 		snprintf(idbuf, sizeof(idbuf), "%" PRId64, r->id);
 		rd_kafka_header_add(hdrs, "outbox-id", -1, idbuf, -1);
-		err = produce(pub, topic_get(pub, r->topic), r->key, r->key_len, r->payload,
-			      r->payload_len, r->timestamp_ms, hdrs, r->id);
+		if (r->dead_reason && pub->dlq_rkt)
+			err = produce_dead_letter(pub, b, r, hdrs);
+		else
+			err = produce(pub, topic_get(pub, r->topic)->rkt, r->key, r->key_len,
+				      r->payload, r->payload_len, r->timestamp_ms, hdrs, r->id);
 		if (err) {
 			rd_kafka_headers_destroy(hdrs);
 			snprintf(pub->errstr, sizeof(pub->errstr),
 				 "could not produce outbox row %" PRId64 " to topic \"%s\": %s", r->id,
-				 r->topic, rd_kafka_err2str(err));
-			if (is_poison(err)) {
+				 r->dead_reason ? pub->cfg->dead_letter_topic : r->topic,
+				 rd_kafka_err2str(err));
+			if (is_poison(err) && !r->dead_reason) {
 				pub->poison_id = r->id;
 				return abort_txn(pub, PUB_POISON);
 			}
 			if (rd_kafka_fatal_error(pub->rk, NULL, 0))
 				return fatal_status(pub);
-			return abort_txn(pub, PUB_RESEND);
+			/* a dead letter that cannot be written is not the row's fault */
+			return abort_txn(pub, is_poison(err) ? PUB_FATAL : PUB_RESEND);
 		}
 	}
 	err = produce(pub, pub->ckpt_rkt, pub->cfg->relay_name, strlen(pub->cfg->relay_name),
@@ -436,6 +573,8 @@ void publisher_free(struct publisher *pub)
 	free(pub->topics);
 	if (pub->ckpt_rkt)
 		rd_kafka_topic_destroy(pub->ckpt_rkt);
+	if (pub->dlq_rkt)
+		rd_kafka_topic_destroy(pub->dlq_rkt);
 	rd_kafka_destroy(pub->rk);
 	free(pub);
 }

@@ -42,11 +42,21 @@ struct publisher *publisher_new(const struct config *cfg, char *errbuf, size_t e
  * (timed out or retriable: call again later), PUB_FENCED or PUB_FATAL. */
 enum pub_status publisher_init(struct publisher *pub) MUSTCHECK;
 
-/* One transaction: every record of b, then the checkpoint record (key =
+/* One transaction: every record of b (those with a dead_reason to the
+ * dead-letter topic, with the reason in an "outbox-error" header), then the
+ * checkpoint record (key =
  * relay name, value = ckpt_value) to the checkpoint topic; commit. Does not
  * wait for single deliveries: commit flushes. The batch stays the caller's. */
 enum pub_status publisher_send(struct publisher *pub, const struct batch *b,
 			       const char *ckpt_value) MUSTCHECK;
+
+/* Look at record i of b before its transaction: 1 when it can never be
+ * published (its topic does not exist, or it is larger than the producer's
+ * message.max.bytes or the topic's max.message.bytes), with the reason in
+ * why; 0 when it looks fine; -1 when the broker could not be asked (the
+ * transaction will tell). Topic facts are cached. */
+int publisher_check(struct publisher *pub, const struct batch *b, size_t i, char *why,
+		    size_t whylen) MUSTCHECK;
 
 /* True once a commit or abort timed out or was retried: the producer must be
  * destroyed and a new one created before the next transaction, so that a

@@ -19,9 +19,10 @@
 #include "version.h"
 
 volatile sig_atomic_t relay_stop_requested;
+volatile sig_atomic_t relay_reload_requested;
 
 struct relay {
-	const struct config *cfg;
+	struct config *cfg;
 	struct outbox *ob;
 	struct publisher *pub;
 	char owner[256];
@@ -36,7 +37,17 @@ struct relay {
 	/* pos plus the rows gathered in batch: the next checkpoint. */
 	struct position work;
 	struct batch batch;
+
+	/* Poison rows (stop policy): the next batch ends before row_limit
+	 * rows; while halted, nothing is published until halted_until. */
+	int row_limit;
+	int64_t halted_id;
+	int64_t halted_until;
 };
+
+/* publish_batch and vet_batch: gather the batch again (shorter, or after a
+ * halt), publishing nothing of the current one. */
+#define REFILL (-2)
 
 /* Sleep that a signal cuts short. */
 static void pause_ms(int ms)
@@ -262,7 +273,10 @@ static int producer_start(struct relay *r)
 	}
 	if (relay_stop_requested)
 		return EXIT_OK;
-	while (checkpoint_ensure_topic(publisher_handle(r->pub), r->cfg, err, sizeof(err)) < 0) {
+	while (checkpoint_ensure_topic(publisher_handle(r->pub), r->cfg, err, sizeof(err)) < 0 ||
+	       (r->cfg->poison_policy == POISON_DEAD_LETTER &&
+		kafka_topic_ensure(publisher_handle(r->pub), r->cfg->dead_letter_topic,
+				   r->cfg->checkpoint_replication_factor, false, err, sizeof(err)) < 0)) {
 		log_warning("%s", err);
 		back_off(r);
 		if (relay_stop_requested)
@@ -351,10 +365,15 @@ static int fill_batch(struct relay *r)
 	int64_t start = now_ms();
 	int st, n;
 
+	int max_rows = cfg->batch_max_rows;
+
+	if (r->row_limit > 0 && r->row_limit < max_rows)
+		max_rows = r->row_limit;
+	r->row_limit = 0;
 	batch_reset(&r->batch);
 	position_copy(&r->work, &r->pos);
 	for (;;) {
-		int rows_left = cfg->batch_max_rows - (int)r->batch.nrecs;
+		int rows_left = max_rows - (int)r->batch.nrecs;
 		int64_t bytes_left = cfg->batch_max_bytes - r->batch.bytes;
 
 		if (rows_left <= 0 || bytes_left <= 0)
@@ -427,8 +446,61 @@ static int recover_outcome(struct relay *r, bool *committed)
 	return ex;
 }
 
+/*
+ * Row i of the batch can never be published. dead-letter: it goes to the
+ * dead-letter topic in this same transaction. stop: publish the rows before
+ * it (REFILL with a row limit), or, when it is first, halt: publish nothing
+ * and look again every poison_retry_ms (an operator may fix or delete it).
+ * Returns -1 to publish the batch as it now is, or REFILL.
+ */
+static int poison(struct relay *r, size_t i, const char *why)
+{
+	struct record *rec = &r->batch.recs[i];
+
+	if (r->cfg->poison_policy == POISON_DEAD_LETTER) {
+		log_warning("outbox row %" PRId64 " (topic \"%s\") cannot be published: %s; sending it "
+			    "to dead-letter topic \"%s\"",
+			    rec->id, rec->topic, why, r->cfg->dead_letter_topic);
+		free(rec->dead_reason);
+		rec->dead_reason = xstrdup(why);
+		return -1;
+	}
+	if (i > 0) {
+		r->row_limit = (int)i;
+		return REFILL;
+	}
+	if (r->halted_id != rec->id)
+		log_error("stopped on outbox row %" PRId64 " (topic \"%s\"): %s. Nothing after it is "
+			  "published until the row is fixed or deleted (DELETE FROM outbox.event "
+			  "WHERE id = %" PRId64 "); looking again every %d ms",
+			  rec->id, rec->topic, why, rec->id, r->cfg->poison_retry_ms);
+	r->halted_id = rec->id;
+	r->halted_until = now_ms() + r->cfg->poison_retry_ms;
+	return REFILL;
+}
+
+/* Check every row before the transaction. Returns -1 or REFILL. */
+static int vet_batch(struct relay *r)
+{
+	char why[512];
+
+	for (size_t i = 0; i < r->batch.nrecs; i++) {
+		if (r->batch.recs[i].dead_reason)
+			continue;
+		if (publisher_check(r->pub, &r->batch, i, why, sizeof(why)) == 1 &&
+		    poison(r, i, why) == REFILL)
+			return REFILL;
+	}
+	if (r->halted_id) {
+		log_info("outbox row %" PRId64 " no longer blocks publishing", r->halted_id);
+		r->halted_id = 0;
+	}
+	return -1;
+}
+
 /* Publish r->batch as one transaction until it is committed. Returns -1
- * when committed, else an exit code. */
+ * when committed, REFILL when the batch must be gathered again (poison
+ * row), else an exit code. */
 static int publish_batch(struct relay *r)
 {
 	char *value;
@@ -467,12 +539,22 @@ static int publish_batch(struct relay *r)
 				  publisher_errstr(r->pub), r->cfg->relay_name);
 			ex = EXIT_FENCED;
 			goto out;
-		case PUB_POISON:
-			log_error("stopped on outbox row %" PRId64 ": %s; nothing after it is "
-				  "published until the row is fixed or removed",
-				  publisher_poison_id(r->pub), publisher_errstr(r->pub));
-			ex = EXIT_POISON;
-			goto out;
+		case PUB_POISON: {
+			size_t i = 0;
+			while (i < r->batch.nrecs && r->batch.recs[i].id != publisher_poison_id(r->pub))
+				i++;
+			if (i == r->batch.nrecs || r->batch.recs[i].dead_reason) {
+				/* a dead letter refused for good is no row's fault */
+				log_error("%s%s", publisher_errstr(r->pub),
+					  i == r->batch.nrecs ? " (the row is not in the batch)"
+							      : " (as a dead letter)");
+				ex = EXIT_STARTUP;
+				goto out;
+			}
+			if ((ex = poison(r, i, publisher_errstr(r->pub))) == REFILL)
+				goto out;
+			continue; /* the same batch, the row now a dead letter */
+		}
 		default:
 			log_error("%s", publisher_errstr(r->pub));
 			ex = EXIT_STARTUP;
@@ -485,13 +567,36 @@ out:
 	return ex;
 }
 
+/* SIGHUP: a valid file replaces the reloadable options; an invalid one
+ * changes nothing. */
+static void reload(struct relay *r)
+{
+	char err[1024];
+
+	relay_reload_requested = 0;
+	log_info("reloading configuration from %s", r->cfg->path);
+	if (config_reload(r->cfg, err, sizeof(err)) < 0) {
+		log_error("could not reload configuration, keeping the running one: %s", err);
+		return;
+	}
+	log_setup((enum log_level)r->cfg->log_level, (enum log_format)r->cfg->log_format);
+}
+
 static int loop(struct relay *r)
 {
 	int ex;
 
 	while (!relay_stop_requested) {
+		if (relay_reload_requested)
+			reload(r);
 		if ((ex = renew_lease(r)) >= 0)
 			return ex;
+		if (r->halted_id && now_ms() < r->halted_until) {
+			/* stopped on a poison row: keep the lease, publish nothing */
+			int64_t left = r->halted_until - now_ms();
+			pause_ms((int)(left < r->cfg->lease_ttl_ms / 3 ? left : r->cfg->lease_ttl_ms / 3));
+			continue;
+		}
 		if ((ex = fill_batch(r)) >= 0)
 			return ex;
 		if (r->batch.nrecs == 0) {
@@ -502,7 +607,12 @@ static int loop(struct relay *r)
 			continue;
 		}
 		crash_point("after-fetch");
-		if ((ex = publish_batch(r)) >= 0)
+		if (vet_batch(r) == REFILL)
+			continue;
+		ex = publish_batch(r);
+		if (ex == REFILL)
+			continue;
+		if (ex >= 0)
 			return ex;
 		crash_point("after-commit");
 		if ((ex = db_advance(r, &r->work)) >= 0)
@@ -519,7 +629,7 @@ static int loop(struct relay *r)
 	return EXIT_OK;
 }
 
-int relay_run(const struct config *cfg)
+int relay_run(struct config *cfg)
 {
 	struct relay r = {.cfg = cfg};
 	int version = 0, ex, st;
