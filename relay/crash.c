@@ -27,16 +27,20 @@ void crash_setup(void)
 	log_warning("crash point \"%s\" armed (pass %ld)", armed, remaining);
 }
 
-bool crash_point_armed(const char *name)
+bool crash_point_due(const char *name)
 {
-	return armed[0] && remaining == 1 && strcmp(armed, name) == 0;
+	return armed[0] && strcmp(armed, name) == 0 && --remaining == 0;
+}
+
+void crash_now(const char *name)
+{
+	log_warning("crash point \"%s\" reached: killing myself", name);
+	kill(getpid(), SIGKILL);
 }
 
 void crash_point(const char *name)
 {
-	if (!armed[0] || strcmp(armed, name) != 0 || --remaining > 0)
-		return;
-	log_warning("crash point \"%s\" reached: killing myself", name);
-	kill(getpid(), SIGKILL);
+	if (crash_point_due(name))
+		crash_now(name);
 }
 #endif

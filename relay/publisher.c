@@ -470,19 +470,22 @@ static enum pub_status commit(struct publisher *pub)
 {
 	int64_t deadline = now_ms() + pub->cfg->transaction_timeout_ms;
 	int timeout = pub->cfg->commit_timeout_ms;
-
 #ifdef OUTBOX_CRASH_POINTS
 	/* "during-commit": send EndTxn, then die before its answer. */
-	if (crash_point_armed("during-commit"))
+	bool die = crash_point_due("during-commit");
+	if (die)
 		timeout = 1;
 #endif
 	for (;;) {
 		rd_kafka_error_t *error = rd_kafka_commit_transaction(pub->rk, timeout);
 		enum pub_status st;
 
+#ifdef OUTBOX_CRASH_POINTS
+		if (die)
+			crash_now("during-commit");
+#endif
 		if (!error)
 			return PUB_OK;
-		crash_point("during-commit");
 		set_err(pub, "could not commit transaction", error);
 		if (rd_kafka_error_is_fatal(error)) {
 			rd_kafka_error_destroy(error);
@@ -538,7 +541,13 @@ enum pub_status publisher_send(struct publisher *pub, const struct batch *b,
 	st = produce_all(pub, b, ckpt_value);
 	if (st != PUB_OK)
 		return st;
-	crash_point("after-produce");
+#ifdef OUTBOX_CRASH_POINTS
+	if (crash_point_due("after-produce")) {
+		/* make sure the records are in the broker's log, uncommitted */
+		rd_kafka_flush(pub->rk, 10000);
+		crash_now("after-produce");
+	}
+#endif
 	return commit(pub);
 }
 

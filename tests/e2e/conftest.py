@@ -48,7 +48,7 @@ def outbox_db():
     admin.autocommit = True
     admin.cursor().execute(f"CREATE DATABASE {name}")
     url = pg_url_for(name)
-    psql(url, "-f", str(ROOT / "sql/install.sql"))
+    psql(url, "-f", os.environ.get("OUTBOX_E2E_INSTALL_SQL", str(ROOT / "sql/install.sql")))
     yield url
     cur = admin.cursor()
     cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))

@@ -61,10 +61,10 @@ def check_exactly_once(msgs, expected_ns, partitions=None):
     last = {}
     for m in sorted(msgs, key=lambda m: (m.topic(), m.partition(), m.offset())):
         oid = int(header(m, "outbox-id"))
-        k = (m.topic(), m.key())
+        k = (m.topic(), m.partition(), m.key())
         assert last.get(k, 0) < oid, f"key {k} out of order: id {oid} after {last[k]}"
         last[k] = oid
-        if partitions:
+        if partitions and m.key() is not None:
             assert m.partition() == java_partition(m.key(), partitions)
 
 
@@ -177,11 +177,11 @@ def test_crash_point_repaired(point, outbox_db, topics, relays, tmp_path):
     msgs = read_all(tps)
     check_exactly_once(msgs, range(6000))
     assert_positions_agree(conn, f"r-crash-{point}")
-    if point in ("after-produce", "during-commit"):
-        # Not vacuous: the killed transaction's records were really written
-        # (read_uncommitted shows them) and were aborted, or committed once.
+    if point == "after-produce":
+        # Not vacuous: the killed transaction's 1000 records are in the log
+        # (the crash point flushes them first) but were aborted.
         raw = read_all(tps, "read_uncommitted")
-        assert len(raw) >= len(msgs)
+        assert len(raw) >= len(msgs) + 1000
 
 
 def test_out_of_order_commit_with_long_open_transaction(outbox_db, topics, relays, tmp_path):
