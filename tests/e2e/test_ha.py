@@ -1,0 +1,190 @@
+"""Fencing, standby takeover, the one-name guard, poison rows and signals,
+end to end on the real PostgreSQL and the real Kafka broker."""
+import signal
+import threading
+import time
+
+import psycopg2
+
+from conftest import create_topics, header, read_all, wait_for, write_config
+from test_relay import (assert_positions_agree, check_exactly_once, connect, drained, insert_rows,
+                        scalar)
+
+
+class Writer(threading.Thread):
+    """Inserts rows in small transactions until stopped; knows how many."""
+
+    def __init__(self, url, topics, per_txn=20, pause=0.01):
+        super().__init__(daemon=True)
+        self.conn = connect(url)
+        self.topics, self.per_txn, self.pause = topics, per_txn, pause
+        self.count = 0
+        self.halt = threading.Event()
+
+    def run(self):
+        while not self.halt.is_set():
+            insert_rows(self.conn, self.topics, self.count, self.per_txn, per_txn=self.per_txn)
+            self.count += self.per_txn
+            time.sleep(self.pause)
+
+    def finish(self):
+        self.halt.set()
+        self.join(30)
+        self.conn.close()
+        return self.count
+
+
+def test_zombie_is_fenced(outbox_db, topics, relays, tmp_path):
+    tps = topics(3, partitions=2)
+    conn = connect(outbox_db)
+    cfg = write_config(tmp_path / "relay.conf", outbox_db, "r-zombie", **{"batch.max_rows": 200})
+    a = relays(cfg)
+    a.wait_log("publishing")
+    writer = Writer(outbox_db, tps)
+    writer.start()
+    b = relays(cfg)
+    b.wait_log("standby")
+    time.sleep(1.0)
+
+    a.proc.send_signal(signal.SIGSTOP)
+    b.wait_log("publishing", timeout=30)  # the lease expired: B took over
+    time.sleep(1.0)
+    a.proc.send_signal(signal.SIGCONT)
+    rc = a.wait_exit(60)
+    assert rc == 3, f"zombie exit code {rc}:\n{a.text()}"
+    assert "fenced" in a.text() or "lease of relay" in a.text()
+
+    total = writer.finish()
+    wait_for(drained(conn), 120, "the outbox to drain")
+    assert b.stop() == 0, b.text()
+    check_exactly_once(read_all(tps), range(total))
+    assert_positions_agree(conn, "r-zombie")
+
+
+def test_leader_killed_standby_takes_over(outbox_db, topics, relays, tmp_path):
+    tps = topics(3, partitions=2)
+    conn = connect(outbox_db)
+    ttl = 2000
+    cfg = write_config(tmp_path / "relay.conf", outbox_db, "r-failover",
+                       **{"batch.max_rows": 300, "relay.lease_ttl_ms": ttl})
+    a = relays(cfg)
+    a.wait_log("publishing")
+    b = relays(cfg)
+    b.wait_log("standby")
+    writer = Writer(outbox_db, tps)
+    writer.start()
+    time.sleep(1.5)
+
+    a.proc.kill()
+    killed = time.monotonic()
+    a.wait_exit(10)
+    b.wait_log("publishing", timeout=30)
+    took = time.monotonic() - killed
+    # The bound: the lease TTL, plus the standby's poll and the producer's
+    # init_transactions (generous for a shared machine).
+    assert took < ttl / 1000 + 8, f"takeover took {took:.1f}s"
+
+    time.sleep(1.0)
+    total = writer.finish()
+    wait_for(drained(conn), 120, "the outbox to drain")
+    assert b.stop() == 0, b.text()
+    check_exactly_once(read_all(tps), range(total))
+    assert_positions_agree(conn, "r-failover")
+
+
+def test_second_relay_name_refused(outbox_db, topics, relays, tmp_path):
+    topics(1)
+    first = relays(write_config(tmp_path / "a.conf", outbox_db, "r-first"))
+    first.wait_log("publishing")
+    second = relays(write_config(tmp_path / "b.conf", outbox_db, "r-second"))
+    assert second.wait_exit(30) == 1
+    assert 'r-first' in second.text() and "refusing to start" in second.text()
+    # explicitly allowed: it starts
+    third = relays(write_config(tmp_path / "c.conf", outbox_db, "r-third",
+                                **{"relay.allow_other_names": True}))
+    third.wait_log("publishing")
+    assert third.stop() == 0 and first.stop() == 0
+
+
+def _poison_setup(outbox_db, topics, limit=4000):
+    (tp,) = topics(1)
+    small = tp + "-small"
+    create_topics([small], 1, {"max.message.bytes": str(limit)})
+    conn = connect(outbox_db)
+    with conn.cursor() as cur:
+        cur.execute("BEGIN")
+        for n in range(5):
+            cur.execute("INSERT INTO outbox.event(topic, key, payload, headers) VALUES "
+                        "(%s, 'k', %s, jsonb_build_object('n', %s::text))", (small, f"row-{n}", n))
+        cur.execute("INSERT INTO outbox.event(topic, key, payload, headers) VALUES "
+                    "(%s, 'k', repeat('x', 10000)::bytea, '{\"n\": \"5\"}') RETURNING id", (small,))
+        poison_id = cur.fetchone()[0]
+        for n in range(6, 10):
+            cur.execute("INSERT INTO outbox.event(topic, key, payload, headers) VALUES "
+                        "(%s, 'k', %s, jsonb_build_object('n', %s::text))", (small, f"row-{n}", n))
+        cur.execute("COMMIT")
+    return conn, small, poison_id
+
+
+def test_poison_row_stop_then_fixed(outbox_db, topics, relays, tmp_path):
+    conn, small, poison_id = _poison_setup(outbox_db, topics)
+    cfg = write_config(tmp_path / "relay.conf", outbox_db, "r-poison-stop",
+                       **{"relay.poison_retry_ms": 1000})
+    relay = relays(cfg)
+    relay.wait_log(f"stopped on outbox row {poison_id}")
+    assert "max.message.bytes" in relay.text()
+    time.sleep(3)  # several retries: still stopped, no spin, nothing after it
+    assert [int(header(m, "n")) for m in read_all([small])] == [0, 1, 2, 3, 4]
+    assert relay.text().count(f"stopped on outbox row {poison_id}") == 1
+    assert relay.proc.poll() is None
+
+    with conn.cursor() as cur:  # the operator removes the row
+        cur.execute("DELETE FROM outbox.event WHERE id = %s", (poison_id,))
+    wait_for(drained(conn), 30, "the rest to be published")
+    relay.wait_log(f"outbox row {poison_id} no longer blocks publishing")
+    assert [int(header(m, "n")) for m in read_all([small])] == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+    assert relay.stop() == 0
+
+
+def test_poison_row_dead_letter(outbox_db, topics, relays, tmp_path):
+    conn, small, poison_id = _poison_setup(outbox_db, topics)
+    with conn.cursor() as cur:  # and a row for a topic that does not exist
+        cur.execute("INSERT INTO outbox.event(topic, key, payload, headers) VALUES "
+                    "(%s, 'k', 'lost?', '{\"n\": \"10\"}') RETURNING id", (small + "-missing",))
+        missing_id = cur.fetchone()[0]
+    dlq = small + "-dlq"
+    cfg = write_config(tmp_path / "relay.conf", outbox_db, "r-poison-dlq",
+                       **{"relay.poison_policy": "dead-letter", "kafka.dead_letter_topic": dlq})
+    relay = relays(cfg)
+    wait_for(drained(conn), 60, "the outbox to drain")
+    assert relay.stop() == 0, relay.text()
+    assert [int(header(m, "n")) for m in read_all([small])] == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+    dead = read_all([dlq])
+    assert sorted(int(header(m, "outbox-id")) for m in dead) == [poison_id, missing_id]
+    by_id = {int(header(m, "outbox-id")): m for m in dead}
+    assert b"max.message.bytes" in header(by_id[poison_id], "outbox-error")
+    assert header(by_id[poison_id], "outbox-topic") == small.encode()
+    assert by_id[poison_id].value() == b"x" * 10000
+    assert b"does not exist" in header(by_id[missing_id], "outbox-error")
+    assert by_id[missing_id].value() == b"lost?"
+
+
+def test_sighup_reload(outbox_db, topics, relays, tmp_path):
+    topics(1)
+    cfg = write_config(tmp_path / "relay.conf", outbox_db, "r-hup")
+    relay = relays(cfg)
+    relay.wait_log("publishing")
+    good = cfg.read_text()
+
+    cfg.write_text(good.replace("batch = {", "batch = {\n  max_rows = 0;"))
+    relay.proc.send_signal(signal.SIGHUP)
+    relay.wait_log("could not reload configuration, keeping the running one: .*"
+                   "batch.max_rows: 0 is out of range")
+    assert relay.proc.poll() is None
+
+    cfg.write_text(good.replace("batch = {", "batch = {\n  max_rows = 77;")
+                   .replace('bootstrap_servers = "', 'bootstrap_servers = "127.0.0.2:1,'))
+    relay.proc.send_signal(signal.SIGHUP)
+    relay.wait_log("configuration option batch.max_rows reloaded")
+    relay.wait_log("kafka.bootstrap_servers changed: it takes effect at the next start")
+    assert relay.stop() == 0
