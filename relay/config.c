@@ -60,11 +60,18 @@ static const struct option options[] = {
 	{"batch.max_wait_ms", OPT_INT, OFF(batch_max_wait_ms), NULL, 0, 0, 60000, NULL, true},
 	{"batch.poll_interval_ms", OPT_INT, OFF(poll_interval_ms), NULL, 200, 1, 60000, NULL, true},
 	{"batch.notify", OPT_BOOL, OFF(notify), NULL, 1, 0, 0, NULL, false},
+	{"http.listen", OPT_STRING, OFF(http_listen), "127.0.0.1:8080", 0, 0, 0, NULL, false},
+	{"http.max_connections", OPT_INT, OFF(http_max_connections), NULL, 16, 1, 1024, NULL, false},
+	{"http.timeout_s", OPT_INT, OFF(http_timeout_s), NULL, 5, 1, 300, NULL, false},
+	{"http.ready_max_lag_rows", OPT_INT64, OFF(http_ready_max_lag_rows), NULL, 0, 0,
+	 1LL << 40, NULL, false},
+	{"http.ready_max_lag_seconds", OPT_INT, OFF(http_ready_max_lag_seconds), NULL, 0, 0,
+	 86400 * 7, NULL, false},
 	{"log.level", OPT_CHOICE, OFF(log_level), "info", 0, 0, 0, log_level_choices, true},
 	{"log.format", OPT_CHOICE, OFF(log_format), "text", 0, 0, 0, log_format_choices, true},
 };
 
-static const char *const groups[] = {"relay", "postgres", "kafka", "batch", "log"};
+static const char *const groups[] = {"relay", "postgres", "kafka", "batch", "http", "log"};
 
 struct loader {
 	const char *name;
@@ -258,7 +265,7 @@ static int apply_settings(struct loader *ld, config_t *lc, struct config *cfg)
 		for (size_t k = 0; k < ARRAY_LEN(groups); k++)
 			known = known || strcmp(groups[k], gname) == 0;
 		if (!known) {
-			fail(ld, g, gname, "unknown group (expected one of: relay, postgres, kafka, batch, log)");
+			fail(ld, g, gname, "unknown group (expected one of: relay, postgres, kafka, batch, http, log)");
 			return -1;
 		}
 		if (config_setting_type(g) != CONFIG_TYPE_GROUP) {

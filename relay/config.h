@@ -45,6 +45,13 @@ struct config {
 	int poll_interval_ms;
 	bool notify;
 
+	/* http */
+	char *http_listen;   /* "" = no HTTP endpoint */
+	int http_max_connections;
+	int http_timeout_s;
+	int64_t http_ready_max_lag_rows;   /* 0 = no limit */
+	int http_ready_max_lag_seconds;    /* 0 = no limit */
+
 	/* log */
 	int log_level;       /* enum log_level */
 	int log_format;      /* enum log_format */

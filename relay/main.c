@@ -10,6 +10,7 @@
 
 #include "config.h"
 #include "crash.h"
+#include "http.h"
 #include "log.h"
 #include "outbox.h"
 #include "publisher.h"
@@ -219,13 +220,21 @@ int main(int argc, char **argv)
 	else if (strcmp(cmd, "status") == 0)
 		ex = cmd_status(cfg);
 	else {
+		struct http *http;
+
 		install_signals();
 		crash_setup();
+		if (http_start(cfg, &http, err, sizeof(err)) < 0) {
+			fprintf(stderr, "outbox-relay: %s: %s\n", cfg->path, err);
+			config_free(cfg);
+			return EXIT_STARTUP;
+		}
 		log_info("outbox-relay %s starting (libpq %d, librdkafka %s), relay \"%s\", config %s",
 			 OUTBOX_RELAY_VERSION, PQlibVersion(), rd_kafka_version_str(),
 			 cfg->relay_name, cfg->path);
 		config_log(cfg);
 		ex = relay_run(cfg);
+		http_stop(http);
 		log_info("outbox-relay stopped (exit code %d)", ex);
 	}
 	config_free(cfg);

@@ -587,3 +587,13 @@ void publisher_free(struct publisher *pub)
 	rd_kafka_destroy(pub->rk);
 	free(pub);
 }
+
+int publisher_ping(struct publisher *pub)
+{
+	const struct rd_kafka_metadata *md;
+
+	if (!pub || rd_kafka_metadata(pub->rk, 0, pub->ckpt_rkt, &md, 2000))
+		return -1;
+	rd_kafka_metadata_destroy(md);
+	return 0;
+}

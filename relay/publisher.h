@@ -72,6 +72,9 @@ int64_t publisher_poison_id(const struct publisher *pub);
 /* The client handle, for admin calls (checkpoint topic). Borrowed. */
 rd_kafka_t *publisher_handle(struct publisher *pub);
 
+/* A metadata round trip (at most 2 s): 0 when the cluster answers. */
+int publisher_ping(struct publisher *pub);
+
 /* Destroy without waiting for the broker; an open transaction is left to
  * the next producer's init_transactions to abort. NULL is a no-op. */
 void publisher_free(struct publisher *pub);

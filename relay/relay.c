@@ -13,6 +13,7 @@
 #include "checkpoint.h"
 #include "crash.h"
 #include "log.h"
+#include "metrics.h"
 #include "outbox.h"
 #include "publisher.h"
 #include "relay.h"
@@ -43,6 +44,9 @@ struct relay {
 	int row_limit;
 	int64_t halted_id;
 	int64_t halted_until;
+
+	int64_t last_probe_ms; /* lag and Kafka reachability, refreshed while idle */
+	bool producer_started;
 };
 
 /* publish_batch and vet_batch: gather the batch again (shorter, or after a
@@ -54,6 +58,7 @@ static void pause_ms(int ms)
 {
 	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
 
+	metrics_heartbeat();
 	if (!relay_stop_requested)
 		nanosleep(&ts, NULL);
 }
@@ -90,6 +95,8 @@ static bool db_connect(struct relay *r)
 		r->ob = outbox_connect(r->cfg, err, sizeof(err));
 		if (r->ob) {
 			r->backoff_ms = 0;
+			metrics_lock()->db_ok = true;
+			metrics_unlock();
 			if (r->cfg->notify && outbox_listen(r->ob) != OB_OK) {
 				log_warning("could not listen for outbox notifications: %s",
 					    outbox_errstr(r->ob));
@@ -98,6 +105,13 @@ static bool db_connect(struct relay *r)
 			return true;
 		}
 		log_warning("%s", err);
+		{
+			struct metrics *m = metrics_lock();
+			m->db_ok = false;
+			m->db_errors++;
+			metrics_unlock();
+		}
+		metrics_set_error("%s", err);
 		back_off(r);
 	}
 	return false;
@@ -108,6 +122,16 @@ static bool db_connect(struct relay *r)
  * exit code. */
 static int db_trouble(struct relay *r, int st, const char *what)
 {
+	struct metrics *m = metrics_lock();
+
+	m->db_errors++;
+	m->db_ok = outbox_connected(r->ob);
+	if (st == OB_FENCED) {
+		m->fenced++;
+		m->lease_held = false;
+	}
+	metrics_unlock();
+	metrics_set_error("%s: %s", what, outbox_errstr(r->ob));
 	switch (st) {
 	case OB_TRANSIENT:
 		log_warning("%s: %s", what, outbox_errstr(r->ob));
@@ -152,12 +176,18 @@ static int take_lease(struct relay *r)
 			continue;
 		}
 		if (lease.acquired) {
+			struct metrics *m = metrics_lock();
+			m->lease_held = true;
+			m->generation = lease.generation;
+			metrics_unlock();
 			r->generation = lease.generation;
 			r->last_renew_ms = now_ms();
 			log_info("lease of relay \"%s\" taken by \"%s\": generation %" PRId64,
 				 r->cfg->relay_name, r->owner, r->generation);
 			return -1;
 		}
+		metrics_lock()->role = ROLE_STANDBY;
+		metrics_unlock();
 		if (now_ms() - last_log > 30000) {
 			log_info("standby: relay \"%s\" is held by \"%s\"; lease expires in %" PRId64
 				 " ms",
@@ -190,6 +220,10 @@ static int renew_lease(struct relay *r)
 			return EXIT_OK;
 	}
 	if (!held) {
+		struct metrics *m = metrics_lock();
+		m->lease_held = false;
+		m->fenced++;
+		metrics_unlock();
 		log_error("lease of relay \"%s\" lost: another relay took over (generation %" PRId64
 			  " is stale); stopping",
 			  r->cfg->relay_name, r->generation);
@@ -247,6 +281,11 @@ static int producer_start(struct relay *r)
 
 	publisher_free(r->pub);
 	r->pub = NULL;
+	if (r->producer_started) {
+		metrics_lock()->producer_recreations++;
+		metrics_unlock();
+	}
+	r->producer_started = true;
 	while (!relay_stop_requested) {
 		enum pub_status st;
 
@@ -260,9 +299,20 @@ static int producer_start(struct relay *r)
 		st = publisher_init(r->pub);
 		if (st == PUB_OK) {
 			r->backoff_ms = 0;
+			metrics_lock()->kafka_ok = true;
+			metrics_unlock();
 			break;
 		}
 		log_warning("%s", publisher_errstr(r->pub));
+		{
+			struct metrics *m = metrics_lock();
+			m->kafka_ok = false;
+			m->kafka_errors++;
+			if (st == PUB_FENCED)
+				m->fenced++;
+			metrics_unlock();
+		}
+		metrics_set_error("%s", publisher_errstr(r->pub));
 		if (st == PUB_FENCED) {
 			log_error("producer fenced while initializing: another relay took over");
 			return EXIT_FENCED;
@@ -476,6 +526,13 @@ static int poison(struct relay *r, size_t i, const char *why)
 			  rec->id, rec->topic, why, rec->id, r->cfg->poison_retry_ms);
 	r->halted_id = rec->id;
 	r->halted_until = now_ms() + r->cfg->poison_retry_ms;
+	{
+		struct metrics *m = metrics_lock();
+		m->poison_id = rec->id;
+		snprintf(m->poison_reason, sizeof(m->poison_reason), "topic \"%s\": %s", rec->topic,
+			 why);
+		metrics_unlock();
+	}
 	return REFILL;
 }
 
@@ -494,8 +551,30 @@ static int vet_batch(struct relay *r)
 	if (r->halted_id) {
 		log_info("outbox row %" PRId64 " no longer blocks publishing", r->halted_id);
 		r->halted_id = 0;
+		metrics_lock()->poison_id = 0;
+		metrics_unlock();
 	}
 	return -1;
+}
+
+/* A committed batch, in the metrics. */
+static void count_commit(struct relay *r, int64_t took_ms)
+{
+	struct metrics *m = metrics_lock();
+	uint64_t dead = 0;
+
+	for (size_t i = 0; i < r->batch.nrecs; i++)
+		dead += r->batch.recs[i].dead_reason != NULL;
+	m->kafka_ok = true;
+	m->rows_published += r->batch.nrecs - dead;
+	m->dead_letters += dead;
+	m->batches_committed++;
+	m->last_commit_time = unix_now();
+	histogram_observe(&m->commit_seconds, commit_bucket_bounds, COMMIT_BUCKETS,
+			  (double)took_ms / 1000.0);
+	histogram_observe(&m->batch_rows, batch_bucket_bounds, BATCH_BUCKETS,
+			  (double)r->batch.nrecs);
+	metrics_unlock();
 }
 
 /* Publish r->batch as one transaction until it is committed. Returns -1
@@ -512,12 +591,30 @@ static int publish_batch(struct relay *r)
 	for (;;) {
 		enum pub_status st;
 		bool committed;
+		int64_t t0;
 
 		if (publisher_needs_recreate(r->pub) && (ex = producer_start(r)) >= 0)
 			break;
+		t0 = now_ms();
 		st = publisher_send(r->pub, &r->batch, value);
-		if (st == PUB_OK)
+		if (st == PUB_OK) {
+			count_commit(r, now_ms() - t0);
 			break;
+		}
+		{
+			struct metrics *m = metrics_lock();
+			m->kafka_errors++;
+			if (st == PUB_RESEND)
+				m->transactions_aborted++;
+			if (st == PUB_UNKNOWN) {
+				m->commit_outcomes_unknown++;
+				m->kafka_ok = false;
+			}
+			if (st == PUB_FENCED)
+				m->fenced++;
+			metrics_unlock();
+		}
+		metrics_set_error("%s", publisher_errstr(r->pub));
 		switch (st) {
 		case PUB_RESEND:
 			log_warning("transaction of batch %" PRId64 " aborted (%s); sending again",
@@ -531,8 +628,10 @@ static int publish_batch(struct relay *r)
 			back_off(r);
 			if ((ex = recover_outcome(r, &committed)) >= 0)
 				goto out;
-			if (committed)
+			if (committed) {
+				count_commit(r, now_ms() - t0);
 				goto out;
+			}
 			continue;
 		case PUB_FENCED:
 			log_error("%s: another relay took over transactional.id \"%s\"; stopping",
@@ -582,11 +681,38 @@ static void reload(struct relay *r)
 	log_setup((enum log_level)r->cfg->log_level, (enum log_format)r->cfg->log_format);
 }
 
+/* While idle or stopped on a poison row, every few seconds: the lag, and
+ * whether Kafka still answers (a transaction would say so when busy). */
+static void probe(struct relay *r)
+{
+	int64_t rows, age;
+	bool kafka_ok;
+
+	if (now_ms() - r->last_probe_ms < 3000)
+		return;
+	r->last_probe_ms = now_ms();
+	kafka_ok = publisher_ping(r->pub) == 0;
+	if (outbox_lag(r->ob, &rows, &age) == OB_OK) {
+		struct metrics *m = metrics_lock();
+		m->lag_known = true;
+		m->lag_rows = rows;
+		m->lag_oldest_ms = age;
+		m->kafka_ok = kafka_ok;
+		metrics_unlock();
+	} else {
+		struct metrics *m = metrics_lock();
+		m->kafka_ok = kafka_ok;
+		m->db_ok = outbox_connected(r->ob);
+		metrics_unlock();
+	}
+}
+
 static int loop(struct relay *r)
 {
 	int ex;
 
 	while (!relay_stop_requested) {
+		metrics_heartbeat();
 		if (relay_reload_requested)
 			reload(r);
 		if ((ex = renew_lease(r)) >= 0)
@@ -594,6 +720,7 @@ static int loop(struct relay *r)
 		if (r->halted_id && now_ms() < r->halted_until) {
 			/* stopped on a poison row: keep the lease, publish nothing */
 			int64_t left = r->halted_until - now_ms();
+			probe(r);
 			pause_ms((int)(left < r->cfg->lease_ttl_ms / 3 ? left : r->cfg->lease_ttl_ms / 3));
 			continue;
 		}
@@ -601,6 +728,8 @@ static int loop(struct relay *r)
 			return ex;
 		if (r->batch.nrecs == 0) {
 			bool notified;
+
+			probe(r);
 			if (outbox_wait(r->ob, r->cfg->poll_interval_ms, &notified) != OB_OK &&
 			    (ex = db_trouble(r, OB_TRANSIENT, "waiting for outbox rows")) >= 0)
 				return ex;
@@ -620,6 +749,12 @@ static int loop(struct relay *r)
 		crash_point("after-advance");
 		log_debug("batch %" PRId64 ": %zu rows committed", r->work.batch_seq,
 			  r->batch.nrecs);
+		{
+			struct metrics *m = metrics_lock();
+			m->batch_seq = r->work.batch_seq;
+			m->after_id = r->work.after_id;
+			metrics_unlock();
+		}
 		position_copy(&r->pos, &r->work);
 		batch_reset(&r->batch);
 		/* A commit that needed retries leaves the producer suspect. */
@@ -635,6 +770,15 @@ int relay_run(struct config *cfg)
 	int version = 0, ex, st;
 
 	make_owner(&r);
+	{
+		struct metrics *m = metrics_lock();
+		snprintf(m->relay_name, sizeof(m->relay_name), "%s", cfg->relay_name);
+		snprintf(m->owner, sizeof(m->owner), "%s", r.owner);
+		m->role = ROLE_STARTING;
+		m->started_time = unix_now();
+		m->heartbeat_ms = now_ms();
+		metrics_unlock();
+	}
 	if (!db_connect(&r))
 		return EXIT_OK;
 	while ((st = outbox_schema_version(r.ob, &version)) != OB_OK) {
@@ -666,8 +810,17 @@ int relay_run(struct config *cfg)
 	if ((ex = reconcile(&r)) >= 0)
 		goto out;
 	log_info("relay \"%s\" publishing", cfg->relay_name);
+	{
+		struct metrics *m = metrics_lock();
+		m->role = ROLE_LEADER;
+		m->batch_seq = r.pos.batch_seq;
+		m->after_id = r.pos.after_id;
+		metrics_unlock();
+	}
 	ex = loop(&r);
 out:
+	metrics_lock()->role = ROLE_STOPPING;
+	metrics_unlock();
 	if (r.generation && outbox_connected(r.ob) && ex == EXIT_OK) {
 		/* Let a standby take over at once instead of after the TTL. */
 		if (outbox_lease_release(r.ob, r.generation) != OB_OK)

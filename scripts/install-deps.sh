@@ -8,7 +8,7 @@ packages=(
 	build-essential cmake pkg-config git ca-certificates curl procps iproute2
 	libpq-dev librdkafka-dev libconfig-dev libmicrohttpd-dev libcmocka-dev
 	postgresql-15 postgresql-contrib postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl
-	openjdk-17-jre-headless maven kcat valgrind
+	openjdk-17-jre-headless maven kcat valgrind prometheus
 	python3 python3-pytest python3-psycopg2 python3-confluent-kafka
 )
 
@@ -33,5 +33,17 @@ mkdir -p /etc/postgresql-common
 if [ ! -f /etc/postgresql-common/createcluster.conf ] || ! grep -q '^create_main_cluster = false' /etc/postgresql-common/createcluster.conf; then
 	echo 'create_main_cluster = false' >> /etc/postgresql-common/createcluster.conf
 fi
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Packages with a daemon (prometheus, for its promtool) must not start it:
+# tell invoke-rc.d that no service may start while we install.
+policy=/usr/sbin/policy-rc.d
+own_policy=false
+if [ ! -e "$policy" ]; then
+	printf '#!/bin/sh\nexit 101\n' >"$policy"
+	chmod +x "$policy"
+	own_policy=true
+fi
+rc=0
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || rc=$?
+if $own_policy; then rm -f "$policy"; fi
+[ $rc -eq 0 ] || exit $rc
 echo "install-deps: done"

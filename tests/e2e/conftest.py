@@ -47,9 +47,13 @@ def outbox_db():
     admin = psycopg2.connect(PG_URL)
     admin.autocommit = True
     admin.cursor().execute(f"CREATE DATABASE {name}")
+    admin.close()
     url = pg_url_for(name)
     psql(url, "-f", os.environ.get("OUTBOX_E2E_INSTALL_SQL", str(ROOT / "sql/install.sql")))
     yield url
+    # a new connection: a test may have restarted the server
+    admin = psycopg2.connect(PG_URL)
+    admin.autocommit = True
     cur = admin.cursor()
     cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
     cur.execute(f"DROP DATABASE IF EXISTS {name}")
@@ -190,6 +194,7 @@ def write_config(path, db_url, name, **opts):
         "kafka": {"bootstrap_servers": BOOTSTRAP, "checkpoint_topic": f"ckpt-{name}",
                   "transaction_timeout_ms": 20000, "commit_timeout_ms": 10000},
         "batch": {"poll_interval_ms": 50},
+        "http": {"listen": ""},
         "log": {"level": "info"},
     }
     for k, v in opts.items():

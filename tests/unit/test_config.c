@@ -80,7 +80,7 @@ static const struct {
 } bad[] = {
 	{"relay = { name = \"r1\" \n", "t.conf:2: syntax error"},
 	{MIN_OK "relya = { name = \"x\"; };\n",
-	 "t.conf:3: relya: unknown group (expected one of: relay, postgres, kafka, batch, log)"},
+	 "t.conf:3: relya: unknown group (expected one of: relay, postgres, kafka, batch, http, log)"},
 	{MIN_OK "batch = {\n max_row = 5;\n};\n", "t.conf:4: batch.max_row: unknown option"},
 	{MIN_OK "batch = { max_rows = 0; };\n",
 	 "t.conf:3: batch.max_rows: 0 is out of range (1..1000000)"},
