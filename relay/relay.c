@@ -17,6 +17,7 @@
 #include "outbox.h"
 #include "publisher.h"
 #include "relay.h"
+#include "sdnotify.h"
 #include "version.h"
 
 volatile sig_atomic_t relay_stop_requested;
@@ -188,6 +189,8 @@ static int take_lease(struct relay *r)
 		}
 		metrics_lock()->role = ROLE_STANDBY;
 		metrics_unlock();
+		if (last_log == 0)
+			sd_notify_state("READY=1\nSTATUS=standby");
 		if (now_ms() - last_log > 30000) {
 			log_info("standby: relay \"%s\" is held by \"%s\"; lease expires in %" PRId64
 				 " ms",
@@ -810,6 +813,7 @@ int relay_run(struct config *cfg)
 	if ((ex = reconcile(&r)) >= 0)
 		goto out;
 	log_info("relay \"%s\" publishing", cfg->relay_name);
+	sd_notify_state("READY=1\nSTATUS=publishing");
 	{
 		struct metrics *m = metrics_lock();
 		m->role = ROLE_LEADER;
@@ -821,6 +825,7 @@ int relay_run(struct config *cfg)
 out:
 	metrics_lock()->role = ROLE_STOPPING;
 	metrics_unlock();
+	sd_notify_state("STOPPING=1");
 	if (r.generation && outbox_connected(r.ob) && ex == EXIT_OK) {
 		/* Let a standby take over at once instead of after the TTL. */
 		if (outbox_lease_release(r.ob, r.generation) != OB_OK)

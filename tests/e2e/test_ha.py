@@ -188,3 +188,19 @@ def test_sighup_reload(outbox_db, topics, relays, tmp_path):
     relay.wait_log("configuration option batch.max_rows reloaded")
     relay.wait_log("kafka.bootstrap_servers changed: it takes effect at the next start")
     assert relay.stop() == 0
+
+
+def test_sd_notify(outbox_db, topics, relays, tmp_path):
+    import socket
+    topics(1)
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(30)
+    relay = relays(write_config(tmp_path / "relay.conf", outbox_db, "r-notify"),
+                   env={"NOTIFY_SOCKET": path})
+    assert sock.recv(4096) == b"READY=1\nSTATUS=publishing"
+    relay.proc.send_signal(signal.SIGTERM)
+    assert sock.recv(4096) == b"STOPPING=1"
+    assert relay.wait_exit(30) == 0
+    sock.close()
