@@ -204,14 +204,13 @@ static int take_lease(struct relay *r)
 	return EXIT_OK;
 }
 
-/* Renew the lease every third of its TTL. Returns -1 to go on, or an exit code. */
-static int renew_lease(struct relay *r)
+/* Renew the lease now: -1 while it is ours, else an exit code. Also the
+ * check before acting on Kafka after a pause of unknown length. */
+static int check_lease(struct relay *r)
 {
 	bool held;
 	int st;
 
-	if (now_ms() - r->last_renew_ms < r->cfg->lease_ttl_ms / 3)
-		return -1;
 	for (;;) {
 		st = outbox_lease_renew(r->ob, r->generation, &held);
 		if (st == OB_OK)
@@ -234,6 +233,14 @@ static int renew_lease(struct relay *r)
 	}
 	r->last_renew_ms = now_ms();
 	return -1;
+}
+
+/* Renew the lease every third of its TTL. Returns -1 to go on, or an exit code. */
+static int renew_lease(struct relay *r)
+{
+	if (now_ms() - r->last_renew_ms < r->cfg->lease_ttl_ms / 3)
+		return -1;
+	return check_lease(r);
 }
 
 /* Advance the database to pos; retried through reconnects. Returns -1 on
@@ -282,12 +289,17 @@ static int producer_start(struct relay *r)
 {
 	char err[1024];
 
-	publisher_free(r->pub);
-	r->pub = NULL;
 	if (r->producer_started) {
+		/* A relay that lost its lease must not start a producer: its
+		 * init_transactions would fence the relay that took over. */
+		int ex = check_lease(r);
+		if (ex >= 0)
+			return ex;
 		metrics_lock()->producer_recreations++;
 		metrics_unlock();
 	}
+	publisher_free(r->pub);
+	r->pub = NULL;
 	r->producer_started = true;
 	while (!relay_stop_requested) {
 		enum pub_status st;
@@ -488,7 +500,8 @@ static int recover_outcome(struct relay *r, bool *committed)
 		   (found && ck.batch_seq == r->pos.batch_seq)) {
 		log_info("transaction of batch %" PRId64 " turned out not committed: sending again",
 			 r->work.batch_seq);
-	} else {
+	} else if ((ex = check_lease(r)) < 0) {
+		/* Still ours, yet someone else wrote the checkpoint. */
 		log_error("checkpoint in Kafka is at batch %" PRId64 ", expected %" PRId64
 			  " or %" PRId64 ": another writer used relay name \"%s\"",
 			  found ? ck.batch_seq : 0, r->pos.batch_seq, r->work.batch_seq,

@@ -1,0 +1,116 @@
+"""The fault suite's workload: writer processes that commit outbox rows the
+way applications do, and record the truth for the checker.
+
+Each transaction takes 1-5 keys, locks each key's sequence row, bumps it, and
+inserts one outbox row per key with headers k (key), s (the key's sequence
+number) and t (a transaction id), plus one audit row per outbox row, in the
+same transaction. Some transactions roll back; some stay open for seconds
+(their ids commit out of order with everyone else's). A key always goes to
+the same topic, so per key the sequence must rise by one along its partition.
+"""
+import multiprocessing as mp
+import random
+import time
+import uuid
+
+import psycopg2
+
+SCHEMA = """
+CREATE SCHEMA IF NOT EXISTS fault;
+CREATE TABLE IF NOT EXISTS fault.key_seq(key text PRIMARY KEY, topic text NOT NULL,
+                                         seq bigint NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS fault.audit(outbox_id bigint PRIMARY KEY, key text NOT NULL,
+                                       seq bigint NOT NULL, txn text NOT NULL, nrows int NOT NULL);
+"""
+
+
+def setup(url, topics, nkeys):
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(SCHEMA)
+        for i in range(nkeys):
+            cur.execute("INSERT INTO fault.key_seq(key, topic) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                        (f"key-{i:03d}", topics[i % len(topics)]))
+    conn.close()
+
+
+def _one_txn(cur, rng, nkeys, long_txn_prob, rollback_prob):
+    keys = sorted(rng.sample(range(nkeys), rng.randint(1, min(5, nkeys))))  # sorted: no deadlocks
+    txn = uuid.uuid4().hex[:16]
+    cur.execute("BEGIN")
+    for k in keys:
+        key = f"key-{k:03d}"
+        cur.execute("UPDATE fault.key_seq SET seq = seq + 1 WHERE key = %s RETURNING seq, topic",
+                    (key,))
+        seq, topic = cur.fetchone()
+        cur.execute(
+            "INSERT INTO outbox.event(topic, key, payload, headers) VALUES "
+            "(%s, convert_to(%s, 'UTF8'), convert_to(%s, 'UTF8'), "
+            " jsonb_build_object('k', %s::text, 's', %s::text, 't', %s::text)) RETURNING id",
+            (topic, key, f'{{"key":"{key}","seq":{seq},"pad":"{"x" * 64}"}}', key, str(seq), txn))
+        oid = cur.fetchone()[0]
+        cur.execute("INSERT INTO fault.audit(outbox_id, key, seq, txn, nrows) VALUES (%s, %s, %s, %s, %s)",
+                    (oid, key, seq, txn, len(keys)))
+    if rng.random() < long_txn_prob:
+        time.sleep(rng.uniform(0.5, 3.0))  # holds an early id while others commit
+    if rng.random() < rollback_prob:
+        cur.execute("ROLLBACK")
+        return 0
+    cur.execute("COMMIT")
+    return len(keys)
+
+
+def writer(url, nkeys, stop, target, counter, seed, long_txn_prob, rollback_prob):
+    rng = random.Random(seed)
+    conn = None
+    while not stop.is_set() and counter.value < target:
+        try:
+            if conn is None or conn.closed:
+                conn = psycopg2.connect(url, connect_timeout=5)
+                conn.autocommit = True
+            with conn.cursor() as cur:
+                n = _one_txn(cur, rng, nkeys, long_txn_prob, rollback_prob)
+            with counter.get_lock():
+                counter.value += n
+        except psycopg2.Error:
+            # the database restarted or our backend was terminated: the
+            # transaction is gone (or committed: the audit table knows)
+            try:
+                conn.close()
+            except Exception:
+                pass
+            conn = None
+            time.sleep(0.2)
+
+
+class Workload:
+    """N writer processes until `target` rows are committed or stop()."""
+
+    def __init__(self, url, nkeys, writers=4, target=10**12, long_txn_prob=0.02,
+                 rollback_prob=0.1, seed=1):
+        self.stop_ev = mp.Event()
+        self.counter = mp.Value("q", 0)
+        self.procs = [mp.Process(target=writer, daemon=True,
+                                 args=(url, nkeys, self.stop_ev, target, self.counter, seed + i,
+                                       long_txn_prob, rollback_prob))
+                      for i in range(writers)]
+
+    def start(self):
+        for p in self.procs:
+            p.start()
+        return self
+
+    @property
+    def committed(self):
+        return self.counter.value
+
+    def alive(self):
+        return any(p.is_alive() for p in self.procs)
+
+    def stop(self):
+        self.stop_ev.set()
+        for p in self.procs:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
