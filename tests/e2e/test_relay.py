@@ -101,7 +101,7 @@ def test_backlog_exactly_once_in_order_with_contents(outbox_db, topics, relays, 
         cur.execute("INSERT INTO outbox.event(topic, key, payload, headers) VALUES "
                     "(%s, NULL, NULL, '{\"n\": \"-1\"}'), (%s, '\\x00ff'::bytea, '\\x0001fe'::bytea, "
                     "'{\"n\": \"-2\", \"h\": \"\"}')", (tps[0], tps[1]))
-        cur.execute("SELECT id, (extract(epoch FROM created_at) * 1000)::bigint FROM outbox.event")
+        cur.execute("SELECT id, floor(extract(epoch FROM created_at) * 1000)::bigint FROM outbox.event")
         created = dict(cur.fetchall())
     cfg = write_config(tmp_path / "relay.conf", outbox_db, "r-backlog")
     relay = relays(cfg)
