@@ -379,13 +379,50 @@ $$;
 COMMENT ON FUNCTION outbox.window_open(text) IS
     'The snapshot that ends the next window (pg_current_snapshot() as text); OR003 when transaction ids went backwards.';
 
-CREATE FUNCTION outbox.fetch_page(p_done pg_snapshot, p_next pg_snapshot, p_after_id bigint,
-                                  p_max_rows int, p_max_bytes bigint)
-    RETURNS TABLE (id bigint, topic text, key bytea, payload bytea, header_names text[],
-                   header_values text[], created_ms bigint)
-    LANGUAGE plpgsql STABLE
+-- Bytes the headers of a row add to a page: names and values.
+CREATE FUNCTION outbox.headers_bytes(p_headers jsonb)
+    RETURNS int
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN (SELECT coalesce(sum(octet_length(h.key) + octet_length(h.value)), 0)::int
+        FROM jsonb_each_text(p_headers) AS h);
+
+COMMENT ON FUNCTION outbox.headers_bytes(jsonb) IS
+    'Bytes of header names and values, for fetch_page''s byte limit.';
+
+-- fetch_page() in two steps. This one finds the page: the id range
+-- [first, last] of the rows it holds, or NULLs when the window has no row
+-- after p_after_id. fetch_page() then reads exactly that range.
+--
+-- Which index to walk is decided here, explicitly, rather than by the
+-- planner, so that a backlog that arrived after the last ANALYZE cannot
+-- turn each page into a sort of the whole window:
+--   * a probe reads the next 32 rows in id order; when at least a quarter
+--     of them are in the window (a backlog), or the table ends there, the
+--     page is the next rows of the primary key with the window's filter;
+--   * otherwise (steady state with relayed rows kept, or the window's tail)
+--     the candidates come from event_txid_idx: transaction ids in
+--     [xmax(done), xmax(next)) and those in xip(done) -- exactly the ids not
+--     visible in done -- walked in txid order with a cap of 4 * p_max_rows,
+--     then sorted by id. Past the cap the window is large after all, and
+--     the primary key serves it better.
+-- The byte limit only needs the sum of sizes; the running sum (a window
+-- function, costly per row) is computed only when the sum is over it.
+CREATE FUNCTION outbox.fetch_page_bounds(p_done pg_snapshot, p_next pg_snapshot, p_after_id bigint,
+                                         p_max_rows int, p_max_bytes bigint)
+    RETURNS bigint[]
+    LANGUAGE plpgsql STABLE PARALLEL SAFE
     SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    v_cap      int := least(4 * p_max_rows::bigint, 2147483647)::int;
+    v_by_id    boolean;
+    v_seen     int;
+    v_in       int;
+    v_cands    bigint;
+    v_first    bigint;
+    v_last     bigint;
+    v_bytes    bigint;
+    v_xmax     xid8;
 BEGIN
     IF p_done IS NULL OR p_next IS NULL THEN
         RAISE EXCEPTION 'window bounds must not be NULL' USING ERRCODE = 'invalid_parameter_value';
@@ -402,57 +439,107 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
-    -- EXECUTE, so that every call is planned with its actual bounds: a
-    -- steady-state window (a few ids near the top of event_txid_idx) wants
-    -- the txid index, a backlog window (most of the table) wants the primary
-    -- key in id order, stopping at the LIMIT. A cached generic plan would
-    -- pick one of the two for both.
-    --
-    -- "Not visible in done" is written as its definition, txid >= xmax(done)
-    -- or txid in xip(done): exact, and both arms are index conditions, so a
-    -- transaction that stayed open for hours (a low xmin(done)) does not
-    -- drag every row since then into the scan. "Visible in next" adds the
-    -- upper bound txid < xmax(next) as an index condition.
-    --
-    -- The byte cut keeps the longest prefix whose running size fits, and
-    -- always the first row: the relay decides what to do with a row that
-    -- alone is larger than a batch.
-    RETURN QUERY EXECUTE $q$
-        WITH page AS (
-            SELECT e.id, e.topic, e.key, e.payload, e.headers, e.created_at
-            FROM outbox.event AS e
-            WHERE e.id > $1
-              AND e.txid < $2
-              AND (e.txid >= $3 OR e.txid = ANY ($4))
-              AND pg_visible_in_snapshot(e.txid, $5)
-            ORDER BY e.id
-            LIMIT $6
-        ),
-        sized AS (
-            SELECT pg.id, pg.topic, pg.key, pg.payload, pg.created_at, hd.names, hd.vals,
-                   row_number() OVER w AS n,
-                   sum(coalesce(octet_length(pg.key), 0) + coalesce(octet_length(pg.payload), 0)
-                       + coalesce(hd.bytes, 0)) OVER w AS running
-            FROM page AS pg
-            CROSS JOIN LATERAL (
-                SELECT array_agg(h.key ORDER BY h.key COLLATE "C") AS names,
-                       array_agg(h.value ORDER BY h.key COLLATE "C") AS vals,
-                       sum(octet_length(h.key) + octet_length(h.value)) AS bytes
-                FROM jsonb_each_text(pg.headers) AS h
-            ) AS hd
-            WINDOW w AS (ORDER BY pg.id ROWS UNBOUNDED PRECEDING)
+    SELECT count(*),
+           count(*) FILTER (WHERE pg_visible_in_snapshot(q.txid, p_next)
+                              AND NOT pg_visible_in_snapshot(q.txid, p_done))
+    INTO v_seen, v_in
+    FROM (SELECT e.txid FROM outbox.event AS e WHERE e.id > p_after_id ORDER BY e.id LIMIT 32) AS q;
+
+    v_by_id := v_seen < 32 OR 4 * v_in >= v_seen;
+    IF NOT v_by_id THEN
+        v_xmax := pg_snapshot_xmax(p_done);
+        WITH cand AS (
+            (SELECT e.id, coalesce(octet_length(e.key), 0) + coalesce(octet_length(e.payload), 0)
+                     + CASE WHEN e.headers IS NULL THEN 0 ELSE outbox.headers_bytes(e.headers) END AS bytes
+             FROM outbox.event AS e
+             WHERE e.txid >= v_xmax AND e.txid < pg_snapshot_xmax(p_next)
+               AND e.id > p_after_id
+               AND pg_visible_in_snapshot(e.txid, p_next)
+             ORDER BY e.txid
+             LIMIT v_cap)
+            UNION ALL
+            (SELECT e.id, coalesce(octet_length(e.key), 0) + coalesce(octet_length(e.payload), 0)
+                     + CASE WHEN e.headers IS NULL THEN 0 ELSE outbox.headers_bytes(e.headers) END
+             FROM outbox.event AS e
+             WHERE e.txid = ANY (ARRAY(SELECT pg_snapshot_xip(p_done)))
+               AND e.id > p_after_id
+               AND pg_visible_in_snapshot(e.txid, p_next)
+             ORDER BY e.txid
+             LIMIT v_cap)
         )
-        SELECT s.id, s.topic, s.key, s.payload,
-               coalesce(s.names, '{}'), coalesce(s.vals, '{}'),
-               floor(extract(epoch FROM s.created_at) * 1000)::bigint
-        FROM sized AS s
-        WHERE s.running <= $7 OR s.n = 1
-        ORDER BY s.id
-    $q$
-    USING p_after_id, pg_snapshot_xmax(p_next), pg_snapshot_xmax(p_done),
-          ARRAY(SELECT pg_snapshot_xip(p_done)), p_next, p_max_rows, p_max_bytes;
+        SELECT (SELECT count(*) FROM cand), min(pg.id), max(pg.id), sum(pg.bytes)
+        INTO v_cands, v_first, v_last, v_bytes
+        FROM (SELECT c.id, c.bytes FROM cand AS c ORDER BY c.id LIMIT p_max_rows) AS pg;
+        v_by_id := v_cands >= v_cap;
+    END IF;
+
+    IF v_by_id THEN
+        SELECT min(pg.id), max(pg.id), sum(pg.bytes)
+        INTO v_first, v_last, v_bytes
+        FROM (SELECT e.id, coalesce(octet_length(e.key), 0) + coalesce(octet_length(e.payload), 0)
+                     + CASE WHEN e.headers IS NULL THEN 0 ELSE outbox.headers_bytes(e.headers) END AS bytes
+              FROM outbox.event AS e
+              WHERE e.id > p_after_id
+                AND pg_visible_in_snapshot(e.txid, p_next)
+                AND NOT pg_visible_in_snapshot(e.txid, p_done)
+              ORDER BY e.id
+              LIMIT p_max_rows) AS pg;
+    END IF;
+
+    IF v_bytes > p_max_bytes THEN
+        -- The longest prefix that fits, and never less than the first row.
+        SELECT max(r.id) INTO v_last
+        FROM (SELECT e.id,
+                     row_number() OVER w AS n,
+                     sum(coalesce(octet_length(e.key), 0) + coalesce(octet_length(e.payload), 0)
+                     + CASE WHEN e.headers IS NULL THEN 0 ELSE outbox.headers_bytes(e.headers) END) OVER w AS running
+              FROM outbox.event AS e
+              WHERE e.id >= v_first AND e.id <= v_last
+                AND pg_visible_in_snapshot(e.txid, p_next)
+                AND NOT pg_visible_in_snapshot(e.txid, p_done)
+              WINDOW w AS (ORDER BY e.id ROWS UNBOUNDED PRECEDING)) AS r
+        WHERE r.running <= p_max_bytes OR r.n = 1;
+    END IF;
+    RETURN ARRAY[v_first, v_last];
 END
 $$;
+
+COMMENT ON FUNCTION outbox.fetch_page_bounds(pg_snapshot, pg_snapshot, bigint, int, bigint) IS
+    'Internal to fetch_page(): the id range {first, last} of the next page of a window.';
+
+-- LANGUAGE sql with a single SELECT, so that the planner inlines it into the
+-- caller's query: rows stream out instead of being materialized as a
+-- plpgsql function's result would be (a third of the cost of a 10k-row
+-- page). The page's id range comes from fetch_page_bounds() through a CTE,
+-- evaluated once per call and never at plan time; the range scan on the
+-- primary key then returns the rows in id order without a sort.
+CREATE FUNCTION outbox.fetch_page(p_done pg_snapshot, p_next pg_snapshot, p_after_id bigint,
+                                  p_max_rows int, p_max_bytes bigint)
+    RETURNS TABLE (id bigint, topic text, key bytea, payload bytea, header_names text[],
+                   header_values text[], created_ms bigint)
+    LANGUAGE sql STABLE
+BEGIN ATOMIC
+    WITH bounds AS (
+        SELECT outbox.fetch_page_bounds(p_done, p_next, p_after_id, p_max_rows, p_max_bytes) AS b
+    )
+    SELECT e.id, e.topic, e.key, e.payload,
+           CASE WHEN e.headers IS NOT NULL THEN
+               ARRAY(SELECT h.k FROM jsonb_object_keys(e.headers) AS h(k) ORDER BY h.k COLLATE "C")
+           END,
+           CASE WHEN e.headers IS NOT NULL THEN
+               ARRAY(SELECT e.headers ->> h.k FROM jsonb_object_keys(e.headers) AS h(k)
+                     ORDER BY h.k COLLATE "C")
+           END,
+           -- Whole microseconds survive the float8 of date_part() exactly;
+           -- integer division then floors to milliseconds.
+           (date_part('epoch', e.created_at) * 1000000)::bigint / 1000
+    FROM outbox.event AS e
+    WHERE e.id >= (SELECT bounds.b[1] FROM bounds)
+      AND e.id <= (SELECT bounds.b[2] FROM bounds)
+      AND pg_visible_in_snapshot(e.txid, p_next)
+      AND NOT pg_visible_in_snapshot(e.txid, p_done)
+    ORDER BY e.id;
+END;
 
 COMMENT ON FUNCTION outbox.fetch_page(pg_snapshot, pg_snapshot, bigint, int, bigint) IS
     'The next page of window (done, next]: rows with id > after_id in id order, at most max_rows, cut at max_bytes (first row always).';

@@ -1,0 +1,203 @@
+-- 00_install.sql: what sql/install.sql leaves behind. run.sh ran it twice at
+-- once and then a third time; public.install_check holds what it saw
+-- before the third run.
+BEGIN;
+SELECT plan(36);
+
+-- Versions ------------------------------------------------------------------
+SELECT has_table('outbox', 'schema_version', 'outbox.schema_version exists');
+SELECT results_eq(
+    'SELECT version FROM outbox.schema_version ORDER BY version',
+    'SELECT generate_series(1, (SELECT migration_files::int FROM public.install_check))',
+    'every migration file is recorded once, numbered from 1 without gaps'
+);
+SELECT is((SELECT versions_before_rerun FROM public.install_check),
+          (SELECT migration_files FROM public.install_check),
+          'two installers at once applied each migration exactly once');
+SELECT is(public.install_fingerprint(), (SELECT fingerprint_before_rerun FROM public.install_check),
+          'running install.sql again changed no function, privilege, table or version row');
+SELECT is(outbox.version(), (SELECT max(version) FROM outbox.schema_version),
+          'outbox.version() is the latest applied migration');
+SELECT ok((SELECT bool_and(applied_at IS NOT NULL AND description <> '') FROM outbox.schema_version),
+          'every version row has a description and a time');
+
+-- outbox.event --------------------------------------------------------------
+SELECT has_table('outbox', 'event', 'outbox.event exists');
+SELECT results_eq(
+    $$SELECT a.attname::text COLLATE "default", format_type(a.atttypid, a.atttypmod), a.attnotnull,
+             pg_get_expr(d.adbin, d.adrelid) COLLATE "default", a.attidentity::text
+      FROM pg_attribute AS a
+      LEFT JOIN pg_attrdef AS d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+      WHERE a.attrelid = 'outbox.event'::regclass AND a.attnum > 0 AND NOT a.attisdropped
+      ORDER BY a.attnum$$,
+    $$VALUES ('id', 'bigint', true, NULL, 'a'),
+             ('txid', 'xid8', true, 'pg_current_xact_id()', ''),
+             ('topic', 'text', true, NULL, ''),
+             ('key', 'bytea', false, NULL, ''),
+             ('payload', 'bytea', false, NULL, ''),
+             ('headers', 'jsonb', false, NULL, ''),
+             ('created_at', 'timestamp with time zone', true, 'now()', '')$$,
+    'outbox.event has the contract''s columns, types, defaults and identity'
+);
+SELECT col_is_pk('outbox', 'event', 'id', 'outbox.event.id is the primary key');
+SELECT has_index('outbox', 'event', 'event_txid_idx', ARRAY['txid'], 'outbox.event has an index on txid');
+SELECT results_eq(
+    $$SELECT conname::text COLLATE "default" FROM pg_constraint
+      WHERE conrelid = 'outbox.event'::regclass AND contype = 'c' ORDER BY conname$$,
+    $$VALUES ('event_headers_string_object'), ('event_topic_legal_chars'),
+             ('event_topic_max_length'), ('event_topic_not_dot'), ('event_topic_not_empty')$$,
+    'outbox.event validates by named CHECK constraints'
+);
+
+-- outbox.relay_state --------------------------------------------------------
+SELECT has_table('outbox', 'relay_state', 'outbox.relay_state exists');
+SELECT results_eq(
+    $$SELECT a.attname::text COLLATE "default", format_type(a.atttypid, a.atttypmod), a.attnotnull
+      FROM pg_attribute AS a
+      WHERE a.attrelid = 'outbox.relay_state'::regclass AND a.attnum > 0 AND NOT a.attisdropped
+      ORDER BY a.attnum$$,
+    $$VALUES ('name', 'text', true), ('owner', 'text', false), ('generation', 'bigint', true),
+             ('lease_expires_at', 'timestamp with time zone', false), ('batch_seq', 'bigint', true),
+             ('pos_done', 'pg_snapshot', true), ('pos_next', 'pg_snapshot', false),
+             ('pos_after_id', 'bigint', true), ('created_at', 'timestamp with time zone', true),
+             ('updated_at', 'timestamp with time zone', true),
+             ('advanced_at', 'timestamp with time zone', false)$$,
+    'outbox.relay_state has the contract''s columns'
+);
+SELECT col_is_pk('outbox', 'relay_state', 'name', 'outbox.relay_state.name is the primary key');
+
+-- Functions: the API the relay calls by name. Any change of a name, an
+-- argument or a result column breaks the C side: it must show up here.
+SELECT results_eq(
+    $$SELECT p.oid::regprocedure::text, pg_get_function_result(p.oid)
+      FROM pg_proc AS p
+      WHERE p.pronamespace = 'outbox'::regnamespace
+      ORDER BY 1$$,
+    $$VALUES
+      ('outbox.advance(text,bigint,bigint,text,text,bigint,bigint)', 'bigint'),
+      ('outbox.fetch_page(pg_snapshot,pg_snapshot,bigint,integer,bigint)',
+       'TABLE(id bigint, topic text, key bytea, payload bytea, header_names text[], header_values text[], created_ms bigint)'),
+      ('outbox.fetch_page_bounds(pg_snapshot,pg_snapshot,bigint,integer,bigint)', 'bigint[]'),
+      ('outbox.headers_bytes(jsonb)', 'integer'),
+      ('outbox.headers_valid(jsonb)', 'boolean'),
+      ('outbox.lag(text)', 'TABLE(rows bigint, oldest_age_ms bigint)'),
+      ('outbox.lease_acquire(text,text,integer,boolean)',
+       'TABLE(acquired boolean, generation bigint, owner text, expires_in_ms bigint)'),
+      ('outbox.lease_release(text,bigint)', 'boolean'),
+      ('outbox.lease_renew(text,bigint,integer)', 'boolean'),
+      ('outbox.notify_disable()', 'boolean'),
+      ('outbox.notify_enable()', 'boolean'),
+      ('outbox.notify_enabled()', 'boolean'),
+      ('outbox.notify_event()', 'trigger'),
+      ('outbox.position_get(text)',
+       'TABLE(generation bigint, batch_seq bigint, pos_done text, pos_next text, pos_after_id bigint)'),
+      ('outbox.position_reset(text,bigint,text,bigint)',
+       'TABLE(generation bigint, batch_seq bigint, pos_done text, rows_restamped bigint)'),
+      ('outbox.publish(text,bytea,bytea,jsonb)', 'bigint'),
+      ('outbox.publish(text,text,jsonb,jsonb)', 'bigint'),
+      ('outbox.publish(text,text,text,jsonb)', 'bigint'),
+      ('outbox.purge(text,bigint,integer)', 'bigint'),
+      ('outbox.relay_forget(text)', 'boolean'),
+      ('outbox.relayed(xid8,bigint,pg_snapshot,pg_snapshot,bigint)', 'boolean'),
+      ('outbox.status(text)',
+       'TABLE(name text, owner text, generation bigint, lease_expires_at timestamp with time zone, lease_expires_in_ms bigint, batch_seq bigint, pos_done text, pos_next text, pos_after_id bigint, created_at timestamp with time zone, updated_at timestamp with time zone, advanced_at timestamp with time zone, lag_rows bigint, lag_oldest_age_ms bigint)'),
+      ('outbox.version()', 'integer'),
+      ('outbox.window_open(text)', 'text')$$,
+    'outbox has exactly the documented functions, with these arguments and results'
+);
+SELECT results_eq(
+    $$SELECT p.proname::text COLLATE "default", pg_get_function_arguments(p.oid)
+      FROM pg_proc AS p
+      WHERE p.pronamespace = 'outbox'::regnamespace
+        AND p.proname IN ('lease_acquire', 'lease_renew', 'lease_release', 'position_get',
+                          'window_open', 'fetch_page', 'advance', 'purge', 'lag', 'status',
+                          'relay_forget')
+      ORDER BY 1$$,
+    $$VALUES
+      ('advance', 'p_name text, p_generation bigint, p_batch_seq bigint, p_done text, p_next text, p_after_id bigint, p_retention_ms bigint DEFAULT 0'),
+      ('fetch_page', 'p_done pg_snapshot, p_next pg_snapshot, p_after_id bigint, p_max_rows integer, p_max_bytes bigint'),
+      ('lag', 'p_name text'),
+      ('lease_acquire', 'p_name text, p_owner text, p_ttl_ms integer, p_allow_other_names boolean DEFAULT false'),
+      ('lease_release', 'p_name text, p_generation bigint'),
+      ('lease_renew', 'p_name text, p_generation bigint, p_ttl_ms integer'),
+      ('position_get', 'p_name text'),
+      ('purge', 'p_name text, p_retention_ms bigint, p_max_rows integer'),
+      ('relay_forget', 'p_name text'),
+      ('status', 'p_name text'),
+      ('window_open', 'p_name text')$$,
+    'the relay''s functions keep the contract''s argument names and defaults'
+);
+
+-- Functions that write relay_state run as their owner with a fixed
+-- search_path; the rest run with the caller's rights.
+SELECT results_eq(
+    $$SELECT p.proname::text COLLATE "default" FROM pg_proc AS p
+      WHERE p.pronamespace = 'outbox'::regnamespace AND p.prosecdef ORDER BY 1$$,
+    $$VALUES ('advance'), ('lag'), ('lease_acquire'), ('lease_release'), ('lease_renew'),
+             ('notify_disable'), ('notify_enable'), ('position_get'), ('position_reset'),
+             ('purge'), ('relay_forget'), ('status'), ('window_open')$$,
+    'exactly the state-writing and state-reading functions are SECURITY DEFINER'
+);
+SELECT is_empty(
+    $$SELECT p.proname FROM pg_proc AS p
+      WHERE p.pronamespace = 'outbox'::regnamespace AND p.prosecdef
+        AND NOT coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false)$$,
+    'every SECURITY DEFINER function pins search_path to pg_catalog, pg_temp'
+);
+SELECT is(
+    (SELECT provolatile::text FROM pg_proc WHERE oid = 'outbox.headers_valid(jsonb)'::regprocedure),
+    'i', 'headers_valid() is IMMUTABLE (it backs a CHECK constraint)');
+SELECT is(
+    (SELECT provolatile::text FROM pg_proc
+     WHERE oid = 'outbox.fetch_page(pg_snapshot,pg_snapshot,bigint,integer,bigint)'::regprocedure),
+    's', 'fetch_page() is STABLE');
+SELECT is(
+    (SELECT l.lanname::text FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang
+     WHERE p.oid = 'outbox.fetch_page(pg_snapshot,pg_snapshot,bigint,integer,bigint)'::regprocedure),
+    'sql', 'fetch_page() is LANGUAGE sql (inlined into the caller''s query)');
+
+-- fetch_page() is inlined: the plan of a call shows outbox.event itself, no
+-- Function Scan that would materialize the page. (Which scan it uses depends
+-- on the table's size and statistics: bench/sql/ looks at that.)
+CREATE FUNCTION pg_temp.plan_of(p_sql text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    v_line text;
+    v_plan text := '';
+BEGIN
+    FOR v_line IN EXECUTE 'EXPLAIN (COSTS OFF) ' || p_sql LOOP
+        v_plan := v_plan || v_line || E'\n';
+    END LOOP;
+    RETURN v_plan;
+END
+$$;
+SELECT unalike(pg_temp.plan_of($$SELECT * FROM outbox.fetch_page('1:1:', '5:5:', 0, 10, 1000)$$),
+              '%Function Scan on fetch_page%', 'fetch_page() is inlined into the calling query');
+
+-- Roles ---------------------------------------------------------------------
+SELECT has_role('outbox_relay', 'role outbox_relay exists');
+SELECT has_role('outbox_writer', 'role outbox_writer exists');
+SELECT is((SELECT rolcanlogin FROM pg_roles WHERE rolname = 'outbox_relay'), false,
+          'outbox_relay is NOLOGIN (grant it to a login role)');
+SELECT is((SELECT rolcanlogin FROM pg_roles WHERE rolname = 'outbox_writer'), false,
+          'outbox_writer is NOLOGIN (grant it to a login role)');
+SELECT is_empty(
+    $$SELECT p.oid::regprocedure FROM pg_proc AS p
+      WHERE p.pronamespace = 'outbox'::regnamespace
+        AND has_function_privilege('public', p.oid, 'EXECUTE')
+        AND p.proname NOT IN ('headers_valid', 'headers_bytes', 'relayed', 'version', 'notify_enabled')$$,
+    'PUBLIC may execute only the pure helper functions'
+);
+
+-- The contract's constants ---------------------------------------------------
+SELECT is(outbox.version(), 1, 'schema version 1');
+SELECT is((SELECT count(*)::int FROM outbox.event), 0, 'a fresh install has no outbox rows');
+SELECT is((SELECT count(*)::int FROM outbox.relay_state), 0, 'a fresh install has no relay');
+SELECT is(outbox.notify_enabled(), false, 'NOTIFY is off after install');
+SELECT ok(outbox.relayed('5', 1, '10:10:', NULL, 0), 'relayed(): below done''s xmin is relayed');
+SELECT ok(NOT outbox.relayed('12', 1, '10:20:12', NULL, 0), 'relayed(): done''s xip is not');
+SELECT ok(outbox.relayed('25', 7, '10:20:', '20:30:', 7), 'relayed(): in the open window up to after_id');
+SELECT ok(NOT outbox.relayed('25', 8, '10:20:', '20:30:', 7), 'relayed(): beyond after_id is not');
+SELECT ok(NOT outbox.relayed('25', 1, '10:20:', '20:30:25', 7), 'relayed(): in next''s xip is not');
+
+SELECT * FROM finish();
+ROLLBACK;
