@@ -345,7 +345,7 @@ int checkpoint_read_last(const struct config *cfg, struct position *pos, bool *f
 	int r = 0;
 
 	*found = false;
-	conf = kafka_conf_new(cfg, errbuf, errlen);
+	conf = kafka_conf_new(cfg, true, errbuf, errlen);
 	if (!conf)
 		return -1;
 	if (rd_kafka_conf_set(conf, "isolation.level", "read_committed", rderr, sizeof(rderr)) ||

@@ -116,7 +116,7 @@ static int cmd_check(const struct config *cfg)
 	}
 	outbox_free(ob);
 
-	conf = kafka_conf_new(cfg, err, sizeof(err));
+	conf = kafka_conf_new(cfg, false, err, sizeof(err));
 	if (!conf) {
 		printf("kafka: FAILED: %s\n", err);
 		return EXIT_STARTUP;

@@ -51,12 +51,21 @@ static void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const
 	log_write(lv, "librdkafka", "%s: %s", fac, buf);
 }
 
-rd_kafka_conf_t *kafka_conf_new(const struct config *cfg, char *errbuf, size_t errlen)
+/* The checkpoint reader gets the producer's kafka.properties too; librdkafka's
+ * warnings that producer properties do not apply to it are noise. */
+static void kafka_reader_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+	if (strcmp(fac, "CONFWARN") == 0 && strstr(buf, "producer property"))
+		level = 7;
+	kafka_log_cb(rk, level, fac, buf);
+}
+
+rd_kafka_conf_t *kafka_conf_new(const struct config *cfg, bool reader, char *errbuf, size_t errlen)
 {
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 	char rderr[512];
 
-	rd_kafka_conf_set_log_cb(conf, kafka_log_cb);
+	rd_kafka_conf_set_log_cb(conf, reader ? kafka_reader_log_cb : kafka_log_cb);
 	if (rd_kafka_conf_set(conf, "bootstrap.servers", cfg->kafka_bootstrap, rderr,
 			      sizeof(rderr)) != RD_KAFKA_CONF_OK ||
 	    rd_kafka_conf_set(conf, "client.id", "outbox-relay", rderr, sizeof(rderr)) !=
@@ -136,7 +145,7 @@ struct publisher *publisher_new(const struct config *cfg, char *errbuf, size_t e
 	char rderr[512], v[32];
 	long long kb;
 
-	conf = kafka_conf_new(cfg, errbuf, errlen);
+	conf = kafka_conf_new(cfg, false, errbuf, errlen);
 	if (!conf)
 		return NULL;
 	pub = xcalloc(1, sizeof(*pub));

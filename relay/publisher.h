@@ -29,9 +29,11 @@ struct publisher;
 
 /* A librdkafka configuration with bootstrap.servers, the relay's logger and
  * cfg->kafka_props applied (in that order, so the file wins). Shared by the
- * producer, the checkpoint reader and the admin calls. Returns NULL with
- * errbuf set when a property is refused. The caller owns the result. */
-rd_kafka_conf_t *kafka_conf_new(const struct config *cfg, char *errbuf, size_t errlen) MUSTCHECK;
+ * producer, the checkpoint reader (`reader`: a consumer) and the admin
+ * calls. Returns NULL with errbuf set when a property is refused. The
+ * caller owns the result. */
+rd_kafka_conf_t *kafka_conf_new(const struct config *cfg, bool reader, char *errbuf,
+				size_t errlen) MUSTCHECK;
 
 /* Create the transactional producer (transactional.id = relay name). cfg is
  * borrowed and must outlive it. Returns NULL with errbuf on a config error. */
