@@ -600,10 +600,15 @@ BEGIN
                         p_name, p_batch_seq, v_old.batch_seq
             USING ERRCODE = 'OR002';
     END IF;
-    -- batch_seq orders positions; the snapshots must agree with it.
+    -- batch_seq orders positions; the snapshots must agree with it: done
+    -- never moves back, and from inside a window the position either stays
+    -- in it (after_id not decreasing) or reaches its end or beyond.
     IF pg_snapshot_xmax(v_done) < pg_snapshot_xmax(v_old.pos_done)
-       OR (v_done::text = v_old.pos_done::text AND v_next::text = v_old.pos_next::text
-           AND p_after_id < v_old.pos_after_id) THEN
+       OR (v_old.pos_next IS NOT NULL
+           AND CASE WHEN v_done::text = v_old.pos_done::text AND v_next::text = v_old.pos_next::text
+                    THEN p_after_id < v_old.pos_after_id
+                    ELSE pg_snapshot_xmax(v_done) < pg_snapshot_xmax(v_old.pos_next)
+               END) THEN
         RAISE EXCEPTION 'relay "%" position would go backwards: % is before stored %', p_name,
                         format('(%s, %s, %s)', v_done, coalesce(v_next::text, '-'), p_after_id),
                         format('(%s, %s, %s)', v_old.pos_done, coalesce(v_old.pos_next::text, '-'),
@@ -783,7 +788,11 @@ CREATE FUNCTION outbox.status(p_name text)
 AS $$
 #variable_conflict use_column
 BEGIN
-    -- lag() raises OR005 for an unknown relay.
+    IF NOT EXISTS (SELECT FROM outbox.relay_state AS rs WHERE rs.name = p_name) THEN
+        RAISE EXCEPTION 'relay "%" does not exist', p_name
+            USING ERRCODE = 'OR005',
+                  HINT = 'A relay''s state is created by outbox.lease_acquire().';
+    END IF;
     RETURN QUERY
     SELECT rs.name, rs.owner, rs.generation, rs.lease_expires_at,
            floor(extract(epoch FROM rs.lease_expires_at - clock_timestamp()) * 1000)::bigint,
