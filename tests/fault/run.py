@@ -306,8 +306,9 @@ http = {{ listen = ""; }};
         self.setup()
         sup = threading.Thread(target=self.supervise, daemon=True)
         sup.start()
+        # the writers run through every fault; the row target is a minimum
         load = workload.Workload(self.db, self.args.keys, writers=self.args.writers,
-                                 target=self.args.rows, seed=self.args.seed).start()
+                                 seed=self.args.seed).start()
         plan = self.plan()
         log(f"{len(plan)} faults planned; writers target {self.args.rows} rows")
         started = time.monotonic()
@@ -319,10 +320,9 @@ http = {{ listen = ""; }};
             getattr(self, "f_" + fault)()
             if (i + 1) % 20 == 0:
                 log(f"{i + 1} faults, {load.committed} rows committed")
-        # faults over: let the writers reach their target (full run) or stop
-        if not self.args.quick:
-            while load.alive() and load.committed < self.args.rows:
-                time.sleep(1)
+        # faults over: let the writers reach the row target (full run)
+        while not self.args.quick and load.alive() and load.committed < self.args.rows:
+            time.sleep(1)
         load.stop()
         self.drain()
         r = self.current()

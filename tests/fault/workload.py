@@ -5,7 +5,8 @@ Each transaction takes 1-5 keys, locks each key's sequence row, bumps it, and
 inserts one outbox row per key with headers k (key), s (the key's sequence
 number) and t (a transaction id), plus one audit row per outbox row, in the
 same transaction. Some transactions roll back; some stay open for seconds
-(their ids commit out of order with everyone else's). A key always goes to
+(their ids commit out of order with everyone else's); those write a key of
+their writer's own, so they delay nobody's locks, only their own rows. A key always goes to
 the same topic, so per key the sequence must rise by one along its partition.
 """
 import multiprocessing as mp
@@ -35,12 +36,17 @@ def setup(url, topics, nkeys):
     conn.close()
 
 
-def _one_txn(cur, rng, nkeys, long_txn_prob, rollback_prob):
-    keys = sorted(rng.sample(range(nkeys), rng.randint(1, min(5, nkeys))))  # sorted: no deadlocks
+def _one_txn(cur, rng, nkeys, long_txn_prob, rollback_prob, slow_key):
+    long_txn = rng.random() < long_txn_prob
+    if long_txn:
+        # A long transaction writes this writer's own key, so it holds no
+        # lock another writer waits for: it only holds an early id open.
+        keys = [slow_key]
+    else:
+        keys = [f"key-{k:03d}" for k in sorted(rng.sample(range(nkeys), rng.randint(1, min(5, nkeys))))]
     txn = uuid.uuid4().hex[:16]
     cur.execute("BEGIN")
-    for k in keys:
-        key = f"key-{k:03d}"
+    for key in keys:
         cur.execute("UPDATE fault.key_seq SET seq = seq + 1 WHERE key = %s RETURNING seq, topic",
                     (key,))
         seq, topic = cur.fetchone()
@@ -52,7 +58,7 @@ def _one_txn(cur, rng, nkeys, long_txn_prob, rollback_prob):
         oid = cur.fetchone()[0]
         cur.execute("INSERT INTO fault.audit(outbox_id, key, seq, txn, nrows) VALUES (%s, %s, %s, %s, %s)",
                     (oid, key, seq, txn, len(keys)))
-    if rng.random() < long_txn_prob:
+    if long_txn:
         time.sleep(rng.uniform(0.5, 3.0))  # holds an early id while others commit
     if rng.random() < rollback_prob:
         cur.execute("ROLLBACK")
@@ -63,6 +69,7 @@ def _one_txn(cur, rng, nkeys, long_txn_prob, rollback_prob):
 
 def writer(url, nkeys, stop, target, counter, seed, long_txn_prob, rollback_prob):
     rng = random.Random(seed)
+    slow_key = f"slow-{seed}"
     conn = None
     while not stop.is_set() and counter.value < target:
         try:
@@ -70,7 +77,9 @@ def writer(url, nkeys, stop, target, counter, seed, long_txn_prob, rollback_prob
                 conn = psycopg2.connect(url, connect_timeout=5)
                 conn.autocommit = True
             with conn.cursor() as cur:
-                n = _one_txn(cur, rng, nkeys, long_txn_prob, rollback_prob)
+                cur.execute("INSERT INTO fault.key_seq(key, topic) SELECT %s, topic FROM "
+                            "fault.key_seq WHERE key = 'key-000' ON CONFLICT DO NOTHING", (slow_key,))
+                n = _one_txn(cur, rng, nkeys, long_txn_prob, rollback_prob, slow_key)
             with counter.get_lock():
                 counter.value += n
         except psycopg2.Error:
@@ -85,16 +94,18 @@ def writer(url, nkeys, stop, target, counter, seed, long_txn_prob, rollback_prob
 
 
 class Workload:
-    """N writer processes until `target` rows are committed or stop()."""
+    """`writers` fast writer processes, plus `slow_writers` whose transactions
+    are often long (half of them stay open 0.5-3 s), until `target` rows are
+    committed or stop()."""
 
-    def __init__(self, url, nkeys, writers=4, target=10**12, long_txn_prob=0.02,
-                 rollback_prob=0.1, seed=1):
+    def __init__(self, url, nkeys, writers=4, slow_writers=1, target=10**12, rollback_prob=0.1,
+                 seed=1):
         self.stop_ev = mp.Event()
         self.counter = mp.Value("q", 0)
         self.procs = [mp.Process(target=writer, daemon=True,
                                  args=(url, nkeys, self.stop_ev, target, self.counter, seed + i,
-                                       long_txn_prob, rollback_prob))
-                      for i in range(writers)]
+                                       0.5 if i >= writers else 0.0, rollback_prob))
+                      for i in range(writers + slow_writers)]
 
     def start(self):
         for p in self.procs:
