@@ -242,3 +242,21 @@ def test_check_and_status_commands(outbox_db, tmp_path):
     assert "relay.lease_tll_ms: unknown option" in out.stderr and "bad.conf:3" in out.stderr
     out = subprocess.run([RELAY_BIN, "bogus"], capture_output=True, text=True)
     assert out.returncode == 2
+
+
+def test_json_logs(outbox_db, topics, relays, tmp_path):
+    (tp,) = topics(1)
+    cfg = write_config(tmp_path / "relay.conf", outbox_db, "r-json",
+                       **{"log.format": "json", "log.level": "debug",
+                          "kafka.properties": ["debug=eos"]})  # librdkafka's own lines too
+    relay = relays(cfg)
+    relay.wait_log('"msg":"relay \\\\"r-json\\\\" publishing"')
+    conn = connect(outbox_db)
+    insert_rows(conn, [tp], 0, 10, per_txn=10)
+    wait_for(drained(conn), 30, "rows to be relayed")
+    assert relay.stop() == 0
+    lines = relay.text().splitlines()
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert all(set(r) == {"ts", "level", "src", "msg"} for r in records)
+    assert {"relay", "librdkafka"} <= {r["src"] for r in records}
+    assert any(r["level"] == "debug" and r["msg"].startswith("batch 1:") for r in records)
