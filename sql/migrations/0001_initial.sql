@@ -997,6 +997,7 @@ REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA outbox FROM PUBLIC;
 -- or reads positions.
 GRANT EXECUTE ON FUNCTION
     outbox.headers_valid(jsonb),
+    outbox.headers_bytes(jsonb),
     outbox.relayed(xid8, bigint, pg_snapshot, pg_snapshot, bigint),
     outbox.version(),
     outbox.notify_enabled()
@@ -1026,6 +1027,7 @@ GRANT EXECUTE ON FUNCTION
     outbox.position_get(text),
     outbox.window_open(text),
     outbox.fetch_page(pg_snapshot, pg_snapshot, bigint, int, bigint),
+    outbox.fetch_page_bounds(pg_snapshot, pg_snapshot, bigint, int, bigint),
     outbox.advance(text, bigint, bigint, text, text, bigint, bigint),
     outbox.purge(text, bigint, int),
     outbox.lag(text),
