@@ -186,12 +186,18 @@ def relays(tmp_path):
             r.kill()
 
 
+def ckpt_topic(db_url, name):
+    """The checkpoint topic of relay `name` in this test: topics outlive a
+    test on the shared broker, the per-test database name keeps them apart."""
+    return f"ckpt-{name}-{urlsplit(db_url).path.lstrip('/')}"
+
+
 def write_config(path, db_url, name, **opts):
     """A relay.conf for the test; opts are "group.key" -> value overrides."""
     groups = {
         "relay": {"name": name, "lease_ttl_ms": 2000},
         "postgres": {"conninfo": db_url},
-        "kafka": {"bootstrap_servers": BOOTSTRAP, "checkpoint_topic": f"ckpt-{name}",
+        "kafka": {"bootstrap_servers": BOOTSTRAP, "checkpoint_topic": ckpt_topic(db_url, name),
                   "transaction_timeout_ms": 20000, "commit_timeout_ms": 10000},
         "batch": {"poll_interval_ms": 50},
         "http": {"listen": ""},

@@ -10,7 +10,8 @@ import psycopg2
 import pytest
 from confluent_kafka import TIMESTAMP_CREATE_TIME
 
-from conftest import (SANITIZED, header, java_partition, read_all, wait_for, write_config)
+from conftest import (SANITIZED, ckpt_topic, header, java_partition, read_all, wait_for,
+                      write_config)
 
 
 def connect(url):
@@ -82,7 +83,7 @@ def db_position(conn, name):
 
 def assert_positions_agree(conn, name):
     """The database position equals the last committed checkpoint."""
-    ck = checkpoint_of(name, f"ckpt-{name}")
+    ck = checkpoint_of(name, ckpt_topic("/" + conn.get_dsn_parameters()["dbname"], name))
     assert ck is not None
     fields = dict(f.split("=", 1) for f in ck.split()[1:])
     seq, done, nxt, after = db_position(conn, name)
