@@ -412,6 +412,10 @@ CREATE FUNCTION outbox.fetch_page_bounds(p_done pg_snapshot, p_next pg_snapshot,
     RETURNS bigint[]
     LANGUAGE plpgsql STABLE PARALLEL SAFE
     SET search_path = pg_catalog, pg_temp
+    -- Every query below has its index fixed by its ORDER BY ... LIMIT, so a
+    -- generic plan is as good as a custom one; planning once saves a
+    -- planner run per query per call, which a small window would notice.
+    SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_cap      int := least(4 * p_max_rows::bigint, 2147483647)::int;
@@ -518,21 +522,25 @@ CREATE FUNCTION outbox.fetch_page(p_done pg_snapshot, p_next pg_snapshot, p_afte
     RETURNS TABLE (id bigint, topic text, key bytea, payload bytea, header_names text[],
                    header_values text[], created_ms bigint)
     LANGUAGE sql STABLE
-BEGIN ATOMIC
+-- A string body rather than BEGIN ATOMIC: inlining parses this short text
+-- faster than it reads back a stored parse tree, and this is planned on
+-- every call. Every name is schema-qualified, so the caller's search_path
+-- does not matter.
+AS $$
     WITH bounds AS (
         SELECT outbox.fetch_page_bounds(p_done, p_next, p_after_id, p_max_rows, p_max_bytes) AS b
     )
     SELECT e.id, e.topic, e.key, e.payload,
+           -- Headers in jsonb's own key order (shorter names first, then
+           -- byte order), which both functions walk: deterministic, and no
+           -- sort per row.
+           CASE WHEN e.headers IS NOT NULL THEN ARRAY(SELECT pg_catalog.jsonb_object_keys(e.headers)) END,
            CASE WHEN e.headers IS NOT NULL THEN
-               ARRAY(SELECT h.k FROM jsonb_object_keys(e.headers) AS h(k) ORDER BY h.k COLLATE "C")
-           END,
-           CASE WHEN e.headers IS NOT NULL THEN
-               ARRAY(SELECT e.headers ->> h.k FROM jsonb_object_keys(e.headers) AS h(k)
-                     ORDER BY h.k COLLATE "C")
+               ARRAY(SELECT h.value FROM pg_catalog.jsonb_each_text(e.headers) AS h)
            END,
            -- Whole microseconds survive the float8 of date_part() exactly;
            -- integer division then floors to milliseconds.
-           (date_part('epoch', e.created_at) * 1000000)::bigint / 1000
+           (pg_catalog.date_part('epoch', e.created_at) * 1000000)::bigint / 1000
     FROM outbox.event AS e
     WHERE e.id >= (SELECT bounds.b[1] FROM bounds)
       AND e.id <= (SELECT bounds.b[2] FROM bounds)
@@ -540,10 +548,10 @@ BEGIN ATOMIC
       -- filter to false and skip the query, bounds and their argument
       -- checks included; this way a NULL reaches fetch_page_bounds(),
       -- which refuses it. For a real snapshot the test folds away.
-      AND (p_next IS NULL OR pg_visible_in_snapshot(e.txid, p_next))
-      AND (p_done IS NULL OR NOT pg_visible_in_snapshot(e.txid, p_done))
-    ORDER BY e.id;
-END;
+      AND (p_next IS NULL OR pg_catalog.pg_visible_in_snapshot(e.txid, p_next))
+      AND (p_done IS NULL OR NOT pg_catalog.pg_visible_in_snapshot(e.txid, p_done))
+    ORDER BY e.id
+$$;
 
 COMMENT ON FUNCTION outbox.fetch_page(pg_snapshot, pg_snapshot, bigint, int, bigint) IS
     'The next page of window (done, next]: rows with id > after_id in id order, at most max_rows, cut at max_bytes (first row always).';
