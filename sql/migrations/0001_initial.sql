@@ -551,6 +551,11 @@ AS $$
       AND (p_next IS NULL OR pg_catalog.pg_visible_in_snapshot(e.txid, p_next))
       AND (p_done IS NULL OR NOT pg_catalog.pg_visible_in_snapshot(e.txid, p_done))
     ORDER BY e.id
+    -- Never cuts (the range holds at most this many rows), but makes the
+    -- planner read the range in primary-key order, which needs no sort; it
+    -- would otherwise pick a bitmap scan and a sort of the whole page while
+    -- the table has no statistics yet, or while they are stale.
+    LIMIT (SELECT bounds.b[2] - bounds.b[1] + 1 FROM bounds)
 $$;
 
 COMMENT ON FUNCTION outbox.fetch_page(pg_snapshot, pg_snapshot, bigint, int, bigint) IS

@@ -119,18 +119,19 @@ SELECT results_eq(
 
 -- Columns -------------------------------------------------------------------
 INSERT INTO outbox.event (txid, topic, key, payload, headers, created_at)
-VALUES ('350', 'c', '\x6b', '\x70', '{"b": "2", "a": "1", "B": "", "ä": "x"}',
+VALUES ('350', 'c', '\x6b', '\x70', '{"zz": "2", "aaa": "1", "b": "", "a": "x", "ä": "y"}',
         '2024-01-02 03:04:05.678999+00'),
        ('351', 'c', NULL, NULL, '{}', '1970-01-01 00:00:00.0015+00'),
        ('352', 'c', NULL, NULL, NULL, '2024-01-02 03:04:05+00');
 SELECT results_eq(
     $$SELECT topic, key, payload, header_names, header_values, created_ms
       FROM outbox.fetch_page('300:300:', '400:400:', 0, 100, 1000000)$$,
-    $$VALUES ('c'::text, '\x6b'::bytea, '\x70'::bytea, ARRAY['B', 'a', 'b', 'ä'], ARRAY['', '1', '2', 'x'],
+    $$VALUES ('c'::text, '\x6b'::bytea, '\x70'::bytea, ARRAY['a', 'b', 'zz', 'ä', 'aaa'], ARRAY['x', '', '2', 'y', '1'],
               1704164645678::bigint),
              ('c', NULL, NULL, '{}'::text[], '{}'::text[], 1::bigint),
              ('c', NULL, NULL, NULL::text[], NULL::text[], 1704164645000::bigint)$$,
-    'columns: key and payload as stored; header names in byte order with their values; '
+    'columns: key and payload as stored; header names in jsonb order (shorter first, then bytes) '
+    'with their values; '
     'NULL headers give NULL arrays, {} empty ones; created_ms floors to milliseconds');
 
 -- Which index serves the page is decided per call; the answer is the same ---------
