@@ -453,8 +453,10 @@ BEGIN
     IF NOT v_by_id THEN
         v_xmax := pg_snapshot_xmax(p_done);
         WITH cand AS (
-            (SELECT e.id, coalesce(octet_length(e.key), 0) + coalesce(octet_length(e.payload), 0)
-                     + CASE WHEN e.headers IS NULL THEN 0 ELSE outbox.headers_bytes(e.headers) END AS bytes
+            (SELECT e.id,
+                    coalesce(octet_length(e.key), 0) + coalesce(octet_length(e.payload), 0)
+                    + CASE WHEN e.headers IS NULL THEN 0 ELSE outbox.headers_bytes(e.headers) END
+                    AS bytes
              FROM outbox.event AS e
              WHERE e.txid >= v_xmax AND e.txid < pg_snapshot_xmax(p_next)
                AND e.id > p_after_id
@@ -462,8 +464,9 @@ BEGIN
              ORDER BY e.txid
              LIMIT v_cap)
             UNION ALL
-            (SELECT e.id, coalesce(octet_length(e.key), 0) + coalesce(octet_length(e.payload), 0)
-                     + CASE WHEN e.headers IS NULL THEN 0 ELSE outbox.headers_bytes(e.headers) END
+            (SELECT e.id,
+                    coalesce(octet_length(e.key), 0) + coalesce(octet_length(e.payload), 0)
+                    + CASE WHEN e.headers IS NULL THEN 0 ELSE outbox.headers_bytes(e.headers) END
              FROM outbox.event AS e
              WHERE e.txid = ANY (ARRAY(SELECT pg_snapshot_xip(p_done)))
                AND e.id > p_after_id
@@ -480,8 +483,10 @@ BEGIN
     IF v_by_id THEN
         SELECT min(pg.id), max(pg.id), sum(pg.bytes)
         INTO v_first, v_last, v_bytes
-        FROM (SELECT e.id, coalesce(octet_length(e.key), 0) + coalesce(octet_length(e.payload), 0)
-                     + CASE WHEN e.headers IS NULL THEN 0 ELSE outbox.headers_bytes(e.headers) END AS bytes
+        FROM (SELECT e.id,
+                     coalesce(octet_length(e.key), 0) + coalesce(octet_length(e.payload), 0)
+                     + CASE WHEN e.headers IS NULL THEN 0 ELSE outbox.headers_bytes(e.headers) END
+                     AS bytes
               FROM outbox.event AS e
               WHERE e.id > p_after_id
                 AND pg_visible_in_snapshot(e.txid, p_next)
@@ -496,7 +501,8 @@ BEGIN
         FROM (SELECT e.id,
                      row_number() OVER w AS n,
                      sum(coalesce(octet_length(e.key), 0) + coalesce(octet_length(e.payload), 0)
-                     + CASE WHEN e.headers IS NULL THEN 0 ELSE outbox.headers_bytes(e.headers) END) OVER w AS running
+                         + CASE WHEN e.headers IS NULL THEN 0 ELSE outbox.headers_bytes(e.headers) END)
+                         OVER w AS running
               FROM outbox.event AS e
               WHERE e.id >= v_first AND e.id <= v_last
                 AND pg_visible_in_snapshot(e.txid, p_next)
