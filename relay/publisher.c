@@ -362,15 +362,16 @@ static bool is_poison(rd_kafka_resp_err_t err)
 
 /* Produce one message, waiting out a full local queue; the queue is sized
  * for a whole batch so that only happens while deliveries drain. */
-static rd_kafka_resp_err_t produce(struct publisher *pub, rd_kafka_topic_t *rkt, const void *key,
-				   size_t klen, const void *val, size_t vlen, int64_t ts,
-				   rd_kafka_headers_t *hdrs, int64_t id)
+static rd_kafka_resp_err_t produce_to(struct publisher *pub, rd_kafka_topic_t *rkt,
+				      int32_t partition, const void *key, size_t klen,
+				      const void *val, size_t vlen, int64_t ts,
+				      rd_kafka_headers_t *hdrs, int64_t id)
 {
 	rd_kafka_resp_err_t err;
 
 	for (;;) {
 		err = rd_kafka_producev(pub->rk, RD_KAFKA_V_RKT(rkt),
-					RD_KAFKA_V_PARTITION(RD_KAFKA_PARTITION_UA),
+					RD_KAFKA_V_PARTITION(partition),
 					RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
 					RD_KAFKA_V_KEY(key, klen), RD_KAFKA_V_VALUE((void *)val, vlen),
 					RD_KAFKA_V_TIMESTAMP(ts), RD_KAFKA_V_HEADERS(hdrs),
@@ -379,6 +380,14 @@ static rd_kafka_resp_err_t produce(struct publisher *pub, rd_kafka_topic_t *rkt,
 			return err;
 		rd_kafka_poll(pub->rk, 50);
 	}
+}
+
+/* Produce to the partition the partitioner picks for the key. */
+static rd_kafka_resp_err_t produce(struct publisher *pub, rd_kafka_topic_t *rkt, const void *key,
+				   size_t klen, const void *val, size_t vlen, int64_t ts,
+				   rd_kafka_headers_t *hdrs, int64_t id)
+{
+	return produce_to(pub, rkt, RD_KAFKA_PARTITION_UA, key, klen, val, vlen, ts, hdrs, id);
 }
 
 /* Abort after a failure before commit; any trouble makes the outcome the
@@ -460,8 +469,10 @@ static enum pub_status produce_all(struct publisher *pub, const struct batch *b,
 			return abort_txn(pub, is_poison(err) ? PUB_FATAL : PUB_RESEND);
 		}
 	}
-	err = produce(pub, pub->ckpt_rkt, pub->cfg->relay_name, strlen(pub->cfg->relay_name),
-		      ckpt_value, strlen(ckpt_value), 0, NULL, -1);
+	/* Partition 0, always: it is where checkpoint_read_last looks, whatever
+	 * the partition count of a topic someone else created. */
+	err = produce_to(pub, pub->ckpt_rkt, 0, pub->cfg->relay_name, strlen(pub->cfg->relay_name),
+			 ckpt_value, strlen(ckpt_value), 0, NULL, -1);
 	if (err) {
 		snprintf(pub->errstr, sizeof(pub->errstr), "could not produce checkpoint: %s",
 			 rd_kafka_err2str(err));

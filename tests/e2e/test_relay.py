@@ -261,3 +261,24 @@ def test_json_logs(outbox_db, topics, relays, tmp_path):
     assert all(set(r) == {"ts", "level", "src", "msg"} for r in records)
     assert {"relay", "librdkafka"} <= {r["src"] for r in records}
     assert any(r["level"] == "debug" and r["msg"].startswith("batch 1:") for r in records)
+
+
+def test_checkpoint_topic_with_several_partitions(outbox_db, topics, relays, tmp_path):
+    """Regression: checkpoints must all go to partition 0, where the relay
+    reads them back, even when someone created the topic with more."""
+    from conftest import create_topics
+    tps = topics(1)
+    name = "r-ckpt-parts"
+    create_topics([ckpt_topic(outbox_db, name)], partitions=3, config={"cleanup.policy": "compact"})
+    conn = connect(outbox_db)
+    insert_rows(conn, tps, 0, 3000, per_txn=500)
+    cfg = write_config(tmp_path / "relay.conf", outbox_db, name, **{"batch.max_rows": 500})
+    crashing = relays(cfg, env={"OUTBOX_RELAY_CRASH_AT": "after-commit:3"})
+    assert crashing.wait_exit(60) == -9, crashing.text()
+    relay = relays(cfg)
+    wait_for(drained(conn), 60, "the outbox to drain")
+    assert relay.stop() == 0, relay.text()
+    assert "bringing the database forward" in relay.text()
+    check_exactly_once(read_all(tps), range(3000))
+    ck = [m for m in read_all([ckpt_topic(outbox_db, name)])]
+    assert ck and {m.partition() for m in ck} == {0}
