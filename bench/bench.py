@@ -1,0 +1,1022 @@
+#!/usr/bin/python3
+"""bench.py: outbox-relay against bare Kafka, as ratios measured in one run.
+
+Run it through bench/run.sh, which builds the relay and the C programs of
+bench/ first. Scenarios (bench/README.md has the details):
+
+  A  drain a backlog of ROWS 256-byte rows (16 keys) to a topic of 1 and 6
+     partitions, transaction sizes 1k/10k/100k rows, until the last row is
+     visible to a read_committed consumer; against bench-producer txn (the same
+     records from memory, the same transaction size) and a plain SELECT.
+  B  steady ingest: single-row transactions at 1k/s and 5k/s, latency from the
+     writer's COMMIT returning to the row arriving at a read_committed
+     consumer, NOTIFY on and off; against bench-producer idempotent at the same
+     rate; and the writers' max throughput with and without the NOTIFY trigger.
+  C  recovery: kill -9 of the relay during A and during B, time from restart to
+     the first new row visible; against bench-producer txn killed with a
+     transaction open and restarted with the same transactional.id.
+
+Every database (bench_<run>_*) and topic (bench-<run>-*) it creates is
+dropped at the end, also after a failure or Ctrl-C.
+"""
+import argparse
+import json
+import math
+import os
+import re
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import psycopg2
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD = os.environ.get("BENCH_BUILD", os.path.join(ROOT, "build-bench"))
+RELAY = os.path.join(BUILD, "relay", "outbox-relay")
+TOOLS = os.path.join(BUILD, "tools")
+PRODUCER = os.path.join(TOOLS, "bench-producer")
+CONSUMER = os.path.join(TOOLS, "bench-consumer")
+WRITER = os.path.join(TOOLS, "bench-writer")
+
+PG_URL = os.environ.get("OUTBOX_PG_URL", "postgresql://postgres@127.0.0.1:55432/outbox")
+BOOTSTRAP = os.environ.get("OUTBOX_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+# The relay's shipped kafka.properties (conf/relay.conf); the bare producers
+# get the same ones.
+KAFKA_PROPS = ["compression.type=lz4", "linger.ms=5"]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+RUN = "%x%04x" % (int(time.time()) & 0xFFFFFF, os.getpid() & 0xFFFF)
+OWNER = "bench-owner"  # fixed relay.owner: a restarted relay retakes its lease at once
+
+
+def log(msg):
+    print("bench: " + msg, file=sys.stderr, flush=True)
+
+
+def now_ns():
+    return time.time_ns()
+
+
+# --- PostgreSQL ------------------------------------------------------------------
+
+def db_url(name):
+    return re.sub(r"^(postgres(?:ql)?://[^/?]*)(/[^?]*)?", lambda m: m.group(1) + "/" + name, PG_URL)
+
+
+class Pg:
+    """Databases of this run, created and dropped through the superuser URL."""
+
+    def __init__(self):
+        self.created = []
+
+    def admin(self, sql, *args):
+        conn = psycopg2.connect(PG_URL)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, args or None)
+                return cur.fetchall() if cur.description else None
+        finally:
+            conn.close()
+
+    def create(self, name, template=None):
+        sql = 'CREATE DATABASE "%s"' % name
+        if template:
+            # FILE_COPY: a checkpoint and a directory copy, far quicker than
+            # replaying a 1M-row template through the WAL.
+            sql += ' TEMPLATE "%s" STRATEGY FILE_COPY' % template
+        self.admin(sql)
+        self.created.append(name)
+        return db_url(name)
+
+    def drop(self, name):
+        self.admin('DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % name)
+        if name in self.created:
+            self.created.remove(name)
+
+    def drop_all(self):
+        for name in list(reversed(self.created)):
+            try:
+                self.drop(name)
+            except Exception as e:  # keep cleaning up
+                log("could not drop database %s: %s" % (name, e))
+
+    @staticmethod
+    def run(url, sql, *args):
+        conn = psycopg2.connect(url)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, args or None)
+                return cur.fetchall() if cur.description else None
+        finally:
+            conn.close()
+
+    @staticmethod
+    def install(url):
+        subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f",
+                        os.path.join(ROOT, "sql", "install.sql")],
+                       check=True, stdout=subprocess.DEVNULL)
+
+
+# --- Kafka -----------------------------------------------------------------------
+
+class Kafka:
+    def __init__(self):
+        self.admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+        self.created = set()
+
+    def create(self, name, partitions):
+        fut = self.admin.create_topics([NewTopic(name, num_partitions=partitions,
+                                                 replication_factor=1)])[name]
+        fut.result(30)
+        self.created.add(name)
+        # the topic's leaders must be known before a consumer assigns it
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            md = self.admin.list_topics(name, timeout=10).topics.get(name)
+            if md and md.error is None and len(md.partitions) == partitions and \
+                    all(p.leader >= 0 for p in md.partitions.values()):
+                return name
+            time.sleep(0.1)
+        raise RuntimeError("topic %s has no leaders" % name)
+
+    def delete(self, names):
+        names = [n for n in names if n]
+        if not names:
+            return
+        for name, fut in self.admin.delete_topics(names, operation_timeout=30).items():
+            try:
+                fut.result(60)
+            except KafkaException as e:
+                if e.args[0].code() != 3:  # UNKNOWN_TOPIC_OR_PART
+                    log("could not delete topic %s: %s" % (name, e))
+            self.created.discard(name)
+
+    def delete_all(self):
+        self.delete(sorted(self.created))
+
+
+# --- processes -------------------------------------------------------------------
+
+class Proc:
+    """A child whose stdout (or stderr) lines are read by a thread and kept
+    with the CLOCK_REALTIME ns at which they were read."""
+
+    def __init__(self, argv, name, stream="stdout", env=None):
+        self.name = name
+        self.argv = argv
+        self.lines = []
+        self.cond = threading.Condition()
+        self.spawn_ns = now_ns()
+        kw = {"stdout": subprocess.PIPE, "stderr": None}
+        if stream == "stderr":
+            kw = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE}
+        self.p = subprocess.Popen(argv, text=True, bufsize=1, env=env, **kw)
+        self.pid = self.p.pid
+        self.stream = self.p.stdout if stream == "stdout" else self.p.stderr
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        for line in self.stream:
+            with self.cond:
+                self.lines.append((now_ns(), line.rstrip("\n")))
+                self.cond.notify_all()
+        with self.cond:
+            self.cond.notify_all()
+
+    def wait_line(self, pred, timeout, start=0):
+        """The first (ns, line) from index start that satisfies pred."""
+        deadline = time.time() + timeout
+        i = start
+        with self.cond:
+            while True:
+                while i < len(self.lines):
+                    if pred(self.lines[i][1]):
+                        return self.lines[i]
+                    i += 1
+                left = deadline - time.time()
+                if left <= 0 or (self.p.poll() is not None and not self.thread.is_alive()):
+                    raise RuntimeError("%s: no matching line within %.0f s (exit %s); last: %s" % (
+                        self.name, timeout, self.p.poll(),
+                        [l for _, l in self.lines[-5:]]))
+                self.cond.wait(min(left, 0.5))
+
+    def wait_prefix(self, prefix, timeout, start=0):
+        ns, line = self.wait_line(lambda l: l.startswith(prefix), timeout, start)
+        return ns, line.split()
+
+    def cpu_us(self, pid=None):
+        with open("/proc/%d/stat" % (pid or self.pid)) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) * 1000000 // CLK_TCK
+
+    def hwm_kb(self):
+        with open("/proc/%d/status" % self.pid) as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+        return -1
+
+    def send(self, sig):
+        if self.p.poll() is None:
+            os.kill(self.pid, sig)
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        self.send(sig)
+        try:
+            self.p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.send(signal.SIGKILL)
+            self.p.wait(10)
+        self.thread.join(5)
+        return self.p.returncode
+
+    def kill9(self):
+        self.send(signal.SIGKILL)
+        self.p.wait(10)
+        self.thread.join(5)
+
+
+def pid_cpu_us(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) * 1000000 // CLK_TCK
+    except OSError:
+        return None
+
+
+class Consumer(Proc):
+    def __init__(self, topic, max_seq, want=0, out=None, timeout=900, from_end=True):
+        argv = [CONSUMER, "-b", BOOTSTRAP, "-t", topic, "--max-seq", str(max_seq),
+                "--timeout", str(timeout)]
+        if from_end:
+            argv.append("--from-end")
+        if want:
+            argv += ["-n", str(want)]
+        if out:
+            argv += ["--out", out]
+        super().__init__(argv, "consumer")
+        self.out = out
+        self.wait_prefix("assigned", 30)
+
+    def count(self):
+        with self.cond:
+            for _, line in reversed(self.lines):
+                if line.startswith("P "):
+                    return int(line.split()[1])
+        return 0
+
+    def wait_count(self, n, timeout):
+        ns, f = self.wait_line(lambda l: l.startswith("P ") and int(l.split()[1]) >= n, timeout)
+        return ns
+
+    def wait_quiet(self, quiet_s, timeout):
+        """Wait until no new record arrived for quiet_s seconds."""
+        deadline = time.time() + timeout
+        last, since = self.count(), time.time()
+        while time.time() < deadline:
+            time.sleep(0.05)
+            c = self.count()
+            if c != last:
+                last, since = c, time.time()
+            elif time.time() - since >= quiet_s:
+                return c
+        return last
+
+    def finish(self, timeout):
+        """Wait for its end (after -n records, or stop it) and parse "done"."""
+        try:
+            _, f = self.wait_prefix("done", timeout)
+        except RuntimeError:
+            self.send(signal.SIGTERM)
+            _, f = self.wait_prefix("done", 60)
+        self.p.wait(30)
+        return {"first_ns": int(f[1]), "last_ns": int(f[2]), "count": int(f[3]),
+                "dups": int(f[4]), "foreign": int(f[5]), "cpu_us": int(f[6])}
+
+    def arrivals(self):
+        return read_i64(self.out)
+
+
+def read_i64(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    return struct.unpack("<%dq" % (len(data) // 8), data)
+
+
+class Relay(Proc):
+    def __init__(self, tmp, name, url, max_rows=10000, max_bytes=None, notify=True,
+                 poll_ms=200, ckpt_topic=None, tag=""):
+        self.conf = os.path.join(tmp, "relay-%s%s.conf" % (name, tag))
+        if max_bytes is None:
+            max_bytes = max(16 << 20, max_rows * 512)
+        props = ", ".join('"%s"' % p for p in KAFKA_PROPS)
+        with open(self.conf, "w") as f:
+            f.write("""relay = { name = "%s"; owner = "%s"; };
+postgres = { conninfo = "%s"; };
+kafka = { bootstrap_servers = "%s"; checkpoint_topic = "%s"; properties = [ %s ]; };
+batch = { max_rows = %d; max_bytes = %d; max_wait_ms = 0; poll_interval_ms = %d; notify = %s; };
+http = { listen = ""; };
+log = { level = "info"; format = "text"; };
+""" % (name, OWNER, url, BOOTSTRAP, ckpt_topic, props, max_rows, max_bytes, poll_ms,
+                "true" if notify else "false"))
+        self.url = url
+        super().__init__([RELAY, "run", "-c", self.conf], "relay", stream="stderr")
+        self.backend = None
+
+    def wait_publishing(self, timeout=60):
+        ns, _ = self.wait_line(lambda l: "publishing" in l, timeout)
+        return ns
+
+    def find_backend(self):
+        """The pid of the relay's PostgreSQL backend (to add its CPU time)."""
+        rows = Pg.run(self.url, "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                      " AND application_name = 'outbox-relay'")
+        self.backend = rows[0][0] if rows else None
+        return self.backend
+
+    def log_ms(self, needle):
+        """Wall time (ms) of the relay's own timestamp on its first line holding needle."""
+        with self.cond:
+            for _, line in self.lines:
+                if needle in line:
+                    ts = line.split()[0]
+                    t = time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")
+                    return (int(time_gm(t)) * 1000 + int(ts[20:23]))
+        return None
+
+    def errors(self):
+        with self.cond:
+            return [l for _, l in self.lines if " error " in l or " warning " in l]
+
+
+def time_gm(t):
+    import calendar
+    return calendar.timegm(t)
+
+
+# --- statistics --------------------------------------------------------------------
+
+def percentile(sorted_vals, p):
+    if not sorted_vals:
+        return float("nan")
+    i = min(len(sorted_vals) - 1, max(0, int(math.ceil(p * len(sorted_vals))) - 1))
+    return sorted_vals[i]
+
+
+def latency_stats(sent, arrived, first=1):
+    """Latencies in ms of rows that were both sent and arrived, and the rows lost."""
+    lat, missing = [], 0
+    n = min(len(sent), len(arrived))
+    for seq in range(first, len(sent)):
+        s = sent[seq]
+        if s <= 0:
+            continue
+        a = arrived[seq] if seq < n else 0
+        if a <= 0:
+            missing += 1
+            continue
+        lat.append((a - s) / 1e6)
+    lat.sort()
+    return {"n": len(lat), "missing": missing,
+            "p50": percentile(lat, 0.50), "p99": percentile(lat, 0.99),
+            "p999": percentile(lat, 0.999), "max": lat[-1] if lat else float("nan")}
+
+
+def backlog_series(sent, arrived, step_s=1.0):
+    """Rows committed but not yet visible, sampled every step_s over the run."""
+    s = sorted(x for x in sent if x > 0)
+    a = sorted(x for x in arrived if x > 0)
+    if not s:
+        return []
+    t, end, out, i, j = s[0], s[-1], [], 0, 0
+    step = int(step_s * 1e9)
+    while t <= end:
+        while i < len(s) and s[i] <= t:
+            i += 1
+        while j < len(a) and a[j] <= t:
+            j += 1
+        out.append(i - j)
+        t += step
+    return out
+
+
+def slope(ys):
+    """Least-squares slope of ys per sample."""
+    n = len(ys)
+    if n < 2:
+        return 0.0
+    mx, my = (n - 1) / 2, sum(ys) / n
+    num = sum((x - mx) * (y - my) for x, y in enumerate(ys))
+    den = sum((x - mx) ** 2 for x in range(n))
+    return num / den
+
+
+# --- the benchmark -----------------------------------------------------------------
+
+def kafka_argv():
+    out = []
+    for p in KAFKA_PROPS:
+        out += ["-X", p]
+    return out
+
+
+def max_bytes_for(txn_rows):
+    # batch.max_bytes raised with the transaction size: a row here counts
+    # 262 bytes (key + payload), so max_rows is always the limit that cuts.
+    return max(16 << 20, txn_rows * 512)
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.pg = Pg()
+        self.kafka = Kafka()
+        self.tmp = tempfile.mkdtemp(prefix="outbox-bench-")
+        self.procs = []
+        self.results = {"run": RUN, "args": vars(args), "A": [], "A_select": [], "B": [],
+                        "B_writers": [], "C": []}
+        self.ckpt_topic = "bench-%s-ckpt" % RUN
+        self.kafka.created.add(self.ckpt_topic)  # the relay creates it; deleted at the end
+        self.seq = 0
+        self.templates = {}
+
+    def next(self):
+        self.seq += 1
+        return self.seq
+
+    def track(self, proc):
+        self.procs.append(proc)
+        return proc
+
+    def cleanup(self):
+        for p in self.procs:
+            try:
+                if p.p.poll() is None:
+                    p.stop(signal.SIGKILL, 5)
+            except Exception:
+                pass
+        self.pg.drop_all()
+        self.kafka.delete_all()
+        subprocess.run(["rm", "-rf", self.tmp])
+
+    # -- databases ------------------------------------------------------------------
+
+    def empty_template(self):
+        if "empty" not in self.templates:
+            name = "bench_%s_empty" % RUN
+            Pg.install(self.pg.create(name))
+            self.templates["empty"] = name
+        return self.templates["empty"]
+
+    def backlog_template(self, parts, topic, rows):
+        """A database holding the backlog for topic, vacuumed and analyzed,
+        copied (FILE_COPY) for every drain so that each starts alike."""
+        key = "p%d" % parts
+        if key not in self.templates:
+            name = "bench_%s_%s" % (RUN, key)
+            url = self.pg.create(name)
+            Pg.install(url)
+            t = time.time()
+            subprocess.run([WRITER, "load", "-d", url, "-t", topic, "-n", str(rows)], check=True,
+                           stdout=subprocess.DEVNULL)
+            Pg.run(url, "VACUUM (ANALYZE) outbox.event")
+            log("backlog of %d rows for %s loaded in %.1f s" % (rows, topic, time.time() - t))
+            self.templates[key] = name
+        return self.templates[key]
+
+    def copy_db(self, template):
+        name = "bench_%s_%d" % (RUN, self.next())
+        return name, self.pg.create(name, template=template)
+
+    # -- A: backlog drain ---------------------------------------------------------------
+
+    def select_rate(self, template, rows):
+        best = None
+        for _ in range(2):
+            t = time.perf_counter()
+            Pg.run(db_url(template), "COPY (SELECT id, topic, key, payload, headers, created_at "
+                                     "FROM outbox.event ORDER BY id) TO '/dev/null'")
+            dt = time.perf_counter() - t
+            best = dt if best is None else min(best, dt)
+        return rows / best
+
+    def a_relay(self, template, topic, parts, txn_rows, rows):
+        dbname, url = self.copy_db(template)
+        try:
+            cons = self.track(Consumer(topic, rows, want=rows))
+            relay = self.track(Relay(self.tmp, "bench-%s-a%d" % (RUN, self.seq), url,
+                                     max_rows=txn_rows, max_bytes=max_bytes_for(txn_rows),
+                                     ckpt_topic=self.ckpt_topic))
+            t_pub = relay.wait_publishing()
+            relay.find_backend()
+            b0 = pid_cpu_us(relay.backend) if relay.backend else None
+            done = cons.finish(self.args.timeout)
+            cpu, hwm = relay.cpu_us(), relay.hwm_kb()
+            b1 = pid_cpu_us(relay.backend) if relay.backend else None
+            relay.stop()
+            secs = (done["last_ns"] - t_pub) / 1e9
+            return {"who": "relay", "partitions": parts, "txn_rows": txn_rows,
+                    "rows": done["count"], "dups": done["dups"], "seconds": secs,
+                    "rows_per_s": done["count"] / secs,
+                    "startup_s": (t_pub - relay.spawn_ns) / 1e9,
+                    "cpu_us_per_row": cpu / rows, "rss_mb": hwm / 1024.0,
+                    "pg_cpu_us_per_row": (b1 - b0) / rows if b0 is not None and b1 else None,
+                    "consumer_cpu_us_per_row": done["cpu_us"] / rows,
+                    "warnings": relay.errors()[:5]}
+        finally:
+            self.pg.drop(dbname)
+
+    def a_bare(self, topic, parts, txn_rows, rows):
+        cons = self.track(Consumer(topic, rows, want=rows))
+        prod = self.track(Proc([PRODUCER, "txn", "-b", BOOTSTRAP, "-t", topic, "-n", str(rows),
+                                "-T", str(txn_rows), "--txn-id", "bench-%s-bare%d" % (RUN, self.next()),
+                                "--max-bytes", str(max_bytes_for(txn_rows))] + kafka_argv(),
+                               "bench-producer"))
+        t_ready, _ = prod.wait_prefix("ready", 60)
+        done = cons.finish(self.args.timeout)
+        _, f = prod.wait_prefix("done", 120)
+        prod.p.wait(30)
+        secs = (done["last_ns"] - t_ready) / 1e9
+        return {"who": "bare", "partitions": parts, "txn_rows": txn_rows, "rows": done["count"],
+                "dups": done["dups"], "seconds": secs, "rows_per_s": done["count"] / secs,
+                "startup_s": (t_ready - prod.spawn_ns) / 1e9,
+                "cpu_us_per_row": int(f[2]) / rows, "rss_mb": int(f[3]) / 1024.0,
+                "consumer_cpu_us_per_row": done["cpu_us"] / rows}
+
+    def scenario_a(self):
+        rows = self.args.rows
+        for parts in self.args.partitions:
+            topic = self.kafka.create("bench-%s-p%d" % (RUN, parts), parts)
+            tpl = self.backlog_template(parts, topic, rows)
+            self.results["A_select"].append({"partitions": parts, "rows_per_s": self.select_rate(tpl, rows)})
+            for txn_rows in self.args.txn_sizes:
+                for rep in range(self.args.repeat):
+                    for who in ("bare", "relay") if rep % 2 == 0 else ("relay", "bare"):
+                        if who == "bare":
+                            r = self.a_bare(topic, parts, txn_rows, rows)
+                        else:
+                            r = self.a_relay(tpl, topic, parts, txn_rows, rows)
+                        log("A %s p=%d T=%d: %.0f rows/s (%d rows, %.1f s)" % (
+                            who, parts, txn_rows, r["rows_per_s"], r["rows"], r["seconds"]))
+                        self.results["A"].append(r)
+            self.results["A_select"].append({"partitions": parts, "rows_per_s": self.select_rate(tpl, rows)})
+
+    # -- B: steady ingest -----------------------------------------------------------------
+
+    def steady_topic(self):
+        if "steady" not in self.templates:
+            self.templates["steady"] = self.kafka.create("bench-%s-steady" % RUN, 6)
+        return self.templates["steady"]
+
+    def conns_for(self, rate):
+        return max(2, min(16, int(math.ceil(rate / 500.0))))
+
+    def b_relay(self, rate, notify, secs):
+        topic = self.steady_topic()
+        dbname, url = self.copy_db(self.empty_template())
+        n = int(rate * secs)
+        try:
+            Pg.run(url, "SELECT outbox.notify_enable()" if notify else "SELECT outbox.notify_disable()")
+            arr_file = os.path.join(self.tmp, "b-arrived-%d" % self.seq)
+            sent_file = os.path.join(self.tmp, "b-sent-%d" % self.seq)
+            cons = self.track(Consumer(topic, n, out=arr_file))
+            relay = self.track(Relay(self.tmp, "bench-%s-b%d" % (RUN, self.seq), url,
+                                     notify=notify, ckpt_topic=self.ckpt_topic))
+            relay.wait_publishing()
+            relay.find_backend()
+            time.sleep(0.5)
+            cpu0 = relay.cpu_us()
+            b0 = pid_cpu_us(relay.backend) if relay.backend else None
+            w = self.track(Proc([WRITER, "steady", "-d", url, "-t", topic, "-r", str(rate), "-s",
+                                 str(secs), "-c", str(self.conns_for(rate)), "--out", sent_file],
+                                "bench-writer"))
+            _, wf = w.wait_prefix("done", secs * 3 + 60)
+            try:
+                cons.wait_count(n, 20)
+            except RuntimeError:
+                pass
+            cpu1, hwm = relay.cpu_us(), relay.hwm_kb()
+            b1 = pid_cpu_us(relay.backend) if relay.backend else None
+            cons.send(signal.SIGTERM)
+            done = cons.finish(30)
+            relay.stop()
+            r = self.b_stats(read_i64(sent_file), cons.arrivals(), rate, secs, wf)
+            r.update({"who": "relay", "notify": notify, "dups": done["dups"],
+                      "cpu_us_per_row": (cpu1 - cpu0) / n, "rss_mb": hwm / 1024.0,
+                      "pg_cpu_us_per_row": (b1 - b0) / n if b0 is not None and b1 else None,
+                      "writer_conns": self.conns_for(rate)})
+            return r
+        finally:
+            self.pg.drop(dbname)
+
+    def b_bare(self, rate, secs):
+        topic = self.steady_topic()
+        n = int(rate * secs)
+        arr_file = os.path.join(self.tmp, "b-arrived-%d" % self.next())
+        sent_file = os.path.join(self.tmp, "b-sent-%d" % self.seq)
+        cons = self.track(Consumer(topic, n, out=arr_file))
+        prod = self.track(Proc([PRODUCER, "idempotent", "-b", BOOTSTRAP, "-t", topic, "-r", str(rate),
+                                "-s", str(secs), "--out", sent_file] + kafka_argv(), "bench-producer"))
+        _, f = prod.wait_prefix("done", secs * 3 + 60)
+        try:
+            cons.wait_count(n, 20)
+        except RuntimeError:
+            pass
+        cons.send(signal.SIGTERM)
+        done = cons.finish(30)
+        r = self.b_stats(read_i64(sent_file), cons.arrivals(), rate, secs, None)
+        r.update({"who": "bare", "notify": None, "dups": done["dups"],
+                  "cpu_us_per_row": int(f[2]) / n, "rss_mb": int(f[3]) / 1024.0})
+        return r
+
+    def b_stats(self, sent, arrived, rate, secs, writer_fields):
+        r = {"rate": rate, "seconds": secs}
+        r.update(latency_stats(sent, arrived))
+        series = backlog_series(sent, arrived, 1.0)
+        r["backlog"] = series
+        # growth: slope over the second half (after warm-up), rows per second
+        half = series[len(series) // 2:]
+        r["backlog_slope"] = slope(half)
+        r["backlog_max"] = max(series) if series else 0
+        s = sorted(x for x in sent if x > 0)
+        r["achieved_rate"] = (len(s) - 1) / ((s[-1] - s[0]) / 1e9) if len(s) > 1 else 0
+        if writer_fields:
+            r["writer_late_p99_ms"] = int(writer_fields[4]) / 1000.0
+            r["writer_late_max_ms"] = int(writer_fields[5]) / 1000.0
+            r["commit_p50_ms"] = int(writer_fields[6]) / 1000.0
+            r["commit_p99_ms"] = int(writer_fields[7]) / 1000.0
+        # latency in the last third, against the whole
+        third = len(sent) * 2 // 3
+        r["p99_last_third"] = latency_stats(sent[third:], arrived[third:], first=0)["p99"]
+        return r
+
+    def writers_max(self, notify, conns, secs):
+        dbname, url = self.copy_db(self.empty_template())
+        try:
+            Pg.run(url, "SELECT outbox.notify_enable()" if notify else "SELECT outbox.notify_disable()")
+            out = subprocess.run([WRITER, "max", "-d", url, "-t", "bench-writers", "-s", str(secs),
+                                  "-c", str(conns)], check=True, capture_output=True, text=True).stdout
+            f = out.split()
+            return {"notify": notify, "conns": conns, "commits_per_s": float(f[3])}
+        finally:
+            self.pg.drop(dbname)
+
+    def scenario_b(self):
+        secs = self.args.steady_seconds
+        for rate in self.args.rates:
+            for notify in (True, False):
+                r = self.b_relay(rate, notify, secs)
+                log("B relay %d/s notify=%s: p50 %.1f p99 %.1f p99.9 %.1f max %.1f ms, achieved %.0f/s" % (
+                    rate, notify, r["p50"], r["p99"], r["p999"], r["max"], r["achieved_rate"]))
+                self.results["B"].append(r)
+            r = self.b_bare(rate, secs)
+            log("B bare %d/s: p50 %.1f p99 %.1f p99.9 %.1f max %.1f ms" % (
+                rate, r["p50"], r["p99"], r["p999"], r["max"]))
+            self.results["B"].append(r)
+        for conns in self.args.writer_conns:
+            for notify in (False, True):
+                r = self.writers_max(notify, conns, self.args.writer_seconds)
+                log("B writers max, %d conns, notify=%s: %.0f commits/s" % (conns, notify, r["commits_per_s"]))
+                self.results["B_writers"].append(r)
+
+    # -- C: recovery ---------------------------------------------------------------------
+
+    def first_after(self, arrivals, t_ns, lo=1, hi=None):
+        hi = len(arrivals) if hi is None else min(hi, len(arrivals))
+        best = None
+        for seq in range(lo, hi):
+            a = arrivals[seq]
+            if a > t_ns and (best is None or a < best):
+                best = a
+        return best
+
+    def c_relay_drain(self, trials):
+        parts = 6
+        topic = "bench-%s-p%d" % (RUN, parts)
+        if topic not in self.kafka.created:
+            self.kafka.create(topic, parts)
+        tpl = self.backlog_template(parts, topic, self.args.rows)
+        dbname, url = self.copy_db(tpl)
+        rows, txn_rows = self.args.rows, 10000
+        arr_file = os.path.join(self.tmp, "c-arrived-%d" % self.seq)
+        name = "bench-%s-c%d" % (RUN, self.seq)
+        out = []
+        try:
+            cons = self.track(Consumer(topic, rows, out=arr_file))
+            relay = self.track(Relay(self.tmp, name, url, max_rows=txn_rows, ckpt_topic=self.ckpt_topic))
+            relay.wait_publishing()
+            for k in range(trials):
+                base = cons.count()
+                cons.wait_count(base + 2 * txn_rows, 120)
+                time.sleep((k * 0.37) % 0.5)  # vary the point in the batch cycle
+                relay.kill9()
+                before = cons.wait_quiet(1.0, 20)
+                relay = self.track(Relay(self.tmp, name, url, max_rows=txn_rows,
+                                         ckpt_topic=self.ckpt_topic, tag="-r%d" % k))
+                t_pub = relay.wait_publishing()
+                cons.wait_count(before + 1, 60)
+                out.append({"t_restart": relay.spawn_ns, "t_pub": t_pub, "before": before})
+            relay.stop()
+            cons.send(signal.SIGTERM)
+            cons.finish(30)
+            arrivals = cons.arrivals()
+            return self.c_results("relay during A (T=10k)", out, arrivals)
+        finally:
+            self.pg.drop(dbname)
+
+    def c_relay_steady(self, trials, rate=1000):
+        topic = self.steady_topic()
+        dbname, url = self.copy_db(self.empty_template())
+        secs = trials * 6 + 4
+        n = rate * secs
+        arr_file = os.path.join(self.tmp, "c-arrived-%d" % self.seq)
+        sent_file = os.path.join(self.tmp, "c-sent-%d" % self.seq)
+        name = "bench-%s-c%d" % (RUN, self.seq)
+        out = []
+        try:
+            Pg.run(url, "SELECT outbox.notify_enable()")
+            cons = self.track(Consumer(topic, n, out=arr_file))
+            relay = self.track(Relay(self.tmp, name, url, ckpt_topic=self.ckpt_topic))
+            relay.wait_publishing()
+            w = self.track(Proc([WRITER, "steady", "-d", url, "-t", topic, "-r", str(rate), "-s",
+                                 str(secs), "-c", str(self.conns_for(rate)), "--out", sent_file],
+                                "bench-writer"))
+            _, f = w.wait_prefix("ready", 30)
+            t0 = int(f[1])
+            for k in range(trials):
+                bench_sleep_until(t0 + int((3 + 6 * k + (k * 0.37) % 0.5) * 1e9))
+                relay.kill9()
+                before = cons.wait_quiet(1.0, 20)
+                relay = self.track(Relay(self.tmp, name, url, ckpt_topic=self.ckpt_topic,
+                                         tag="-r%d" % k))
+                t_pub = relay.wait_publishing()
+                cons.wait_count(before + 1, 60)
+                out.append({"t_restart": relay.spawn_ns, "t_pub": t_pub, "before": before})
+            w.wait_prefix("done", secs + 60)
+            relay.stop()
+            cons.send(signal.SIGTERM)
+            cons.finish(30)
+            return self.c_results("relay during B (1k rows/s)", out, cons.arrivals())
+        finally:
+            self.pg.drop(dbname)
+
+    def c_bare(self, trials, txn_rows):
+        topic = "bench-%s-p6" % RUN
+        if topic not in self.kafka.created:
+            self.kafka.create(topic, 6)
+        arr_file = os.path.join(self.tmp, "c-arrived-%d" % self.next())
+        txn_id = "bench-%s-cbare%d" % (RUN, self.seq)
+        cons = self.track(Consumer(topic, trials * txn_rows, out=arr_file))
+        out = []
+        for k in range(trials):
+            first = 1 + k * txn_rows
+            # the victim: a transaction open with half a batch in the log
+            victim = self.track(Proc([PRODUCER, "txn", "-b", BOOTSTRAP, "-t", topic, "--hold-open",
+                                      str(txn_rows // 2), "--first", str(10 ** 9), "--txn-id", txn_id,
+                                      "--max-bytes", str(max_bytes_for(txn_rows))] + kafka_argv(),
+                                     "victim"))
+            victim.wait_prefix("open", 60)
+            victim.kill9()
+            time.sleep(1.0)
+            p = self.track(Proc([PRODUCER, "txn", "-b", BOOTSTRAP, "-t", topic, "-n", str(txn_rows),
+                                 "-T", str(txn_rows), "--first", str(first), "--txn-id", txn_id,
+                                 "--max-bytes", str(max_bytes_for(txn_rows))] + kafka_argv(),
+                                "bench-producer"))
+            t_ready, _ = p.wait_prefix("ready", 60)
+            p.wait_prefix("done", 60)
+            p.p.wait(30)
+            out.append({"t_restart": p.spawn_ns, "t_pub": t_ready, "lo": first, "hi": first + txn_rows})
+        cons.wait_count(trials * txn_rows, 30)
+        cons.send(signal.SIGTERM)
+        cons.finish(30)
+        return self.c_results("bare transactional producer (T=%d)" % txn_rows, out, cons.arrivals())
+
+    def c_results(self, what, trials, arrivals):
+        rows = []
+        for t in trials:
+            first = self.first_after(arrivals, t["t_restart"], t.get("lo", 1), t.get("hi"))
+            rows.append({"restart_to_ready_s": (t["t_pub"] - t["t_restart"]) / 1e9,
+                         "restart_to_first_row_s": (first - t["t_restart"]) / 1e9 if first else None})
+        vals = sorted(r["restart_to_first_row_s"] for r in rows if r["restart_to_first_row_s"] is not None)
+        res = {"what": what, "trials": rows,
+               "median_s": vals[len(vals) // 2] if vals else None, "max_s": vals[-1] if vals else None}
+        log("C %s: %s" % (what, ", ".join("%.2f s" % v for v in vals)))
+        return res
+
+    def scenario_c(self):
+        trials = self.args.trials
+        self.results["C"].append(self.c_bare(trials, 10000))
+        self.results["C"].append(self.c_relay_drain(trials))
+        self.results["C"].append(self.c_bare(trials, 1000))
+        self.results["C"].append(self.c_relay_steady(trials))
+
+
+def bench_sleep_until(t_ns):
+    d = (t_ns - now_ns()) / 1e9
+    if d > 0:
+        time.sleep(d)
+
+
+# --- report --------------------------------------------------------------------------
+
+def fmt(v, spec="%.0f"):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return spec % v
+
+
+def yes(ok):
+    return "**met**" if ok else "**not met**"
+
+
+def report(res):
+    out = []
+    p = out.append
+    if res["A"]:
+        p("### A. Backlog drain (%d rows, 256-byte payloads, 16 keys)\n" % res["args"]["rows"])
+        p("| partitions | txn rows | relay rows/s | bare txn producer rows/s | ratio | relay CPU µs/row | "
+          "relay's PG backend CPU µs/row | bare CPU µs/row | relay peak RSS MB | bare peak RSS MB | "
+          "relay start-up s |")
+        p("|---|---|---|---|---|---|---|---|---|---|---|")
+        keys = sorted({(r["partitions"], r["txn_rows"]) for r in res["A"]})
+        for key in keys:
+            rel = [r for r in res["A"] if (r["partitions"], r["txn_rows"]) == key and r["who"] == "relay"]
+            bare = [r for r in res["A"] if (r["partitions"], r["txn_rows"]) == key and r["who"] == "bare"]
+            if not rel or not bare:
+                continue
+            br = max(rel, key=lambda r: r["rows_per_s"])
+            bb = max(bare, key=lambda r: r["rows_per_s"])
+            p("| %d | %d | %s | %s | %.2f | %s | %s | %s | %.1f | %.1f | %.2f |" % (
+                key[0], key[1], fmt(br["rows_per_s"]), fmt(bb["rows_per_s"]),
+                br["rows_per_s"] / bb["rows_per_s"], fmt(br["cpu_us_per_row"], "%.2f"),
+                fmt(br["pg_cpu_us_per_row"], "%.2f"), fmt(bb["cpu_us_per_row"], "%.2f"),
+                max(r["rss_mb"] for r in rel), bb["rss_mb"], br["startup_s"]))
+        p("")
+        p("Plain SELECT of the same rows (`COPY (SELECT ... ORDER BY id) TO '/dev/null'`, best of 2): " +
+          ", ".join("%s rows/s (%d partitions' backlog)" % (fmt(s["rows_per_s"]), s["partitions"])
+                    for s in res["A_select"]))
+        p("")
+    if res["B"]:
+        p("### B. Steady ingest, latency COMMIT returned → read_committed consumer (ms)\n")
+        p("| rate rows/s | producer | achieved rate | p50 | p99 | p99.9 | max | p99 last third | "
+          "missing | backlog max rows | backlog slope rows/s² | CPU µs/row | RSS MB |")
+        p("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in res["B"]:
+            who = "bare idempotent" if r["who"] == "bare" else "relay, NOTIFY %s" % ("on" if r["notify"] else "off (poll 200 ms)")
+            p("| %d | %s | %s | %s | %s | %s | %s | %s | %d | %d | %s | %s | %.1f |" % (
+                r["rate"], who, fmt(r["achieved_rate"]), fmt(r["p50"], "%.1f"), fmt(r["p99"], "%.1f"),
+                fmt(r["p999"], "%.1f"), fmt(r["max"], "%.1f"), fmt(r["p99_last_third"], "%.1f"),
+                r["missing"], r["backlog_max"], fmt(r["backlog_slope"], "%.1f"),
+                fmt(r["cpu_us_per_row"], "%.1f"), r["rss_mb"]))
+        p("")
+        wr = [r for r in res["B"] if r["who"] == "relay"]
+        if wr:
+            p("Writers: " + "; ".join("%d/s with %d connections: commit p50 %.2f ms, p99 %.2f ms, "
+                                      "start late p99 %.1f ms" % (
+                                          r["rate"], r["writer_conns"], r["commit_p50_ms"],
+                                          r["commit_p99_ms"], r["writer_late_p99_ms"]) for r in wr))
+            p("")
+    if res["B_writers"]:
+        p("Writers' maximum throughput (single-row transactions, closed loop, relay not running):\n")
+        p("| connections | NOTIFY trigger off, commits/s | NOTIFY trigger on, commits/s | on/off |")
+        p("|---|---|---|---|")
+        for conns in sorted({r["conns"] for r in res["B_writers"]}):
+            off = [r for r in res["B_writers"] if r["conns"] == conns and not r["notify"]]
+            on = [r for r in res["B_writers"] if r["conns"] == conns and r["notify"]]
+            if off and on:
+                p("| %d | %s | %s | %.2f |" % (conns, fmt(off[0]["commits_per_s"]), fmt(on[0]["commits_per_s"]),
+                                              on[0]["commits_per_s"] / off[0]["commits_per_s"]))
+        p("")
+    if res["C"]:
+        p("### C. Recovery after kill -9 (s)\n")
+        p("| what | restart → ready (publishing / init_transactions done) | restart → first new row visible | median | max |")
+        p("|---|---|---|---|---|")
+        for c in res["C"]:
+            p("| %s | %s | %s | %s | %s |" % (
+                c["what"], ", ".join(fmt(t["restart_to_ready_s"], "%.2f") for t in c["trials"]),
+                ", ".join(fmt(t["restart_to_first_row_s"], "%.2f") for t in c["trials"]),
+                fmt(c["median_s"], "%.2f"), fmt(c["max_s"], "%.2f")))
+        p("")
+    p(targets(res))
+    return "\n".join(out)
+
+
+def targets(res):
+    out = ["### Targets\n", "| target | measured | verdict |", "|---|---|---|"]
+    p = out.append
+    rel = [r for r in res["A"] if r["who"] == "relay"]
+    if rel:
+        for key in sorted({(r["partitions"], r["txn_rows"]) for r in rel}):
+            br = max((r for r in rel if (r["partitions"], r["txn_rows"]) == key), key=lambda r: r["rows_per_s"])
+            bare = [r for r in res["A"] if r["who"] == "bare" and (r["partitions"], r["txn_rows"]) == key]
+            if not bare:
+                continue
+            bb = max(bare, key=lambda r: r["rows_per_s"])
+            ratio = br["rows_per_s"] / bb["rows_per_s"]
+            p("| A p=%d T=%d: ≥ 0.8 × bare | %.2f × | %s |" % (key[0], key[1], ratio, yes(ratio >= 0.8)))
+            p("| A p=%d T=%d: ≥ 100k rows/s | %s rows/s (bare: %s) | %s |" % (
+                key[0], key[1], fmt(br["rows_per_s"]), fmt(bb["rows_per_s"]), yes(br["rows_per_s"] >= 100000)))
+            rss = max(r["rss_mb"] for r in rel if (r["partitions"], r["txn_rows"]) == key)
+            p("| A p=%d T=%d: relay RSS ≤ 50 MB | %.1f MB | %s |" % (key[0], key[1], rss, yes(rss <= 50)))
+    for r in res["B"]:
+        if r["who"] == "relay" and r["rate"] == 1000:
+            p("| B 1k/s NOTIFY %s: p99 ≤ 25 ms | %.1f ms | %s |" % (
+                "on" if r["notify"] else "off", r["p99"], yes(r["p99"] <= 25)))
+        if r["who"] == "relay" and r["rate"] == 5000:
+            ok = r["missing"] == 0 and r["achieved_rate"] >= 0.95 * r["rate"] and \
+                r["backlog_slope"] < 0.01 * r["rate"] and r["p99_last_third"] <= 2 * max(r["p99"], 1)
+            p("| B 5k/s NOTIFY %s: no backlog growth | writers %s/s, backlog max %d rows, slope %.1f rows/s², "
+              "p99 %.1f ms (last third %.1f) | %s |" % (
+                  "on" if r["notify"] else "off", fmt(r["achieved_rate"]), r["backlog_max"],
+                  r["backlog_slope"], r["p99"], r["p99_last_third"], yes(ok)))
+    cs = {c["what"]: c for c in res["C"]}
+    for rel_name, bare_name in (("relay during A (T=10k)", "bare transactional producer (T=10000)"),
+                                ("relay during B (1k rows/s)", "bare transactional producer (T=1000)")):
+        c, b = cs.get(rel_name), cs.get(bare_name)
+        if c and c["median_s"] is not None:
+            p("| C %s: ≤ 2 s | median %.2f s, max %.2f s | %s |" % (rel_name, c["median_s"], c["max_s"],
+                                                                yes(c["max_s"] <= 2)))
+            if b and b["median_s"]:
+                ratio = c["median_s"] / b["median_s"]
+                p("| C %s: ≤ 1.5 × bare | %.2f × (bare median %.2f s) | %s |" % (
+                    rel_name, ratio, b["median_s"], yes(ratio <= 1.5)))
+    return "\n".join(out) + "\n"
+
+
+def machine():
+    mem = "?"
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal"):
+                mem = "%.1f GiB" % (int(line.split()[1]) / 1024 / 1024)
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    load = open("/proc/loadavg").read().split()[:3]
+    return "nproc %d (%s), memory %s, load average at start %s, %s UTC" % (
+        os.cpu_count(), cpu, mem, " ".join(load), time.strftime("%Y-%m-%d %H:%M", time.gmtime()))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true",
+                    help="200k rows, transaction size 10k only, 10 s of steady load, 2 recovery trials")
+    ap.add_argument("--only", default="ABC", help="scenarios to run, e.g. A or BC (default ABC)")
+    ap.add_argument("--rows", type=int, help="backlog rows for A and C (default 1000000)")
+    ap.add_argument("--txn-sizes", help="comma-separated transaction sizes (default 1000,10000,100000)")
+    ap.add_argument("--partitions", help="comma-separated partition counts for A (default 1,6)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each A pair, alternating order")
+    ap.add_argument("--rates", help="comma-separated steady rates (default 1000,5000)")
+    ap.add_argument("--steady-seconds", type=int, help="seconds of steady load per B run (default 30)")
+    ap.add_argument("--writer-conns", default="1,8", help="connections for the writers' max throughput")
+    ap.add_argument("--writer-seconds", type=int, default=10)
+    ap.add_argument("--trials", type=int, help="kills per recovery scenario (default 3)")
+    ap.add_argument("--timeout", type=int, default=900, help="seconds one drain may take")
+    ap.add_argument("--json", help="write the raw results here")
+    args = ap.parse_args()
+    q = args.quick
+    args.rows = args.rows or (200000 if q else 1000000)
+    args.txn_sizes = [int(x) for x in (args.txn_sizes or ("10000" if q else "1000,10000,100000")).split(",")]
+    args.partitions = [int(x) for x in (args.partitions or "1,6").split(",")]
+    args.rates = [int(x) for x in (args.rates or "1000,5000").split(",")]
+    args.steady_seconds = args.steady_seconds or (10 if q else 30)
+    args.writer_conns = [int(x) for x in args.writer_conns.split(",")]
+    args.trials = args.trials or (2 if q else 3)
+
+    for path in (RELAY, PRODUCER, CONSUMER, WRITER):
+        if not os.access(path, os.X_OK):
+            sys.exit("bench: %s is missing: run bench/run.sh, which builds it" % path)
+    b = Bench(args)
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(130))
+    header = "Machine: %s. Run %s: %s" % (machine(), RUN, " ".join(sys.argv[1:]) or "(full)")
+    log(header)
+    try:
+        if "A" in args.only:
+            b.scenario_a()
+        if "B" in args.only:
+            b.scenario_b()
+        if "C" in args.only:
+            b.scenario_c()
+    finally:
+        b.cleanup()
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(b.results, f, indent=1)
+    print(header + "\n")
+    print(report(b.results))
+
+
+if __name__ == "__main__":
+    main()
