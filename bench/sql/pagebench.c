@@ -5,6 +5,7 @@
  *       page through the window (DONE, NEXT] from after_id 0 until a page
  *       comes back empty; prints "rows seconds 0"
  *   pagebench steady CONNINFO relay|plain WINDOWS WINDOW_ROWS PAGE MAX_BYTES
+ *       (MAX_BYTES "null" passes NULL: no byte limit)
  *       WINDOWS times: commit WINDOW_ROWS new rows (not timed), then read
  *       them (timed); prints "rows seconds seconds_in_window_open"
  *
@@ -88,7 +89,9 @@ int main(int argc, char **argv)
 	}
 	const char *what = argv[1];
 	int relay = strcmp(argv[3], "relay") == 0;
-	const char *rows = argv[6], *bytes = argv[7];
+	const char *rows = argv[6];
+	/* "null": no byte limit (fetch_page's max_bytes NULL) */
+	const char *bytes = strcmp(argv[7], "null") == 0 ? NULL : argv[7];
 	int64_t total = 0;
 	double spent = 0, spent_open = 0;
 

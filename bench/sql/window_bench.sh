@@ -10,6 +10,7 @@
 # 1000-row transactions into a fresh database (no ANALYZE: the relay meets a
 # backlog before autovacuum does), then paged PAGE rows at a time:
 #   relay:    SELECT ... FROM outbox.fetch_page(done, next, after_id, PAGE, MAX_BYTES)
+#             (and once more with max_bytes NULL: no byte limit, one pass)
 #   baseline: SELECT id, topic, key, payload, headers, created_at
 #             FROM outbox.event WHERE id > $after ORDER BY id LIMIT PAGE
 # Steady state: the ROWS rows stay, already relayed (retention keep); each
@@ -90,15 +91,18 @@ plan_backlog=$(psql_q -d "$bench_url" -At -c "EXPLAIN (ANALYZE, COSTS OFF)
 best() { sort -g | head -1; }
 : >"$work/b_plain"
 : >"$work/b_relay"
+: >"$work/b_nolimit"
 for r in $(seq 1 "$rounds"); do
     say "backlog round $r"
     "$work/pagebench" backlog "$bench_url" plain '1:1:' "$next" "$page" "$max_bytes" >>"$work/b_plain"
     "$work/pagebench" backlog "$bench_url" relay '1:1:' "$next" "$page" "$max_bytes" >>"$work/b_relay"
+    "$work/pagebench" backlog "$bench_url" relay '1:1:' "$next" "$page" null >>"$work/b_nolimit"
 done
 read -r b_rows b_plain _ < <(sort -k2 -g "$work/b_plain" | head -1)
 read -r b_rows_relay b_relay _ < <(sort -k2 -g "$work/b_relay" | head -1)
-if [ "$b_rows" != "$rows" ] || [ "$b_rows_relay" != "$rows" ]; then
-    say "backlog: expected $rows rows, plain read $b_rows, relay read $b_rows_relay"
+read -r b_rows_nolimit b_nolimit _ < <(sort -k2 -g "$work/b_nolimit" | head -1)
+if [ "$b_rows" != "$rows" ] || [ "$b_rows_relay" != "$rows" ] || [ "$b_rows_nolimit" != "$rows" ]; then
+    say "backlog: expected $rows rows, plain read $b_rows, relay read $b_rows_relay and $b_rows_nolimit"
     exit 1
 fi
 
@@ -134,14 +138,16 @@ kept=$(psql_q -d "$bench_url" -At -c "SELECT count(*) FROM outbox.event")
 mem_gb=$(awk '/^MemTotal:/ {printf "%.1f", $2 / 1048576}' /proc/meminfo)
 pg_version=$(psql_q -d "$bench_url" -At -c "SHOW server_version")
 awk -v rows="$rows" -v page="$page" -v windows="$windows" -v wrows="$window_rows" \
-    -v b_plain="$b_plain" -v b_relay="$b_relay" \
+    -v b_plain="$b_plain" -v b_relay="$b_relay" -v b_nolimit="$b_nolimit" -v max_bytes="$max_bytes" \
     -v s_plain="$s_plain" -v s_relay="$s_relay" -v s_open="$s_open" \
     -v cpus="$(nproc)" -v mem="$mem_gb" -v pgv="$pg_version" -v kept="$kept" 'BEGIN {
     printf "machine: %s CPUs, %s GB RAM, PostgreSQL %s\n\n", cpus, mem, pgv
     printf "| case | plain keyset rows/s | relay rows/s | ratio |\n"
     printf "| --- | ---: | ---: | ---: |\n"
-    printf "| backlog: %d rows in pages of %d, fetch_page | %.0f | %.0f | **%.2f** |\n",
-        rows, page, rows / b_plain, rows / b_relay, b_plain / b_relay
+    printf "| backlog: %d rows in pages of %d, fetch_page (max_bytes %d) | %.0f | %.0f | **%.2f** |\n",
+        rows, page, max_bytes, rows / b_plain, rows / b_relay, b_plain / b_relay
+    printf "| backlog, same, fetch_page without byte limit (max_bytes NULL) | %.0f | %.0f | %.2f |\n",
+        rows / b_plain, rows / b_nolimit, b_plain / b_nolimit
     n = windows * wrows
     f = s_relay - s_open
     printf "| steady: %d windows of %d rows over %d kept rows, fetch_page | %.0f | %.0f | **%.2f** |\n",

@@ -389,9 +389,9 @@ RETURN (SELECT coalesce(sum(octet_length(h.key) + octet_length(h.value)), 0)::in
 COMMENT ON FUNCTION outbox.headers_bytes(jsonb) IS
     'Bytes of header names and values, for fetch_page''s byte limit.';
 
--- fetch_page() in two steps. This one finds the page: the id range
--- [first, last] of the rows it holds, or NULLs when the window has no row
--- after p_after_id. fetch_page() then reads exactly that range.
+-- fetch_page() in two steps. This one finds the page: {first, last, rows},
+-- the id range that holds it and how many rows to read from it (NULLs when
+-- the window has no row after p_after_id). fetch_page() then reads them.
 --
 -- Which index to walk is decided here, explicitly, rather than by the
 -- planner, so that a backlog that arrived after the last ANALYZE cannot
@@ -405,8 +405,11 @@ COMMENT ON FUNCTION outbox.headers_bytes(jsonb) IS
 --     visible in done -- walked in txid order with a cap of 4 * p_max_rows,
 --     then sorted by id. Past the cap the window is large after all, and
 --     the primary key serves it better.
--- The byte limit only needs the sum of sizes; the running sum (a window
--- function, costly per row) is computed only when the sum is over it.
+-- The byte limit needs the page's sizes before the page is read: on the
+-- primary-key path that is a second, narrow pass over the page (a third of
+-- the cost of a backlog page). The running sum (a window function, costly
+-- per row) is computed only when the sum is over the limit. p_max_bytes NULL
+-- means no byte limit (the caller counts bytes itself): no narrow pass.
 CREATE FUNCTION outbox.fetch_page_bounds(p_done pg_snapshot, p_next pg_snapshot, p_after_id bigint,
                                          p_max_rows int, p_max_bytes bigint)
     RETURNS bigint[]
@@ -425,6 +428,7 @@ DECLARE
     v_cands    bigint;
     v_first    bigint;
     v_last     bigint;
+    v_rows     bigint;
     v_bytes    bigint;
     v_xmax     xid8;
 BEGIN
@@ -435,8 +439,7 @@ BEGIN
         RAISE EXCEPTION 'window end % is before its start %', p_next, p_done
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF p_after_id IS NULL OR p_max_rows IS NULL OR p_max_rows < 1
-       OR p_max_bytes IS NULL OR p_max_bytes < 1 THEN
+    IF p_after_id IS NULL OR p_max_rows IS NULL OR p_max_rows < 1 OR p_max_bytes < 1 THEN
         RAISE EXCEPTION 'invalid page request: after_id %, max_rows %, max_bytes %',
                         coalesce(p_after_id::text, 'NULL'), coalesce(p_max_rows::text, 'NULL'),
                         coalesce(p_max_bytes::text, 'NULL')
@@ -474,15 +477,19 @@ BEGIN
              ORDER BY e.txid
              LIMIT v_cap)
         )
-        SELECT (SELECT count(*) FROM cand), min(pg.id), max(pg.id), sum(pg.bytes)
-        INTO v_cands, v_first, v_last, v_bytes
+        SELECT (SELECT count(*) FROM cand), min(pg.id), max(pg.id), count(*), sum(pg.bytes)
+        INTO v_cands, v_first, v_last, v_rows, v_bytes
         FROM (SELECT c.id, c.bytes FROM cand AS c ORDER BY c.id LIMIT p_max_rows) AS pg;
         v_by_id := v_cands >= v_cap;
     END IF;
 
-    IF v_by_id THEN
-        SELECT min(pg.id), max(pg.id), sum(pg.bytes)
-        INTO v_first, v_last, v_bytes
+    IF v_by_id AND p_max_bytes IS NULL THEN
+        -- The next p_max_rows rows of the window in id order: fetch_page()
+        -- finds them itself, on its way.
+        RETURN ARRAY[p_after_id + 1, 9223372036854775807, p_max_rows];
+    ELSIF v_by_id THEN
+        SELECT min(pg.id), max(pg.id), count(*), sum(pg.bytes)
+        INTO v_first, v_last, v_rows, v_bytes
         FROM (SELECT e.id,
                      coalesce(octet_length(e.key), 0) + coalesce(octet_length(e.payload), 0)
                      + CASE WHEN e.headers IS NULL THEN 0 ELSE outbox.headers_bytes(e.headers) END
@@ -497,7 +504,7 @@ BEGIN
 
     IF v_bytes > p_max_bytes THEN
         -- The longest prefix that fits, and never less than the first row.
-        SELECT max(r.id) INTO v_last
+        SELECT max(r.id), count(*) INTO v_last, v_rows
         FROM (SELECT e.id,
                      row_number() OVER w AS n,
                      sum(coalesce(octet_length(e.key), 0) + coalesce(octet_length(e.payload), 0)
@@ -510,12 +517,12 @@ BEGIN
               WINDOW w AS (ORDER BY e.id ROWS UNBOUNDED PRECEDING)) AS r
         WHERE r.running <= p_max_bytes OR r.n = 1;
     END IF;
-    RETURN ARRAY[v_first, v_last];
+    RETURN ARRAY[v_first, v_last, v_rows];
 END
 $$;
 
 COMMENT ON FUNCTION outbox.fetch_page_bounds(pg_snapshot, pg_snapshot, bigint, int, bigint) IS
-    'Internal to fetch_page(): the id range {first, last} of the next page of a window.';
+    'Internal to fetch_page(): {first id, last id, rows} of the next page of a window.';
 
 -- LANGUAGE sql with a single SELECT, so that the planner inlines it into the
 -- caller's query: rows stream out instead of being materialized as a
@@ -557,11 +564,11 @@ AS $$
       AND (p_next IS NULL OR pg_catalog.pg_visible_in_snapshot(e.txid, p_next))
       AND (p_done IS NULL OR NOT pg_catalog.pg_visible_in_snapshot(e.txid, p_done))
     ORDER BY e.id
-    -- Never cuts (the range holds at most this many rows), but makes the
-    -- planner read the range in primary-key order, which needs no sort; it
-    -- would otherwise pick a bitmap scan and a sort of the whole page while
-    -- the table has no statistics yet, or while they are stale.
-    LIMIT (SELECT bounds.b[2] - bounds.b[1] + 1 FROM bounds)
+    -- The page's row count. Besides, a LIMIT makes the planner read the
+    -- range in primary-key order, which needs no sort; without one it picks
+    -- a bitmap scan and a sort of the whole page while the table has no
+    -- statistics yet, or while they are stale.
+    LIMIT (SELECT bounds.b[3] FROM bounds)
 $$;
 
 COMMENT ON FUNCTION outbox.fetch_page(pg_snapshot, pg_snapshot, bigint, int, bigint) IS

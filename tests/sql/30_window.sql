@@ -3,7 +3,7 @@
 -- snapshot visibility is exact and repeatable. 50_concurrency.sql does the
 -- same with real transactions.
 BEGIN;
-SELECT plan(39);
+SELECT plan(43);
 
 -- The spec of a window, written the plain way, to compare fetch_page with:
 -- rows visible in next and not in done, after after_id, in id order.
@@ -116,6 +116,14 @@ SELECT results_eq(
 SELECT results_eq(
     $$SELECT count(*)::int FROM outbox.fetch_page('200:200:', '300:300:', 0, 2, 1000000)$$,
     $$VALUES (2)$$, 'max_rows caps the page before max_bytes does');
+SELECT results_eq(
+    $$SELECT id FROM outbox.fetch_page('200:200:', '300:300:', 0, 100, NULL)$$,
+    $$SELECT id FROM b ORDER BY n$$,
+    'max_bytes NULL: no byte limit (the caller counts bytes itself)');
+SELECT results_eq(
+    $$SELECT id FROM outbox.fetch_page('200:200:', '300:300:', 0, 3, NULL)$$,
+    $$SELECT id FROM b WHERE n <= 3 ORDER BY n$$,
+    '... max_rows still holds');
 
 -- Columns -------------------------------------------------------------------
 INSERT INTO outbox.event (txid, topic, key, payload, headers, created_at)
@@ -163,6 +171,11 @@ SELECT results_eq(
 SELECT results_eq(
     $$SELECT count(*)::int FROM outbox.fetch_page('460:461:460', '480:480:', 0, 100, 45)$$,
     $$VALUES (4)$$, '... and cuts after the last row that fits (4 rows of 10 bytes in 45)');
+SELECT results_eq(
+    $$SELECT page, id FROM pg_temp.all_pages('460:461:460', '480:480:', 7, NULL)$$,
+    $$SELECT ((row_number() OVER (ORDER BY i) - 1) / 7 + 1)::int, i
+      FROM pg_temp.window_ids('460:461:460', '480:480:', 0) AS i$$,
+    'without a byte limit, paged 7 at a time: the same rows, same order, each once');
 SELECT is_empty($$SELECT * FROM outbox.fetch_page('480:480:', '490:490:', 0, 100, 1000000)$$,
                 'an empty window after many kept rows is empty');
 
@@ -179,6 +192,9 @@ SELECT throws_ok($$SELECT * FROM outbox.fetch_page('1:1:', '5:5:', 0, 0, 100)$$,
 SELECT throws_ok($$SELECT * FROM outbox.fetch_page('1:1:', '5:5:', 0, 10, 0)$$, '22023',
                  'invalid page request: after_id 0, max_rows 10, max_bytes 0',
                  'fetch_page refuses max_bytes 0');
+SELECT throws_ok($$SELECT * FROM outbox.fetch_page('1:1:', '5:5:', 0, 10, -1)$$, '22023',
+                 'invalid page request: after_id 0, max_rows 10, max_bytes -1',
+                 'fetch_page refuses a negative max_bytes');
 SELECT throws_ok($$SELECT * FROM outbox.fetch_page('1:1:', '5:5:', NULL, 10, 10)$$, '22023',
                  'invalid page request: after_id NULL, max_rows 10, max_bytes 10',
                  'fetch_page refuses a NULL after_id');
