@@ -404,15 +404,33 @@ int outbox_fetch_page(struct outbox *ob, const struct position *pos, int max_row
 int outbox_advance(struct outbox *ob, int64_t generation, const struct position *pos,
 		   int64_t *deleted)
 {
-	char gen[24], seq[24], after[24];
-	const char *p[6] = {ob->cfg->relay_name, gen, seq, pos->done, pos->next, after};
+	char gen[24], seq[24], after[24], keep[24];
+	const char *p[7] = {ob->cfg->relay_name, gen, seq, pos->done, pos->next, after, keep};
 	PGresult *res;
 	int rc;
 
 	snprintf(gen, sizeof(gen), "%" PRId64, generation);
 	snprintf(seq, sizeof(seq), "%" PRId64, pos->batch_seq);
 	snprintf(after, sizeof(after), "%" PRId64, pos->after_id);
-	rc = call(ob, "SELECT outbox.advance($1, $2, $3, $4, $5, $6)", 6, p, 0, &res);
+	snprintf(keep, sizeof(keep), "%" PRId64, ob->cfg->retention_ms);
+	rc = call(ob, "SELECT outbox.advance($1, $2, $3, $4, $5, $6, $7)", 7, p, 0, &res);
+	if (rc != OB_OK)
+		return rc;
+	*deleted = text_i64(res, 0, 0);
+	PQclear(res);
+	return OB_OK;
+}
+
+int outbox_purge(struct outbox *ob, int max_rows, int64_t *deleted)
+{
+	char keep[24], rows[16];
+	const char *p[3] = {ob->cfg->relay_name, keep, rows};
+	PGresult *res;
+	int rc;
+
+	snprintf(keep, sizeof(keep), "%" PRId64, ob->cfg->retention_ms);
+	snprintf(rows, sizeof(rows), "%d", max_rows);
+	rc = call(ob, "SELECT outbox.purge($1, $2, $3)", 3, p, 0, &res);
 	if (rc != OB_OK)
 		return rc;
 	*deleted = text_i64(res, 0, 0);

@@ -58,9 +58,12 @@ int outbox_window_open(struct outbox *ob, char **next) MUSTCHECK;
  * is the number appended; 0 means the window is exhausted. */
 int outbox_fetch_page(struct outbox *ob, const struct position *pos, int max_rows,
 		      int64_t max_bytes, struct batch *b, int *nrows) MUSTCHECK;
-/* Fenced, monotone advance to pos, deleting the relayed rows (retention 0). */
+/* Fenced, monotone advance to pos; deletes the relayed rows unless
+ * postgres.retention_ms keeps them (then outbox_purge does later). */
 int outbox_advance(struct outbox *ob, int64_t generation, const struct position *pos,
 		   int64_t *deleted) MUSTCHECK;
+/* Delete up to max_rows relayed rows older than postgres.retention_ms. */
+int outbox_purge(struct outbox *ob, int max_rows, int64_t *deleted) MUSTCHECK;
 int outbox_lag(struct outbox *ob, int64_t *rows, int64_t *oldest_age_ms) MUSTCHECK;
 /* Print outbox.status() as "column: value" lines. */
 int outbox_status_print(struct outbox *ob, FILE *out) MUSTCHECK;

@@ -697,8 +697,9 @@ static void reload(struct relay *r)
 	log_setup((enum log_level)r->cfg->log_level, (enum log_format)r->cfg->log_format);
 }
 
-/* While idle or stopped on a poison row, every few seconds: the lag, and
- * whether Kafka still answers (a transaction would say so when busy). */
+/* While idle or stopped on a poison row, every few seconds: purge rows past
+ * their retention, the lag, and whether Kafka still answers (a transaction
+ * would say so when busy). */
 static void probe(struct relay *r)
 {
 	int64_t rows, age;
@@ -707,6 +708,14 @@ static void probe(struct relay *r)
 	if (now_ms() - r->last_probe_ms < 3000)
 		return;
 	r->last_probe_ms = now_ms();
+	if (r->cfg->retention_ms > 0) {
+		int64_t deleted;
+		/* bounded, so an idle relay never holds a long delete */
+		if (outbox_purge(r->ob, 10000, &deleted) != OB_OK)
+			log_warning("could not purge relayed rows: %s", outbox_errstr(r->ob));
+		else if (deleted)
+			log_debug("purged %" PRId64 " relayed rows past retention", deleted);
+	}
 	kafka_ok = publisher_ping(r->pub) == 0;
 	if (outbox_lag(r->ob, &rows, &age) == OB_OK) {
 		struct metrics *m = metrics_lock();

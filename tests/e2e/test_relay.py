@@ -283,3 +283,20 @@ def test_checkpoint_topic_with_several_partitions(outbox_db, topics, relays, tmp
     check_exactly_once(read_all(tps), range(3000))
     ck = [m for m in read_all([ckpt_topic(outbox_db, name)])]
     assert ck and {m.partition() for m in ck} == {0}
+
+
+def test_retention_keeps_then_purges(outbox_db, topics, relays, tmp_path):
+    tps = topics(1)
+    conn = connect(outbox_db)
+    cfg = write_config(tmp_path / "relay.conf", outbox_db, "r-keep",
+                       **{"postgres.retention_ms": 4000})
+    relay = relays(cfg)
+    relay.wait_log("publishing")
+    insert_rows(conn, tps, 0, 300, per_txn=100)
+    wait_for(lambda: len(read_all(tps)) == 300, 30, "rows in Kafka")
+    time.sleep(0.5)
+    assert scalar(conn, "SELECT count(*) FROM outbox.event") == 300  # kept
+    assert scalar(conn, "SELECT rows FROM outbox.lag('r-keep')") == 0  # yet relayed
+    wait_for(drained(conn), 30, "the purge after the retention")
+    assert relay.stop() == 0, relay.text()
+    check_exactly_once(read_all(tps), range(300))
