@@ -22,6 +22,10 @@
 #include <time.h>
 
 static PGconn *conn;
+/* PAGEBENCH_PREPARED=1: named prepared statements (planned once per session,
+ * as behind PgBouncer >= 1.21 with max_prepared_statements) instead of the
+ * relay's unnamed PQexecParams (planned on every call). */
+static int prepared;
 
 static double now_s(void)
 {
@@ -33,7 +37,29 @@ static double now_s(void)
 
 static PGresult *run(const char *sql, int nparams, const char *const *params, int binary)
 {
-	PGresult *res = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, binary);
+	static const char *names[8];
+	static int nnames;
+	char name[16];
+	PGresult *res;
+	int i;
+
+	if (!prepared) {
+		res = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, binary);
+	} else {
+		for (i = 0; i < nnames && names[i] != sql; i++)
+			;
+		snprintf(name, sizeof(name), "s%d", i);
+		if (i == nnames) {
+			res = PQprepare(conn, name, sql, nparams, NULL);
+			if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+				fprintf(stderr, "pagebench: %s: %s", sql, PQresultErrorMessage(res));
+				exit(1);
+			}
+			PQclear(res);
+			names[nnames++] = sql;
+		}
+		res = PQexecPrepared(conn, name, nparams, params, NULL, NULL, binary);
+	}
 
 	if (PQresultStatus(res) != PGRES_TUPLES_OK && PQresultStatus(res) != PGRES_COMMAND_OK) {
 		fprintf(stderr, "pagebench: %s: %s", sql, PQresultErrorMessage(res));
@@ -97,6 +123,7 @@ int main(int argc, char **argv)
 
 	if (getenv("PAGEBENCH_RELAY_SQL")) /* to try variants by hand */
 		relay_sql = getenv("PAGEBENCH_RELAY_SQL");
+	prepared = getenv("PAGEBENCH_PREPARED") && strcmp(getenv("PAGEBENCH_PREPARED"), "1") == 0;
 	conn = PQconnectdb(argv[2]);
 	if (PQstatus(conn) != CONNECTION_OK) {
 		fprintf(stderr, "pagebench: %s", PQerrorMessage(conn));

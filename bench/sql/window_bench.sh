@@ -19,6 +19,8 @@
 #   baseline: the keyset SELECT from the last id seen, until an empty page
 # Both loops run in bench/sql/pagebench.c (libpq, PQexecParams, binary
 # results: what the relay does), which receives every column of every row.
+# The steady state is measured once more with prepared statements on both
+# sides (planned once per session instead of on every call).
 # Each side runs ROUNDS times, interleaved with the other; the best run of
 # each side is compared (the machine may be shared).
 #
@@ -112,19 +114,30 @@ psql_q -d "$bench_url" -At \
 
 : >"$work/s_plain"
 : >"$work/s_relay"
+: >"$work/p_plain"
+: >"$work/p_relay"
 for r in $(seq 1 "$rounds"); do
     say "steady round $r"
     "$work/pagebench" steady "$bench_url" plain "$windows" "$window_rows" "$page" "$max_bytes" >>"$work/s_plain"
     "$work/pagebench" steady "$bench_url" relay "$windows" "$window_rows" "$page" "$max_bytes" >>"$work/s_relay"
+    PAGEBENCH_PREPARED=1 "$work/pagebench" steady "$bench_url" plain "$windows" "$window_rows" "$page" \
+        "$max_bytes" >>"$work/p_plain"
+    PAGEBENCH_PREPARED=1 "$work/pagebench" steady "$bench_url" relay "$windows" "$window_rows" "$page" \
+        "$max_bytes" >>"$work/p_relay"
 done
-read -r s_rows s_plain _ < <(sort -k2 -g "$work/s_plain" | head -1)
 # relay: total and window_open's share; compare fetch_page alone and the loop.
-read -r s_rows_relay s_relay s_open < <(awk '{print $1, $2, $3, $2 - $3}' "$work/s_relay" | sort -k4 -g | head -1)
+best_relay() { awk '{print $1, $2, $3, $2 - $3}' "$1" | sort -k4 -g | head -1; }
+read -r s_rows s_plain _ < <(sort -k2 -g "$work/s_plain" | head -1)
+read -r s_rows_relay s_relay s_open _ < <(best_relay "$work/s_relay")
+read -r p_rows p_plain _ < <(sort -k2 -g "$work/p_plain" | head -1)
+read -r p_rows_relay p_relay p_open _ < <(best_relay "$work/p_relay")
 expect=$((windows * window_rows))
-if [ "$s_rows" != "$expect" ] || [ "$s_rows_relay" != "$expect" ]; then
-    say "steady: expected $expect rows, plain read $s_rows, relay read $s_rows_relay"
-    exit 1
-fi
+for n in "$s_rows" "$s_rows_relay" "$p_rows" "$p_rows_relay"; do
+    if [ "$n" != "$expect" ]; then
+        say "steady: expected $expect rows per run, got $s_rows, $s_rows_relay, $p_rows, $p_rows_relay"
+        exit 1
+    fi
+done
 
 # One steady window's plan, after the runs (rows kept: 1M + the windows').
 done_snap=$(psql_q -d "$bench_url" -At -c "SELECT pg_current_snapshot()")
@@ -140,6 +153,7 @@ pg_version=$(psql_q -d "$bench_url" -At -c "SHOW server_version")
 awk -v rows="$rows" -v page="$page" -v windows="$windows" -v wrows="$window_rows" \
     -v b_plain="$b_plain" -v b_relay="$b_relay" -v b_nolimit="$b_nolimit" -v max_bytes="$max_bytes" \
     -v s_plain="$s_plain" -v s_relay="$s_relay" -v s_open="$s_open" \
+    -v p_plain="$p_plain" -v p_relay="$p_relay" -v p_open="$p_open" \
     -v cpus="$(nproc)" -v mem="$mem_gb" -v pgv="$pg_version" -v kept="$kept" 'BEGIN {
     printf "machine: %s CPUs, %s GB RAM, PostgreSQL %s\n\n", cpus, mem, pgv
     printf "| case | plain keyset rows/s | relay rows/s | ratio |\n"
@@ -154,8 +168,15 @@ awk -v rows="$rows" -v page="$page" -v windows="$windows" -v wrows="$window_rows
         windows, wrows, rows, n / s_plain, n / f, s_plain / f
     printf "| steady, the whole loop: window_open + fetch_page | %.0f | %.0f | %.2f |\n",
         n / s_plain, n / s_relay, s_plain / s_relay
-    printf "\nper steady window: plain %.3f ms, fetch_page %.3f ms, window_open %.3f ms\n",
+    g = p_relay - p_open
+    printf "| steady, prepared statements on both sides: fetch_page | %.0f | %.0f | %.2f |\n",
+        n / p_plain, n / g, p_plain / g
+    printf "| steady, prepared statements, the whole loop | %.0f | %.0f | %.2f |\n",
+        n / p_plain, n / p_relay, p_plain / p_relay
+    printf "\nper steady window (unnamed statements): plain %.3f ms, fetch_page %.3f ms, window_open %.3f ms\n",
         s_plain * 1000 / windows, f * 1000 / windows, s_open * 1000 / windows
+    printf "per steady window (prepared statements): plain %.3f ms, fetch_page %.3f ms, window_open %.3f ms\n",
+        p_plain * 1000 / windows, g * 1000 / windows, p_open * 1000 / windows
     printf "rows in the table at the end: %d\n", kept
 }'
 printf '\nplan of a backlog page (after_id %s):\n%s\n' "$mid" "$plan_backlog"
