@@ -148,13 +148,28 @@ plan_steady=$(psql_q -d "$bench_url" -At -c "EXPLAIN (ANALYZE, COSTS OFF)
     SELECT * FROM outbox.fetch_page('$done_snap', '$next_snap', 0, $page, $max_bytes)")
 kept=$(psql_q -d "$bench_url" -At -c "SELECT count(*) FROM outbox.event")
 
+# What the optional NOTIFY trigger costs writers: 8 clients committing
+# one-row transactions, without and with it.
+echo "INSERT INTO outbox.event (topic, key, payload) VALUES ('bench', '\\x6b', '\\x76');" >"$work/writer.sql"
+writer_tps() {
+    pgbench -n -M prepared -c 8 -j 2 -T "${WRITER_SECONDS:-5}" -f "$work/writer.sql" "$bench_url" 2>/dev/null \
+        | awk '/^tps = / {printf "%.0f", $3; exit}'
+}
+say "writers without NOTIFY"
+w_off=$(writer_tps)
+psql_q -d "$bench_url" -At -c "SELECT outbox.notify_enable()" >/dev/null
+say "writers with NOTIFY"
+w_on=$(writer_tps)
+psql_q -d "$bench_url" -At -c "SELECT outbox.notify_disable()" >/dev/null
+
 mem_gb=$(awk '/^MemTotal:/ {printf "%.1f", $2 / 1048576}' /proc/meminfo)
 pg_version=$(psql_q -d "$bench_url" -At -c "SHOW server_version")
 awk -v rows="$rows" -v page="$page" -v windows="$windows" -v wrows="$window_rows" \
     -v b_plain="$b_plain" -v b_relay="$b_relay" -v b_nolimit="$b_nolimit" -v max_bytes="$max_bytes" \
     -v s_plain="$s_plain" -v s_relay="$s_relay" -v s_open="$s_open" \
     -v p_plain="$p_plain" -v p_relay="$p_relay" -v p_open="$p_open" \
-    -v cpus="$(nproc)" -v mem="$mem_gb" -v pgv="$pg_version" -v kept="$kept" 'BEGIN {
+    -v cpus="$(nproc)" -v mem="$mem_gb" -v pgv="$pg_version" -v kept="$kept" \
+    -v w_off="$w_off" -v w_on="$w_on" 'BEGIN {
     printf "machine: %s CPUs, %s GB RAM, PostgreSQL %s\n\n", cpus, mem, pgv
     printf "| case | plain keyset rows/s | relay rows/s | ratio |\n"
     printf "| --- | ---: | ---: | ---: |\n"
@@ -178,6 +193,8 @@ awk -v rows="$rows" -v page="$page" -v windows="$windows" -v wrows="$window_rows
     printf "per steady window (prepared statements): plain %.3f ms, fetch_page %.3f ms, window_open %.3f ms\n",
         p_plain * 1000 / windows, g * 1000 / windows, p_open * 1000 / windows
     printf "rows in the table at the end: %d\n", kept
+    printf "\nwriters (8 clients, one-row transactions): %d tps without NOTIFY, %d tps with it (%.2f)\n",
+        w_off, w_on, w_on / w_off
 }'
 printf '\nplan of a backlog page (after_id %s):\n%s\n' "$mid" "$plan_backlog"
 printf '\nplan of a steady-state window:\n%s\n' "$plan_steady"
