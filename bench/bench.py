@@ -25,6 +25,7 @@ import math
 import os
 import re
 import signal
+import statistics
 import struct
 import subprocess
 import sys
@@ -244,6 +245,42 @@ class Proc:
         self.thread.join(5)
 
 
+def phases_env(label):
+    """With BENCH_PHASES=DIR, the child runs under the phase timer
+    (libphases.so), writing DIR/LABEL.phases."""
+    d = os.environ.get("BENCH_PHASES")
+    if not d:
+        return None
+    env = dict(os.environ)
+    env["LD_PRELOAD"] = os.path.join(TOOLS, "libphases.so")
+    env["PHASES_OUT"] = os.path.join(d, label + ".phases")
+    return env
+
+
+def start_perf(label, *pids):
+    """With BENCH_PERF=DIR, sample the given processes (cpu-clock, DWARF
+    call graphs) into DIR/LABEL-PID.data until stop_perf."""
+    d = os.environ.get("BENCH_PERF")
+    if not d:
+        return []
+    out = []
+    for pid in pids:
+        if pid:
+            out.append(subprocess.Popen(
+                ["perf", "record", "-q", "-e", "cpu-clock", "-F", "499", "--call-graph", "dwarf,16384",
+                 "-p", str(pid), "-o", os.path.join(d, "%s-%d.data" % (label, pid))],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    time.sleep(0.2)
+    return out
+
+
+def stop_perf(procs):
+    for p in procs:
+        p.send_signal(signal.SIGINT)
+    for p in procs:
+        p.wait(120)
+
+
 def pid_cpu_us(pid):
     try:
         with open("/proc/%d/stat" % pid) as f:
@@ -314,22 +351,25 @@ def read_i64(path):
 
 class Relay(Proc):
     def __init__(self, tmp, name, url, max_rows=10000, max_bytes=None, notify=True,
-                 poll_ms=200, ckpt_topic=None, tag=""):
+                 poll_ms=200, ckpt_topic=None, tag="", log_level=None, retention_ms=0):
         self.conf = os.path.join(tmp, "relay-%s%s.conf" % (name, tag))
         if max_bytes is None:
             max_bytes = max(16 << 20, max_rows * 512)
-        props = ", ".join('"%s"' % p for p in KAFKA_PROPS)
+        extra = [p for p in os.environ.get("BENCH_RELAY_KAFKA_PROPS", "").split(",") if p]
+        props = ", ".join('"%s"' % p for p in KAFKA_PROPS + extra)
         with open(self.conf, "w") as f:
             f.write("""relay = { name = "%s"; owner = "%s"; };
-postgres = { conninfo = "%s"; };
+postgres = { conninfo = "%s"; retention_ms = %d; };
 kafka = { bootstrap_servers = "%s"; checkpoint_topic = "%s"; properties = [ %s ]; };
 batch = { max_rows = %d; max_bytes = %d; max_wait_ms = 0; poll_interval_ms = %d; notify = %s; };
 http = { listen = ""; };
-log = { level = "info"; format = "text"; };
-""" % (name, OWNER, url, BOOTSTRAP, ckpt_topic, props, max_rows, max_bytes, poll_ms,
-                "true" if notify else "false"))
+log = { level = "%s"; format = "text"; };
+""" % (name, OWNER, url, retention_ms, BOOTSTRAP, ckpt_topic, props, max_rows, max_bytes, poll_ms,
+                "true" if notify else "false",
+                log_level or os.environ.get("BENCH_RELAY_LOG_LEVEL", "info")))
         self.url = url
-        super().__init__([RELAY, "run", "-c", self.conf], "relay", stream="stderr")
+        super().__init__([RELAY, "run", "-c", self.conf], "relay", stream="stderr",
+                         env=phases_env("relay-%s%s" % (name, tag)))
         self.backend = None
 
     def wait_publishing(self, timeout=60):
@@ -509,22 +549,25 @@ class Bench:
             best = dt if best is None else min(best, dt)
         return rows / best
 
-    def a_relay(self, template, topic, parts, txn_rows, rows):
+    def a_relay(self, template, topic, parts, txn_rows, rows, retention_ms=0):
         dbname, url = self.copy_db(template)
         try:
             cons = self.track(Consumer(topic, rows, want=rows))
             relay = self.track(Relay(self.tmp, "bench-%s-a%d" % (RUN, self.seq), url,
                                      max_rows=txn_rows, max_bytes=max_bytes_for(txn_rows),
-                                     ckpt_topic=self.ckpt_topic))
+                                     ckpt_topic=self.ckpt_topic, retention_ms=retention_ms))
             t_pub = relay.wait_publishing()
             relay.find_backend()
             b0 = pid_cpu_us(relay.backend) if relay.backend else None
+            perf = start_perf("relay-p%d-T%d" % (parts, txn_rows), relay.pid, relay.backend)
             done = cons.finish(self.args.timeout)
+            stop_perf(perf)
             cpu, hwm = relay.cpu_us(), relay.hwm_kb()
             b1 = pid_cpu_us(relay.backend) if relay.backend else None
             relay.stop()
             secs = (done["last_ns"] - t_pub) / 1e9
-            return {"who": "relay", "partitions": parts, "txn_rows": txn_rows,
+            return {"who": "relay" if not retention_ms else "relay, retention_ms",
+                    "partitions": parts, "txn_rows": txn_rows,
                     "rows": done["count"], "dups": done["dups"], "seconds": secs,
                     "rows_per_s": done["count"] / secs,
                     "startup_s": (t_pub - relay.spawn_ns) / 1e9,
@@ -540,7 +583,7 @@ class Bench:
         prod = self.track(Proc([PRODUCER, "txn", "-b", BOOTSTRAP, "-t", topic, "-n", str(rows),
                                 "-T", str(txn_rows), "--txn-id", "bench-%s-bare%d" % (RUN, self.next()),
                                 "--max-bytes", str(max_bytes_for(txn_rows))] + kafka_argv(),
-                               "bench-producer"))
+                               "bench-producer", env=phases_env("bare-%d" % self.seq)))
         t_ready, _ = prod.wait_prefix("ready", 60)
         done = cons.finish(self.args.timeout)
         _, f = prod.wait_prefix("done", 120)
@@ -560,9 +603,14 @@ class Bench:
             self.results["A_select"].append({"partitions": parts, "rows_per_s": self.select_rate(tpl, rows)})
             for txn_rows in self.args.txn_sizes:
                 for rep in range(self.args.repeat):
-                    for who in ("bare", "relay") if rep % 2 == 0 else ("relay", "bare"):
+                    order = ["bare", "relay"] + (["retention"] if self.args.retention_variant else [])
+                    for who in order if rep % 2 == 0 else reversed(order):
                         if who == "bare":
                             r = self.a_bare(topic, parts, txn_rows, rows)
+                        elif who == "retention":
+                            # deletes deferred (postgres.retention_ms): what the
+                            # DELETE in outbox.advance costs the drain
+                            r = self.a_relay(tpl, topic, parts, txn_rows, rows, retention_ms=3600000)
                         else:
                             r = self.a_relay(tpl, topic, parts, txn_rows, rows)
                         log("A %s p=%d T=%d: %.0f rows/s (%d rows, %.1f s)" % (
@@ -577,10 +625,12 @@ class Bench:
             self.templates["steady"] = self.kafka.create("bench-%s-steady" % RUN, 6)
         return self.templates["steady"]
 
-    def conns_for(self, rate):
-        return max(2, min(16, int(math.ceil(rate / 500.0))))
+    def conns_for(self, rate, per_txn=1):
+        # one connection commits about 1k single-row transactions/s here
+        # when the machine is quiet; give the open loop room to catch up
+        return max(4, min(16, int(math.ceil(rate / per_txn / 300.0))))
 
-    def b_relay(self, rate, notify, secs):
+    def b_relay(self, rate, notify, secs, per_txn=1):
         topic = self.steady_topic()
         dbname, url = self.copy_db(self.empty_template())
         n = int(rate * secs)
@@ -597,8 +647,8 @@ class Bench:
             cpu0 = relay.cpu_us()
             b0 = pid_cpu_us(relay.backend) if relay.backend else None
             w = self.track(Proc([WRITER, "steady", "-d", url, "-t", topic, "-r", str(rate), "-s",
-                                 str(secs), "-c", str(self.conns_for(rate)), "--out", sent_file],
-                                "bench-writer"))
+                                 str(secs), "-c", str(self.conns_for(rate, per_txn)), "--out", sent_file,
+                                 "--rows-per-txn", str(per_txn)], "bench-writer"))
             _, wf = w.wait_prefix("done", secs * 3 + 60)
             try:
                 cons.wait_count(n, 20)
@@ -610,22 +660,24 @@ class Bench:
             done = cons.finish(30)
             relay.stop()
             r = self.b_stats(read_i64(sent_file), cons.arrivals(), rate, secs, wf)
-            r.update({"who": "relay", "notify": notify, "dups": done["dups"],
+            r.update({"who": "relay", "notify": notify, "dups": done["dups"], "per_txn": per_txn,
                       "cpu_us_per_row": (cpu1 - cpu0) / n, "rss_mb": hwm / 1024.0,
                       "pg_cpu_us_per_row": (b1 - b0) / n if b0 is not None and b1 else None,
-                      "writer_conns": self.conns_for(rate)})
+                      "writer_conns": self.conns_for(rate, per_txn)})
             return r
         finally:
             self.pg.drop(dbname)
 
-    def b_bare(self, rate, secs):
+    def b_bare(self, rate, secs, mode="idempotent"):
         topic = self.steady_topic()
         n = int(rate * secs)
         arr_file = os.path.join(self.tmp, "b-arrived-%d" % self.next())
         sent_file = os.path.join(self.tmp, "b-sent-%d" % self.seq)
         cons = self.track(Consumer(topic, n, out=arr_file))
-        prod = self.track(Proc([PRODUCER, "idempotent", "-b", BOOTSTRAP, "-t", topic, "-r", str(rate),
-                                "-s", str(secs), "--out", sent_file] + kafka_argv(), "bench-producer"))
+        prod = self.track(Proc([PRODUCER, mode, "-b", BOOTSTRAP, "-t", topic, "-r", str(rate),
+                                "-s", str(secs), "--out", sent_file,
+                                "--txn-id", "bench-%s-stream%d" % (RUN, self.seq)] + kafka_argv(),
+                               "bench-producer"))
         _, f = prod.wait_prefix("done", secs * 3 + 60)
         try:
             cons.wait_count(n, 20)
@@ -634,7 +686,7 @@ class Bench:
         cons.send(signal.SIGTERM)
         done = cons.finish(30)
         r = self.b_stats(read_i64(sent_file), cons.arrivals(), rate, secs, None)
-        r.update({"who": "bare", "notify": None, "dups": done["dups"],
+        r.update({"who": "bare " + mode, "notify": None, "dups": done["dups"], "per_txn": None,
                   "cpu_us_per_row": int(f[2]) / n, "rss_mb": int(f[3]) / 1024.0})
         return r
 
@@ -673,15 +725,21 @@ class Bench:
     def scenario_b(self):
         secs = self.args.steady_seconds
         for rate in self.args.rates:
-            for notify in (True, False):
-                r = self.b_relay(rate, notify, secs)
-                log("B relay %d/s notify=%s: p50 %.1f p99 %.1f p99.9 %.1f max %.1f ms, achieved %.0f/s" % (
-                    rate, notify, r["p50"], r["p99"], r["p999"], r["max"], r["achieved_rate"]))
+            runs = [("relay", True, 1), ("relay", False, 1), ("idempotent", None, None),
+                    ("txn-stream", None, None)]
+            if rate >= 5000 and self.args.batched_writers > 1:
+                # the writers cannot commit 5k single-row transactions/s here:
+                # the same rows/s in fewer, larger transactions
+                runs += [("relay", True, self.args.batched_writers),
+                         ("relay", False, self.args.batched_writers)]
+            for who, notify, per_txn in runs:
+                if who == "relay":
+                    r = self.b_relay(rate, notify, secs, per_txn)
+                else:
+                    r = self.b_bare(rate, secs, who)
+                log("B %s %d/s notify=%s rows/txn=%s: p50 %.1f p99 %.1f p99.9 %.1f max %.1f ms, achieved %.0f/s" % (
+                    r["who"], rate, notify, per_txn, r["p50"], r["p99"], r["p999"], r["max"], r["achieved_rate"]))
                 self.results["B"].append(r)
-            r = self.b_bare(rate, secs)
-            log("B bare %d/s: p50 %.1f p99 %.1f p99.9 %.1f max %.1f ms" % (
-                rate, r["p50"], r["p99"], r["p999"], r["max"]))
-            self.results["B"].append(r)
         for conns in self.args.writer_conns:
             for notify in (False, True):
                 r = self.writers_max(notify, conns, self.args.writer_seconds)
@@ -808,7 +866,7 @@ class Bench:
                          "restart_to_first_row_s": (first - t["t_restart"]) / 1e9 if first else None})
         vals = sorted(r["restart_to_first_row_s"] for r in rows if r["restart_to_first_row_s"] is not None)
         res = {"what": what, "trials": rows,
-               "median_s": vals[len(vals) // 2] if vals else None, "max_s": vals[-1] if vals else None}
+               "median_s": statistics.median(vals) if vals else None, "max_s": vals[-1] if vals else None}
         log("C %s: %s" % (what, ", ".join("%.2f s" % v for v in vals)))
         return res
 
@@ -847,16 +905,18 @@ def report(res):
           "relay's PG backend CPU µs/row | bare CPU µs/row | relay peak RSS MB | bare peak RSS MB | "
           "relay start-up s |")
         p("|---|---|---|---|---|---|---|---|---|---|---|")
-        keys = sorted({(r["partitions"], r["txn_rows"]) for r in res["A"]})
-        for key in keys:
-            rel = [r for r in res["A"] if (r["partitions"], r["txn_rows"]) == key and r["who"] == "relay"]
+        keys = sorted({(r["partitions"], r["txn_rows"], r["who"]) for r in res["A"] if r["who"] != "bare"})
+        for key3 in keys:
+            key = key3[:2]
+            rel = [r for r in res["A"] if (r["partitions"], r["txn_rows"]) == key and r["who"] == key3[2]]
             bare = [r for r in res["A"] if (r["partitions"], r["txn_rows"]) == key and r["who"] == "bare"]
             if not rel or not bare:
                 continue
             br = max(rel, key=lambda r: r["rows_per_s"])
             bb = max(bare, key=lambda r: r["rows_per_s"])
-            p("| %d | %d | %s | %s | %.2f | %s | %s | %s | %.1f | %.1f | %.2f |" % (
-                key[0], key[1], fmt(br["rows_per_s"]), fmt(bb["rows_per_s"]),
+            p("| %d | %d%s | %s | %s | %.2f | %s | %s | %s | %.1f | %.1f | %.2f |" % (
+                key[0], key[1], "" if key3[2] == "relay" else " (%s)" % key3[2].split(", ")[1],
+                fmt(br["rows_per_s"]), fmt(bb["rows_per_s"]),
                 br["rows_per_s"] / bb["rows_per_s"], fmt(br["cpu_us_per_row"], "%.2f"),
                 fmt(br["pg_cpu_us_per_row"], "%.2f"), fmt(bb["cpu_us_per_row"], "%.2f"),
                 max(r["rss_mb"] for r in rel), bb["rss_mb"], br["startup_s"]))
@@ -871,7 +931,14 @@ def report(res):
           "missing | backlog max rows | backlog slope rows/s² | CPU µs/row | RSS MB |")
         p("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in res["B"]:
-            who = "bare idempotent" if r["who"] == "bare" else "relay, NOTIFY %s" % ("on" if r["notify"] else "off (poll 200 ms)")
+            if r["who"] == "relay":
+                who = "relay, NOTIFY %s" % ("on" if r["notify"] else "off (poll 200 ms)")
+                if r.get("per_txn", 1) > 1:
+                    who += ", writers %d rows/txn" % r["per_txn"]
+            elif r["who"] == "bare idempotent":
+                who = "bare idempotent producer"
+            else:
+                who = "bare txn producer, back-to-back txns"
             p("| %d | %s | %s | %s | %s | %s | %s | %s | %d | %d | %s | %s | %.1f |" % (
                 r["rate"], who, fmt(r["achieved_rate"]), fmt(r["p50"], "%.1f"), fmt(r["p99"], "%.1f"),
                 fmt(r["p999"], "%.1f"), fmt(r["max"], "%.1f"), fmt(r["p99_last_third"], "%.1f"),
@@ -880,9 +947,10 @@ def report(res):
         p("")
         wr = [r for r in res["B"] if r["who"] == "relay"]
         if wr:
-            p("Writers: " + "; ".join("%d/s with %d connections: commit p50 %.2f ms, p99 %.2f ms, "
-                                      "start late p99 %.1f ms" % (
-                                          r["rate"], r["writer_conns"], r["commit_p50_ms"],
+            p("Writers: " + "; ".join("%d/s (%d rows/txn, %d connections, NOTIFY %s): commit p50 %.2f ms, "
+                                      "p99 %.2f ms, start late p99 %.1f ms" % (
+                                          r["rate"], r["per_txn"], r["writer_conns"],
+                                          "on" if r["notify"] else "off", r["commit_p50_ms"],
                                           r["commit_p99_ms"], r["writer_late_p99_ms"]) for r in wr))
             p("")
     if res["B_writers"]:
@@ -934,9 +1002,9 @@ def targets(res):
         if r["who"] == "relay" and r["rate"] == 5000:
             ok = r["missing"] == 0 and r["achieved_rate"] >= 0.95 * r["rate"] and \
                 r["backlog_slope"] < 0.01 * r["rate"] and r["p99_last_third"] <= 2 * max(r["p99"], 1)
-            p("| B 5k/s NOTIFY %s: no backlog growth | writers %s/s, backlog max %d rows, slope %.1f rows/s², "
-              "p99 %.1f ms (last third %.1f) | %s |" % (
-                  "on" if r["notify"] else "off", fmt(r["achieved_rate"]), r["backlog_max"],
+            p("| B 5k/s NOTIFY %s, %d row(s)/txn: no backlog growth | writers %s/s, backlog max %d rows, "
+              "slope %.1f rows/s², p99 %.1f ms (last third %.1f) | %s |" % (
+                  "on" if r["notify"] else "off", r["per_txn"], fmt(r["achieved_rate"]), r["backlog_max"],
                   r["backlog_slope"], r["p99"], r["p99_last_third"], yes(ok)))
     cs = {c["what"]: c for c in res["C"]}
     for rel_name, bare_name in (("relay during A (T=10k)", "bare transactional producer (T=10000)"),
@@ -978,9 +1046,13 @@ def main():
     ap.add_argument("--txn-sizes", help="comma-separated transaction sizes (default 1000,10000,100000)")
     ap.add_argument("--partitions", help="comma-separated partition counts for A (default 1,6)")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each A pair, alternating order")
+    ap.add_argument("--retention-variant", action="store_true",
+                    help="A: also drain with postgres.retention_ms set (no DELETE while draining)")
     ap.add_argument("--rates", help="comma-separated steady rates (default 1000,5000)")
     ap.add_argument("--steady-seconds", type=int, help="seconds of steady load per B run (default 30)")
-    ap.add_argument("--writer-conns", default="1,8", help="connections for the writers' max throughput")
+    ap.add_argument("--writer-conns", default="1,4,16", help="connections for the writers' max throughput")
+    ap.add_argument("--batched-writers", type=int, default=10,
+                    help="at 5k rows/s, also run writers committing this many rows per transaction")
     ap.add_argument("--writer-seconds", type=int, default=10)
     ap.add_argument("--trials", type=int, help="kills per recovery scenario (default 3)")
     ap.add_argument("--timeout", type=int, default=900, help="seconds one drain may take")

@@ -105,8 +105,16 @@ int main(int argc, char **argv)
 		/* From the end: the high watermark now, which is the last stable
 		 * offset too when no transaction is open on the topic (the harness
 		 * only starts a consumer between runs). */
-		if (from_end && rd_kafka_query_watermark_offsets(rk, topic, p, &lo, &hi, 10000))
-			bench_die("watermarks of %s [%d]: failed", topic, p);
+		for (int tries = 0; from_end; tries++) {
+			rd_kafka_resp_err_t qerr =
+				rd_kafka_query_watermark_offsets(rk, topic, p, &lo, &hi, 10000);
+			if (!qerr)
+				break;
+			/* a new topic's leaders may still be spreading */
+			if (tries == 50)
+				bench_die("watermarks of %s [%d]: %s", topic, p, rd_kafka_err2str(qerr));
+			usleep(200000);
+		}
 		rd_kafka_topic_partition_list_add(parts, topic, p)->offset = hi;
 	}
 	if (rd_kafka_assign(rk, parts))

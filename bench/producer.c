@@ -8,6 +8,12 @@
  *       An idempotent producer sending RATE records/s on an open-loop
  *       schedule; FILE gets the CLOCK_REALTIME ns of each produce call,
  *       indexed by seq (int64 array, index 0 unused).
+ *   bench-producer txn-stream -b HOST:PORT -t TOPIC -r RATE -s SECONDS --out FILE
+ *       The transactional floor of steady latency: records fall due at RATE/s
+ *       (open loop) and go out in back-to-back transactions, each holding
+ *       every record due when it begins (at most TXN_ROWS), as the relay
+ *       batches rows that committed while it was busy. FILE gets each
+ *       record's due time.
  *
  * Options: -X name=value (librdkafka property, repeatable), --first SEQ
  * (first seq, default 1), --txn-id ID, --max-bytes N (the relay's
@@ -216,6 +222,50 @@ static int run_idempotent(const struct opts *o)
 	return 0;
 }
 
+static int run_txn_stream(const struct opts *o)
+{
+	rd_kafka_t *rk = new_producer(o, true);
+	rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, o->topic, NULL);
+	int64_t n = (int64_t)(o->rate * o->seconds), i = 0, txns = 0, t0;
+	int64_t *due = calloc((size_t)(o->first + n), sizeof(int64_t));
+	FILE *f;
+
+	if (!due)
+		bench_die("out of memory");
+	kcheck(rd_kafka_init_transactions(rk, 60000), "init_transactions");
+	t0 = bench_now_ns() + 500000000LL;
+	printf("ready %" PRId64 "\n", t0);
+	fflush(stdout);
+	while (i < n) {
+		int64_t first_due = t0 + (int64_t)((double)i * 1e9 / o->rate), k = 0;
+
+		if (bench_now_ns() < first_due)
+			bench_sleep_until_ns(first_due);
+		kcheck(rd_kafka_begin_transaction(rk), "begin_transaction");
+		/* everything due by now, as a relay would find it */
+		for (int64_t now = bench_now_ns(); i < n && k < o->txn_rows; i++, k++) {
+			int64_t d = t0 + (int64_t)((double)i * 1e9 / o->rate);
+			if (d > now)
+				break;
+			due[o->first + i] = d;
+			produce_one(rk, rkt, o->first + i);
+		}
+		kcheck(rd_kafka_commit_transaction(rk, 60000), "commit_transaction");
+		txns++;
+	}
+	if (delivery_errors)
+		bench_die("%" PRId64 " delivery errors", delivery_errors);
+	f = fopen(o->out, "wb");
+	if (!f || fwrite(due, sizeof(int64_t), (size_t)(o->first + n), f) != (size_t)(o->first + n) ||
+	    fclose(f) != 0)
+		bench_die("could not write %s", o->out);
+	done(txns);
+	rd_kafka_topic_destroy(rkt);
+	rd_kafka_destroy(rk);
+	free(due);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -230,7 +280,7 @@ int main(int argc, char **argv)
 	int c;
 
 	if (argc < 2)
-		bench_die("usage: bench-producer txn|idempotent -b BOOTSTRAP -t TOPIC ...");
+		bench_die("usage: bench-producer txn|txn-stream|idempotent -b BOOTSTRAP -t TOPIC ...");
 	o.mode = argv[1];
 	optind = 2;
 	while ((c = getopt_long(argc, argv, "b:t:n:T:r:s:X:", longopts, NULL)) != -1) {
@@ -259,6 +309,11 @@ int main(int argc, char **argv)
 		if (o.rows <= 0 && o.hold_open <= 0)
 			bench_die("txn: -n ROWS is required");
 		return run_txn(&o);
+	}
+	if (strcmp(o.mode, "txn-stream") == 0) {
+		if (!o.out)
+			bench_die("txn-stream: --out FILE is required");
+		return run_txn_stream(&o);
 	}
 	if (strcmp(o.mode, "idempotent") == 0) {
 		if (!o.out)

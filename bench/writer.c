@@ -5,11 +5,13 @@
  *       COPY ROWS rows (seq 1..ROWS in id order) in transactions of N rows
  *       (default 1000): the backlog of scenario A.
  *   bench-writer steady -d CONNINFO -t TOPIC -r RATE -s SECONDS -c CONNS --out FILE
+ *                       [--rows-per-txn K]
  *       Open loop: row seq is due at start + (seq - 1) / RATE; CONNS
  *       connections take the next due row as soon as they are free, each an
  *       INSERT in its own (autocommit) transaction. FILE gets the
  *       CLOCK_REALTIME ns at which each COMMIT returned (int64 array indexed
- *       by seq, 0 unused).
+ *       by seq, 0 unused). With K > 1, each transaction inserts K rows, due
+ *       when its first row is.
  *   bench-writer max    -d CONNINFO -t TOPIC -s SECONDS -c CONNS
  *       Closed loop: single-row transactions as fast as CONNS connections go.
  *
@@ -32,7 +34,7 @@
 struct shared {
 	const char *conninfo, *topic;
 	double rate;
-	int64_t t0, end_ns, nrows;
+	int64_t t0, end_ns, nrows, per_txn;
 	bool open_loop;
 	_Atomic int64_t next_seq;
 	int64_t *commit_ns; /* steady: by seq */
@@ -70,13 +72,24 @@ static void insert_row(PGconn *conn, const char *topic, int64_t seq)
 	PQclear(res);
 }
 
+static void exec_ok(PGconn *conn, const char *sql)
+{
+	PGresult *res = PQexec(conn, sql);
+
+	if (PQresultStatus(res) != PGRES_COMMAND_OK)
+		bench_die("%s: %s", sql, PQerrorMessage(conn));
+	PQclear(res);
+}
+
 static void *writer_thread(void *arg)
 {
 	struct shared *sh = arg;
 	PGconn *conn = connect_db(sh->conninfo);
+	int64_t k = sh->per_txn;
 
 	for (;;) {
-		int64_t seq = atomic_fetch_add(&sh->next_seq, 1), start, t;
+		/* the first seq of the next transaction (1, 1 + k, 1 + 2k, ...) */
+		int64_t seq = (atomic_fetch_add(&sh->next_seq, 1) - 1) * k + 1, start, t;
 
 		if (sh->open_loop) {
 			int64_t due;
@@ -92,11 +105,21 @@ static void *writer_thread(void *arg)
 			if (start >= sh->end_ns)
 				break;
 		}
-		insert_row(conn, sh->topic, seq);
+		if (k == 1) {
+			insert_row(conn, sh->topic, seq);
+		} else {
+			exec_ok(conn, "BEGIN");
+			for (int64_t j = 0; j < k && seq + j <= sh->nrows; j++)
+				insert_row(conn, sh->topic, seq + j);
+			exec_ok(conn, "COMMIT");
+		}
 		t = bench_now_ns();
 		if (sh->open_loop) {
-			sh->commit_ns[seq] = t;
-			sh->commit_us[seq] = (t - start) / 1000;
+			for (int64_t j = 0; j < k && seq + j <= sh->nrows; j++) {
+				sh->commit_ns[seq + j] = t;
+				sh->commit_us[seq + j] = (t - start) / 1000;
+				sh->late_us[seq + j] = sh->late_us[seq];
+			}
 		}
 	}
 	PQfinish(conn);
@@ -171,6 +194,7 @@ int main(int argc, char **argv)
 	static const struct option longopts[] = {
 		{"out", required_argument, NULL, 'o'},
 		{"chunk", required_argument, NULL, 'k'},
+		{"rows-per-txn", required_argument, NULL, 'K'},
 		{NULL, 0, NULL, 0},
 	};
 	struct shared sh = {.rate = 1000};
@@ -193,12 +217,15 @@ int main(int argc, char **argv)
 		case 'c': conns = atoi(optarg); break;
 		case 'o': out = optarg; break;
 		case 'k': chunk = atoll(optarg); break;
+		case 'K': sh.per_txn = atoll(optarg); break;
 		default: bench_die("bad option");
 		}
 	}
 	if (!sh.conninfo || !sh.topic)
 		bench_die("-d and -t are required");
 	sh.next_seq = 1;
+	if (sh.per_txn < 1)
+		sh.per_txn = 1;
 
 	if (strcmp(mode, "load") == 0) {
 		int64_t t = bench_now_ns();
@@ -250,7 +277,8 @@ int main(int argc, char **argv)
 		sh.end_ns = t0 + (int64_t)(seconds * 1e9);
 		run_threads(&sh, conns);
 		secs = (double)(bench_now_ns() - t0) / 1e9;
-		done_rows = atomic_load(&sh.next_seq) - 1 - conns; /* each thread drew one too many */
+		/* each thread drew one transaction too many */
+		done_rows = (atomic_load(&sh.next_seq) - 1 - conns) * sh.per_txn;
 		printf("done %" PRId64 " %.3f %.1f 0 0 0 0 %" PRId64 "\n", done_rows, secs,
 		       (double)done_rows / secs, bench_cpu_us());
 		return 0;
