@@ -300,3 +300,34 @@ def test_retention_keeps_then_purges(outbox_db, topics, relays, tmp_path):
     wait_for(drained(conn), 30, "the purge after the retention")
     assert relay.stop() == 0, relay.text()
     check_exactly_once(read_all(tps), range(300))
+
+
+def test_valgrind_clean_run(outbox_db, topics, tmp_path):
+    """The daemon's normal run under valgrind: no memory errors, no leaks of
+    its own (librdkafka's and libpq's global one-off allocations aside)."""
+    import shutil
+    import signal as sig
+    import subprocess
+    from conftest import RELAY_BIN
+    assert shutil.which("valgrind"), "valgrind is missing: scripts/install-deps.sh installs it"
+    tps = topics(2, partitions=2)
+    conn = connect(outbox_db)
+    insert_rows(conn, tps, 0, 2000, per_txn=500)
+    cfg = write_config(tmp_path / "relay.conf", outbox_db, "r-valgrind",
+                       **{"batch.max_rows": 300, "http.listen": "127.0.0.1:0"})
+    log = tmp_path / "valgrind.log"
+    proc = subprocess.Popen(["valgrind", "--error-exitcode=99", "--leak-check=full",
+                             "--errors-for-leak-kinds=definite", f"--log-file={log}",
+                             RELAY_BIN, "run", "-c", str(cfg)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for(drained(conn), 180, "the rows under valgrind")
+        insert_rows(conn, tps, 2000, 100, per_txn=100)
+        wait_for(drained(conn), 60, "more rows under valgrind")
+    finally:
+        proc.send_signal(sig.SIGTERM)
+        rc = proc.wait(120)
+    text = log.read_text()
+    assert rc == 0, f"exit {rc}:\n{text[-4000:]}"
+    assert "ERROR SUMMARY: 0 errors" in text, text[-4000:]
+    check_exactly_once(read_all(tps), range(2100))
