@@ -42,6 +42,8 @@ static const struct option options[] = {
 	{"relay.poison_retry_ms", OPT_INT, OFF(poison_retry_ms), NULL, 30000, 1000, 3600000, NULL,
 	 true},
 	{"postgres.conninfo", OPT_STRING, OFF(pg_conninfo), "", 0, 0, 0, NULL, false},
+	{"postgres.prepared_statements", OPT_BOOL, OFF(pg_prepared_statements), NULL, 1, 0, 0, NULL,
+	 false},
 	{"postgres.retention_ms", OPT_INT64, OFF(retention_ms), NULL, 0, 0, 1LL << 40, NULL, false},
 	{"postgres.statement_timeout_ms", OPT_INT, OFF(pg_statement_timeout_ms), NULL, 30000, 0,
 	 3600000, NULL, false},

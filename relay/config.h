@@ -27,6 +27,7 @@ struct config {
 	/* postgres */
 	char *pg_conninfo;   /* "" = libpq's PG* environment */
 	int pg_statement_timeout_ms;
+	bool pg_prepared_statements;
 	int64_t retention_ms; /* keep relayed rows this long; 0 = delete at once */
 
 	/* kafka */

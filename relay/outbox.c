@@ -12,9 +12,28 @@
 #include "log.h"
 #include "outbox.h"
 
+/* The statements of the relay's hot loop, prepared once per connection
+ * when postgres.prepared_statements is on: no parse and plan per call. */
+enum hot_stmt { HOT_RENEW, HOT_WINDOW, HOT_FETCH, HOT_ADVANCE, HOT_COUNT };
+
+static const struct {
+	const char *name;
+	const char *sql;
+	int nparams;
+} hot[HOT_COUNT] = {
+	{"outbox_relay_renew", "SELECT outbox.lease_renew($1, $2, $3)", 3},
+	{"outbox_relay_window", "SELECT outbox.window_open($1)", 1},
+	{"outbox_relay_fetch",
+	 "SELECT id, topic, key, payload, header_names, header_values, created_ms "
+	 "FROM outbox.fetch_page($1, $2, $3, $4, $5)",
+	 5},
+	{"outbox_relay_advance", "SELECT outbox.advance($1, $2, $3, $4, $5, $6, $7)", 7},
+};
+
 struct outbox {
 	const struct config *cfg;
 	PGconn *conn;
+	bool prepared[HOT_COUNT];
 	char errstr[1024];
 };
 
@@ -146,6 +165,40 @@ static int call(struct outbox *ob, const char *sql, int nparams, const char *con
 	return rc;
 }
 
+/* A hot statement: prepared on first use when configured, else sent whole. */
+static int call_hot(struct outbox *ob, enum hot_stmt st, const char *const *params,
+		    int result_format, PGresult **out)
+{
+	PGresult *res;
+	ExecStatusType es;
+	int rc;
+
+	if (!ob->cfg->pg_prepared_statements)
+		return call(ob, hot[st].sql, hot[st].nparams, params, result_format, out);
+	if (!ob->prepared[st]) {
+		res = PQprepare(ob->conn, hot[st].name, hot[st].sql, hot[st].nparams, NULL);
+		if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+			rc = classify(ob, res, hot[st].sql);
+			PQclear(res);
+			*out = NULL;
+			return rc;
+		}
+		PQclear(res);
+		ob->prepared[st] = true;
+	}
+	res = PQexecPrepared(ob->conn, hot[st].name, hot[st].nparams, params, NULL, NULL,
+			     result_format);
+	es = PQresultStatus(res);
+	if (es == PGRES_TUPLES_OK || es == PGRES_COMMAND_OK) {
+		*out = res;
+		return OB_OK;
+	}
+	rc = classify(ob, res, hot[st].sql);
+	PQclear(res);
+	*out = NULL;
+	return rc;
+}
+
 static int64_t text_i64(const PGresult *res, int row, int col)
 {
 	return PQgetisnull(res, row, col) ? 0 : strtoll(PQgetvalue(res, row, col), NULL, 10);
@@ -196,7 +249,7 @@ int outbox_lease_renew(struct outbox *ob, int64_t generation, bool *held)
 
 	snprintf(gen, sizeof(gen), "%" PRId64, generation);
 	snprintf(ttl, sizeof(ttl), "%d", ob->cfg->lease_ttl_ms);
-	rc = call(ob, "SELECT outbox.lease_renew($1, $2, $3)", 3, p, 0, &res);
+	rc = call_hot(ob, HOT_RENEW, p, 0, &res);
 	if (rc != OB_OK)
 		return rc;
 	*held = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
@@ -244,7 +297,7 @@ int outbox_window_open(struct outbox *ob, char **next)
 {
 	const char *p[1] = {ob->cfg->relay_name};
 	PGresult *res;
-	int rc = call(ob, "SELECT outbox.window_open($1)", 1, p, 0, &res);
+	int rc = call_hot(ob, HOT_WINDOW, p, 0, &res);
 
 	if (rc != OB_OK)
 		return rc;
@@ -370,10 +423,7 @@ int outbox_fetch_page(struct outbox *ob, const struct position *pos, int max_row
 	snprintf(after, sizeof(after), "%" PRId64, pos->after_id);
 	snprintf(rows, sizeof(rows), "%d", max_rows);
 	snprintf(bytes, sizeof(bytes), "%" PRId64, max_bytes);
-	rc = call(ob,
-		  "SELECT id, topic, key, payload, header_names, header_values, created_ms "
-		  "FROM outbox.fetch_page($1, $2, $3, $4, $5)",
-		  5, p, 1, &res);
+	rc = call_hot(ob, HOT_FETCH, p, 1, &res);
 	if (rc != OB_OK)
 		return rc;
 	n = PQntuples(res);
@@ -413,7 +463,7 @@ int outbox_advance(struct outbox *ob, int64_t generation, const struct position 
 	snprintf(seq, sizeof(seq), "%" PRId64, pos->batch_seq);
 	snprintf(after, sizeof(after), "%" PRId64, pos->after_id);
 	snprintf(keep, sizeof(keep), "%" PRId64, ob->cfg->retention_ms);
-	rc = call(ob, "SELECT outbox.advance($1, $2, $3, $4, $5, $6, $7)", 7, p, 0, &res);
+	rc = call_hot(ob, HOT_ADVANCE, p, 0, &res);
 	if (rc != OB_OK)
 		return rc;
 	*deleted = text_i64(res, 0, 0);

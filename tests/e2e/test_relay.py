@@ -331,3 +331,19 @@ def test_valgrind_clean_run(outbox_db, topics, tmp_path):
     assert rc == 0, f"exit {rc}:\n{text[-4000:]}"
     assert "ERROR SUMMARY: 0 errors" in text, text[-4000:]
     check_exactly_once(read_all(tps), range(2100))
+
+
+def test_without_prepared_statements(outbox_db, topics, relays, tmp_path):
+    """postgres.prepared_statements = false (PgBouncer before 1.21)."""
+    tps = topics(2, partitions=2)
+    conn = connect(outbox_db)
+    insert_rows(conn, tps, 0, 3000, per_txn=1000)
+    cfg = write_config(tmp_path / "relay.conf", outbox_db, "r-unprepared",
+                       **{"postgres.prepared_statements": False, "batch.max_rows": 700})
+    relay = relays(cfg)
+    wait_for(drained(conn), 60, "the outbox to drain")
+    insert_rows(conn, tps, 3000, 500, per_txn=50)
+    wait_for(drained(conn), 60, "the outbox to drain again")
+    assert relay.stop() == 0, relay.text()
+    check_exactly_once(read_all(tps), range(3500))
+    assert_positions_agree(conn, "r-unprepared")
