@@ -281,6 +281,61 @@ def stop_perf(procs):
         p.wait(120)
 
 
+def cpu_times():
+    """Machine-wide jiffies from /proc/stat: (busy, idle + iowait, steal)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = v[:8]
+    return (user + nice + system + irq + softirq, idle + iowait, steal)
+
+
+def machine_share(t0, t1):
+    """Fractions of the machine (all CPUs) busy, idle and stolen between two cpu_times()."""
+    d = [b - a for a, b in zip(t0, t1)]
+    tot = sum(d) or 1
+    return {"busy": d[0] / tot, "idle": d[1] / tot, "steal": d[2] / tot}
+
+
+def broker_pid():
+    try:
+        with open(os.path.join(os.environ.get("OUTBOX_LOCAL_STATE", "/var/tmp/outbox-relay-local"),
+                               "kafka.pid")) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError):
+        return None
+
+
+def read_phases(label):
+    """Totals of a phase-timer file: {name: (calls, total_ms, max_ms)}."""
+    d = os.environ.get("BENCH_PHASES")
+    out = {}
+    if not d:
+        return out
+    try:
+        with open(os.path.join(d, label + ".phases")) as f:
+            for line in f:
+                if line.startswith("total "):
+                    parts = line.split()
+                    out[" ".join(parts[1:-3])] = (int(parts[-3]), float(parts[-2]), float(parts[-1]))
+    except OSError:
+        pass
+    return out
+
+
+def phase_breakdown(ph):
+    """Wall ms per transaction on the main thread: PostgreSQL reads, the
+    produce loop, the Kafka commit, the database advance."""
+    txns = ph.get("kafka commit_transaction", (0, 0, 0))[0]
+    if not txns:
+        return None
+    g = lambda k: ph.get(k, (0, 0.0, 0))[1] / txns
+    return {"txns": txns,
+            "fetch_ms": g("pg outbox.fetch_page") + g("pg outbox.window_open"),
+            "produce_ms": g("produce loop (begin..commit)") + g("kafka begin_transaction"),
+            "commit_ms": g("kafka commit_transaction"),
+            "advance_ms": g("pg outbox.advance")}
+
+
 def pid_cpu_us(pid):
     try:
         with open("/proc/%d/stat" % pid) as f:
@@ -351,8 +406,11 @@ def read_i64(path):
 
 class Relay(Proc):
     def __init__(self, tmp, name, url, max_rows=10000, max_bytes=None, notify=True,
-                 poll_ms=200, ckpt_topic=None, tag="", log_level=None, retention_ms=0):
+                 poll_ms=200, ckpt_topic=None, tag="", log_level=None, retention_ms=0, binary=None):
         self.conf = os.path.join(tmp, "relay-%s%s.conf" % (name, tag))
+        # a checkpoint topic per relay name: a new relay's start-up does not
+        # depend on how many checkpoints earlier runs left
+        self.ckpt_topic = ckpt_topic = ckpt_topic or name + "-ckpt"
         if max_bytes is None:
             max_bytes = max(16 << 20, max_rows * 512)
         extra = [p for p in os.environ.get("BENCH_RELAY_KAFKA_PROPS", "").split(",") if p]
@@ -368,7 +426,7 @@ log = { level = "%s"; format = "text"; };
                 "true" if notify else "false",
                 log_level or os.environ.get("BENCH_RELAY_LOG_LEVEL", "info")))
         self.url = url
-        super().__init__([RELAY, "run", "-c", self.conf], "relay", stream="stderr",
+        super().__init__([binary or RELAY, "run", "-c", self.conf], "relay", stream="stderr",
                          env=phases_env("relay-%s%s" % (name, tag)))
         self.backend = None
 
@@ -484,10 +542,11 @@ class Bench:
         self.procs = []
         self.results = {"run": RUN, "args": vars(args), "A": [], "A_select": [], "B": [],
                         "B_writers": [], "C": []}
-        self.ckpt_topic = "bench-%s-ckpt" % RUN
-        self.kafka.created.add(self.ckpt_topic)  # the relay creates it; deleted at the end
         self.seq = 0
         self.templates = {}
+        if not args.no_phases and not os.environ.get("BENCH_PHASES"):
+            os.makedirs(os.path.join(self.tmp, "phases"))
+            os.environ["BENCH_PHASES"] = os.path.join(self.tmp, "phases")
 
     def next(self):
         self.seq += 1
@@ -505,6 +564,8 @@ class Bench:
             except Exception:
                 pass
         self.pg.drop_all()
+        # the relays created their checkpoint topics
+        self.kafka.created.update(p.ckpt_topic for p in self.procs if isinstance(p, Relay))
         self.kafka.delete_all()
         subprocess.run(["rm", "-rf", self.tmp])
 
@@ -549,24 +610,30 @@ class Bench:
             best = dt if best is None else min(best, dt)
         return rows / best
 
-    def a_relay(self, template, topic, parts, txn_rows, rows, retention_ms=0):
+    def a_relay(self, template, topic, parts, txn_rows, rows, retention_ms=0, binary=None, who="relay"):
         dbname, url = self.copy_db(template)
         try:
             cons = self.track(Consumer(topic, rows, want=rows))
-            relay = self.track(Relay(self.tmp, "bench-%s-a%d" % (RUN, self.seq), url,
+            label = "bench-%s-a%d" % (RUN, self.seq)
+            relay = self.track(Relay(self.tmp, label, url,
                                      max_rows=txn_rows, max_bytes=max_bytes_for(txn_rows),
-                                     ckpt_topic=self.ckpt_topic, retention_ms=retention_ms))
+                                     retention_ms=retention_ms, binary=binary))
             t_pub = relay.wait_publishing()
             relay.find_backend()
             b0 = pid_cpu_us(relay.backend) if relay.backend else None
+            k0, m0 = pid_cpu_us(broker_pid() or 0), cpu_times()
             perf = start_perf("relay-p%d-T%d" % (parts, txn_rows), relay.pid, relay.backend)
             done = cons.finish(self.args.timeout)
             stop_perf(perf)
+            k1, m1 = pid_cpu_us(broker_pid() or 0), cpu_times()
             cpu, hwm = relay.cpu_us(), relay.hwm_kb()
             b1 = pid_cpu_us(relay.backend) if relay.backend else None
             relay.stop()
+            phases = phase_breakdown(read_phases("relay-" + label))
             secs = (done["last_ns"] - t_pub) / 1e9
-            return {"who": "relay" if not retention_ms else "relay, retention_ms",
+            if retention_ms:
+                who += ", retention_ms"
+            return {"who": who,
                     "partitions": parts, "txn_rows": txn_rows,
                     "rows": done["count"], "dups": done["dups"], "seconds": secs,
                     "rows_per_s": done["count"] / secs,
@@ -574,7 +641,9 @@ class Bench:
                     "cpu_us_per_row": cpu / rows, "rss_mb": hwm / 1024.0,
                     "pg_cpu_us_per_row": (b1 - b0) / rows if b0 is not None and b1 else None,
                     "consumer_cpu_us_per_row": done["cpu_us"] / rows,
-                    "warnings": relay.errors()[:5]}
+                    "broker_cpu_us_per_row": (k1 - k0) / rows if k0 is not None and k1 else None,
+                    "machine": machine_share(m0, m1),
+                    "phases": phases, "warnings": relay.errors()[:5]}
         finally:
             self.pg.drop(dbname)
 
@@ -584,8 +653,11 @@ class Bench:
                                 "-T", str(txn_rows), "--txn-id", "bench-%s-bare%d" % (RUN, self.next()),
                                 "--max-bytes", str(max_bytes_for(txn_rows))] + kafka_argv(),
                                "bench-producer", env=phases_env("bare-%d" % self.seq)))
+        label = "bare-%d" % self.seq
         t_ready, _ = prod.wait_prefix("ready", 60)
+        k0, m0 = pid_cpu_us(broker_pid() or 0), cpu_times()
         done = cons.finish(self.args.timeout)
+        k1, m1 = pid_cpu_us(broker_pid() or 0), cpu_times()
         _, f = prod.wait_prefix("done", 120)
         prod.p.wait(30)
         secs = (done["last_ns"] - t_ready) / 1e9
@@ -593,7 +665,10 @@ class Bench:
                 "dups": done["dups"], "seconds": secs, "rows_per_s": done["count"] / secs,
                 "startup_s": (t_ready - prod.spawn_ns) / 1e9,
                 "cpu_us_per_row": int(f[2]) / rows, "rss_mb": int(f[3]) / 1024.0,
-                "consumer_cpu_us_per_row": done["cpu_us"] / rows}
+                "consumer_cpu_us_per_row": done["cpu_us"] / rows,
+                "broker_cpu_us_per_row": (k1 - k0) / rows if k0 is not None and k1 else None,
+                "machine": machine_share(m0, m1),
+                "phases": phase_breakdown(read_phases(label))}
 
     def scenario_a(self):
         rows = self.args.rows
@@ -603,10 +678,20 @@ class Bench:
             self.results["A_select"].append({"partitions": parts, "rows_per_s": self.select_rate(tpl, rows)})
             for txn_rows in self.args.txn_sizes:
                 for rep in range(self.args.repeat):
-                    order = ["bare", "relay"] + (["retention"] if self.args.retention_variant else [])
+                    order = ["bare", "relay"] + (["retention"] if self.args.retention_variant else []) + \
+                        (["compare"] if self.args.compare_relay else []) + \
+                        (["compare-retention"] if self.args.compare_relay and self.args.retention_variant else [])
                     for who in order if rep % 2 == 0 else reversed(order):
                         if who == "bare":
                             r = self.a_bare(topic, parts, txn_rows, rows)
+                        elif who == "compare-retention":
+                            r = self.a_relay(tpl, topic, parts, txn_rows, rows, retention_ms=3600000,
+                                             binary=self.args.compare_relay,
+                                             who="relay, " + self.args.compare_label)
+                        elif who == "compare":
+                            r = self.a_relay(tpl, topic, parts, txn_rows, rows,
+                                             binary=self.args.compare_relay,
+                                             who="relay, " + self.args.compare_label)
                         elif who == "retention":
                             # deletes deferred (postgres.retention_ms): what the
                             # DELETE in outbox.advance costs the drain
@@ -630,7 +715,7 @@ class Bench:
         # when the machine is quiet; give the open loop room to catch up
         return max(4, min(16, int(math.ceil(rate / per_txn / 300.0))))
 
-    def b_relay(self, rate, notify, secs, per_txn=1):
+    def b_relay(self, rate, notify, secs, per_txn=1, binary=None, who="relay"):
         topic = self.steady_topic()
         dbname, url = self.copy_db(self.empty_template())
         n = int(rate * secs)
@@ -640,7 +725,7 @@ class Bench:
             sent_file = os.path.join(self.tmp, "b-sent-%d" % self.seq)
             cons = self.track(Consumer(topic, n, out=arr_file))
             relay = self.track(Relay(self.tmp, "bench-%s-b%d" % (RUN, self.seq), url,
-                                     notify=notify, ckpt_topic=self.ckpt_topic))
+                                     notify=notify, binary=binary))
             relay.wait_publishing()
             relay.find_backend()
             time.sleep(0.5)
@@ -649,9 +734,10 @@ class Bench:
             w = self.track(Proc([WRITER, "steady", "-d", url, "-t", topic, "-r", str(rate), "-s",
                                  str(secs), "-c", str(self.conns_for(rate, per_txn)), "--out", sent_file,
                                  "--rows-per-txn", str(per_txn)], "bench-writer"))
-            _, wf = w.wait_prefix("done", secs * 3 + 60)
+            _, wf = w.wait_prefix("done", secs + 60)
+            written = int(wf[1])
             try:
-                cons.wait_count(n, 20)
+                cons.wait_count(written, 20)
             except RuntimeError:
                 pass
             cpu1, hwm = relay.cpu_us(), relay.hwm_kb()
@@ -660,17 +746,31 @@ class Bench:
             done = cons.finish(30)
             relay.stop()
             r = self.b_stats(read_i64(sent_file), cons.arrivals(), rate, secs, wf)
-            r.update({"who": "relay", "notify": notify, "dups": done["dups"], "per_txn": per_txn,
-                      "cpu_us_per_row": (cpu1 - cpu0) / n, "rss_mb": hwm / 1024.0,
-                      "pg_cpu_us_per_row": (b1 - b0) / n if b0 is not None and b1 else None,
+            r.update({"who": who, "notify": notify, "dups": done["dups"], "per_txn": per_txn,
+                      "cpu_us_per_row": (cpu1 - cpu0) / max(written, 1), "rss_mb": hwm / 1024.0,
+                      "pg_cpu_us_per_row": (b1 - b0) / max(written, 1) if b0 is not None and b1 else None,
+                      "scheduled": n, "written": written,
                       "writer_conns": self.conns_for(rate, per_txn)})
             return r
         finally:
             self.pg.drop(dbname)
 
+    def background_writers(self, rate, secs):
+        """The relay runs' writer load (same rate, same connections) into a
+        scratch database nobody relays: the bare baselines then share the
+        machine with the same PostgreSQL work as the relay does."""
+        dbname, url = self.copy_db(self.empty_template())
+        Pg.run(url, "SELECT outbox.notify_disable()")
+        w = self.track(Proc([WRITER, "steady", "-d", url, "-t", "bench-background", "-r", str(rate),
+                             "-s", str(secs), "-c", str(self.conns_for(rate)), "--out",
+                             os.path.join(self.tmp, "bg-%d" % self.seq)], "background-writer"))
+        w.wait_prefix("ready", 30)
+        return dbname, w
+
     def b_bare(self, rate, secs, mode="idempotent"):
         topic = self.steady_topic()
         n = int(rate * secs)
+        bg = self.background_writers(rate, secs + 3) if not self.args.bare_quiet else None
         arr_file = os.path.join(self.tmp, "b-arrived-%d" % self.next())
         sent_file = os.path.join(self.tmp, "b-sent-%d" % self.seq)
         cons = self.track(Consumer(topic, n, out=arr_file))
@@ -685,8 +785,12 @@ class Bench:
             pass
         cons.send(signal.SIGTERM)
         done = cons.finish(30)
+        if bg:
+            bg[1].stop(signal.SIGKILL)
+            self.pg.drop(bg[0])
         r = self.b_stats(read_i64(sent_file), cons.arrivals(), rate, secs, None)
         r.update({"who": "bare " + mode, "notify": None, "dups": done["dups"], "per_txn": None,
+                  "background_writers": bg is not None,
                   "cpu_us_per_row": int(f[2]) / n, "rss_mb": int(f[3]) / 1024.0})
         return r
 
@@ -732,9 +836,14 @@ class Bench:
                 # the same rows/s in fewer, larger transactions
                 runs += [("relay", True, self.args.batched_writers),
                          ("relay", False, self.args.batched_writers)]
+            if self.args.compare_relay:
+                runs[2:2] = [("compare", True, 1), ("compare", False, 1)]
             for who, notify, per_txn in runs:
                 if who == "relay":
                     r = self.b_relay(rate, notify, secs, per_txn)
+                elif who == "compare":
+                    r = self.b_relay(rate, notify, secs, per_txn, binary=self.args.compare_relay,
+                                     who="relay, " + self.args.compare_label)
                 else:
                     r = self.b_bare(rate, secs, who)
                 log("B %s %d/s notify=%s rows/txn=%s: p50 %.1f p99 %.1f p99.9 %.1f max %.1f ms, achieved %.0f/s" % (
@@ -770,7 +879,7 @@ class Bench:
         out = []
         try:
             cons = self.track(Consumer(topic, rows, out=arr_file))
-            relay = self.track(Relay(self.tmp, name, url, max_rows=txn_rows, ckpt_topic=self.ckpt_topic))
+            relay = self.track(Relay(self.tmp, name, url, max_rows=txn_rows))
             relay.wait_publishing()
             for k in range(trials):
                 base = cons.count()
@@ -779,7 +888,7 @@ class Bench:
                 relay.kill9()
                 before = cons.wait_quiet(1.0, 20)
                 relay = self.track(Relay(self.tmp, name, url, max_rows=txn_rows,
-                                         ckpt_topic=self.ckpt_topic, tag="-r%d" % k))
+                                         tag="-r%d" % k))
                 t_pub = relay.wait_publishing()
                 cons.wait_count(before + 1, 60)
                 out.append({"t_restart": relay.spawn_ns, "t_pub": t_pub, "before": before})
@@ -803,7 +912,7 @@ class Bench:
         try:
             Pg.run(url, "SELECT outbox.notify_enable()")
             cons = self.track(Consumer(topic, n, out=arr_file))
-            relay = self.track(Relay(self.tmp, name, url, ckpt_topic=self.ckpt_topic))
+            relay = self.track(Relay(self.tmp, name, url))
             relay.wait_publishing()
             w = self.track(Proc([WRITER, "steady", "-d", url, "-t", topic, "-r", str(rate), "-s",
                                  str(secs), "-c", str(self.conns_for(rate)), "--out", sent_file],
@@ -814,8 +923,7 @@ class Bench:
                 bench_sleep_until(t0 + int((3 + 6 * k + (k * 0.37) % 0.5) * 1e9))
                 relay.kill9()
                 before = cons.wait_quiet(1.0, 20)
-                relay = self.track(Relay(self.tmp, name, url, ckpt_topic=self.ckpt_topic,
-                                         tag="-r%d" % k))
+                relay = self.track(Relay(self.tmp, name, url, tag="-r%d" % k))
                 t_pub = relay.wait_publishing()
                 cons.wait_count(before + 1, 60)
                 out.append({"t_restart": relay.spawn_ns, "t_pub": t_pub, "before": before})
@@ -915,12 +1023,39 @@ def report(res):
             br = max(rel, key=lambda r: r["rows_per_s"])
             bb = max(bare, key=lambda r: r["rows_per_s"])
             p("| %d | %d%s | %s | %s | %.2f | %s | %s | %s | %.1f | %.1f | %.2f |" % (
-                key[0], key[1], "" if key3[2] == "relay" else " (%s)" % key3[2].split(", ")[1],
+                key[0], key[1], "" if key3[2] == "relay" else " (%s)" % key3[2][len("relay, "):],
                 fmt(br["rows_per_s"]), fmt(bb["rows_per_s"]),
                 br["rows_per_s"] / bb["rows_per_s"], fmt(br["cpu_us_per_row"], "%.2f"),
                 fmt(br["pg_cpu_us_per_row"], "%.2f"), fmt(bb["cpu_us_per_row"], "%.2f"),
                 max(r["rss_mb"] for r in rel), bb["rss_mb"], br["startup_s"]))
         p("")
+        mc = [r for r in res["A"] if r.get("machine")]
+        if mc:
+            p("CPU per row in the same runs (µs; broker = the local Kafka JVM, which other "
+              "users of this machine may also load) and the machine's state during the drain:\n")
+            p("| partitions | txn rows | who | producer process | its PG backend | Kafka broker | "
+              "consumer | machine busy | idle | steal |")
+            p("|---|---|---|---|---|---|---|---|---|---|")
+            for r in sorted(mc, key=lambda r: (r["partitions"], r["txn_rows"], r["who"])):
+                m = r["machine"]
+                p("| %d | %d | %s | %.2f | %s | %s | %.2f | %.0f%% | %.0f%% | %.0f%% |" % (
+                    r["partitions"], r["txn_rows"], r["who"], r["cpu_us_per_row"],
+                    fmt(r.get("pg_cpu_us_per_row"), "%.2f"), fmt(r.get("broker_cpu_us_per_row"), "%.2f"),
+                    r["consumer_cpu_us_per_row"], 100 * m["busy"], 100 * m["idle"], 100 * m["steal"]))
+            p("")
+        ph = [r for r in res["A"] if r.get("phases")]
+        if ph:
+            p("Where the main thread's wall time goes, ms per transaction (phase timer, same runs):\n")
+            p("| partitions | txn rows | who | PG fetch (window_open + fetch_page) | produce loop | "
+              "Kafka commit | PG advance | sum | rows/s |")
+            p("|---|---|---|---|---|---|---|---|---|")
+            for r in sorted(ph, key=lambda r: (r["partitions"], r["txn_rows"], r["who"])):
+                x = r["phases"]
+                tot = x["fetch_ms"] + x["produce_ms"] + x["commit_ms"] + x["advance_ms"]
+                p("| %d | %d | %s | %.1f | %.1f | %.1f | %.1f | %.1f | %s |" % (
+                    r["partitions"], r["txn_rows"], r["who"], x["fetch_ms"], x["produce_ms"],
+                    x["commit_ms"], x["advance_ms"], tot, fmt(r["rows_per_s"])))
+            p("")
         p("Plain SELECT of the same rows (`COPY (SELECT ... ORDER BY id) TO '/dev/null'`, best of 2): " +
           ", ".join("%s rows/s (%d partitions' backlog)" % (fmt(s["rows_per_s"]), s["partitions"])
                     for s in res["A_select"]))
@@ -931,21 +1066,23 @@ def report(res):
           "missing | backlog max rows | backlog slope rows/s² | CPU µs/row | RSS MB |")
         p("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in res["B"]:
-            if r["who"] == "relay":
-                who = "relay, NOTIFY %s" % ("on" if r["notify"] else "off (poll 200 ms)")
+            if r["who"].startswith("relay"):
+                who = "%s, NOTIFY %s" % (r["who"], "on" if r["notify"] else "off (poll 200 ms)")
                 if r.get("per_txn", 1) > 1:
                     who += ", writers %d rows/txn" % r["per_txn"]
             elif r["who"] == "bare idempotent":
                 who = "bare idempotent producer"
             else:
                 who = "bare txn producer, back-to-back txns"
+            if not r["who"].startswith("relay") and r.get("background_writers"):
+                who += " (+ same writer load)"
             p("| %d | %s | %s | %s | %s | %s | %s | %s | %d | %d | %s | %s | %.1f |" % (
                 r["rate"], who, fmt(r["achieved_rate"]), fmt(r["p50"], "%.1f"), fmt(r["p99"], "%.1f"),
                 fmt(r["p999"], "%.1f"), fmt(r["max"], "%.1f"), fmt(r["p99_last_third"], "%.1f"),
                 r["missing"], r["backlog_max"], fmt(r["backlog_slope"], "%.1f"),
                 fmt(r["cpu_us_per_row"], "%.1f"), r["rss_mb"]))
         p("")
-        wr = [r for r in res["B"] if r["who"] == "relay"]
+        wr = [r for r in res["B"] if r["who"] == "relay"]  # the writers of the relay runs
         if wr:
             p("Writers: " + "; ".join("%d/s (%d rows/txn, %d connections, NOTIFY %s): commit p50 %.2f ms, "
                                       "p99 %.2f ms, start late p99 %.1f ms" % (
@@ -1046,18 +1183,32 @@ def main():
     ap.add_argument("--txn-sizes", help="comma-separated transaction sizes (default 1000,10000,100000)")
     ap.add_argument("--partitions", help="comma-separated partition counts for A (default 1,6)")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each A pair, alternating order")
+    ap.add_argument("--compare-relay", metavar="BINARY",
+                    help="A and B: also run this other outbox-relay build (before/after a change)")
+    ap.add_argument("--compare-label", default="candidate", help="its name in the tables")
     ap.add_argument("--retention-variant", action="store_true",
                     help="A: also drain with postgres.retention_ms set (no DELETE while draining)")
     ap.add_argument("--rates", help="comma-separated steady rates (default 1000,5000)")
     ap.add_argument("--steady-seconds", type=int, help="seconds of steady load per B run (default 30)")
     ap.add_argument("--writer-conns", default="1,4,16", help="connections for the writers' max throughput")
+    ap.add_argument("--bare-quiet", action="store_true",
+                    help="B: run the bare baselines without the writers' load in the background")
     ap.add_argument("--batched-writers", type=int, default=10,
                     help="at 5k rows/s, also run writers committing this many rows per transaction")
     ap.add_argument("--writer-seconds", type=int, default=10)
     ap.add_argument("--trials", type=int, help="kills per recovery scenario (default 3)")
     ap.add_argument("--timeout", type=int, default=900, help="seconds one drain may take")
     ap.add_argument("--json", help="write the raw results here")
+    ap.add_argument("--no-phases", action="store_true",
+                    help="do not run the relay and the bare producer under the phase timer (libphases.so)")
+    ap.add_argument("--report", metavar="JSON", help="print the tables of a saved --json run and exit")
     args = ap.parse_args()
+    if args.report:
+        with open(args.report) as f:
+            res = json.load(f)
+        print(res.get("header", "") + "\n")
+        print(report(res))
+        return
     q = args.quick
     args.rows = args.rows or (200000 if q else 1000000)
     args.txn_sizes = [int(x) for x in (args.txn_sizes or ("10000" if q else "1000,10000,100000")).split(",")]
@@ -1073,6 +1224,7 @@ def main():
     b = Bench(args)
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(130))
     header = "Machine: %s. Run %s: %s" % (machine(), RUN, " ".join(sys.argv[1:]) or "(full)")
+    b.results["header"] = header
     log(header)
     try:
         if "A" in args.only:
@@ -1083,10 +1235,12 @@ def main():
             b.scenario_c()
     finally:
         b.cleanup()
+        b.results["end"] = "load average at end %s, %s UTC" % (
+            " ".join(open("/proc/loadavg").read().split()[:3]), time.strftime("%Y-%m-%d %H:%M", time.gmtime()))
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(b.results, f, indent=1)
-    print(header + "\n")
+    print(header + "; " + b.results["end"] + "\n")
     print(report(b.results))
 
 

@@ -153,6 +153,51 @@ PGresult *PQexecParams(PGconn *conn, const char *command, int nParams, const Oid
 	return res;
 }
 
+/* Prepared statements: their names, and the SQL function each one calls. */
+static struct {
+	char stmt[64], label[64];
+} prepared[32];
+static int nprepared;
+
+PGresult *PQprepare(PGconn *conn, const char *name, const char *query, int nParams,
+		    const Oid *paramTypes)
+{
+	static PGresult *(*real)(PGconn *, const char *, const char *, int, const Oid *);
+	int64_t t0 = mono_ns();
+	PGresult *res;
+
+	if (!real)
+		real = next_sym("PQprepare");
+	res = real(conn, name, query, nParams, paramTypes);
+	if (is_main() && nprepared < 32 && name) {
+		snprintf(prepared[nprepared].stmt, sizeof(prepared[0].stmt), "%s", name);
+		sql_name(query, prepared[nprepared].label, sizeof(prepared[0].label));
+		nprepared++;
+	}
+	record("pg PQprepare", t0);
+	return res;
+}
+
+PGresult *PQexecPrepared(PGconn *conn, const char *name, int nParams,
+			 const char *const *paramValues, const int *paramLengths,
+			 const int *paramFormats, int resultFormat)
+{
+	static PGresult *(*real)(PGconn *, const char *, int, const char *const *, const int *,
+				 const int *, int);
+	const char *label = "pg prepared ?";
+	int64_t t0 = mono_ns();
+	PGresult *res;
+
+	if (!real)
+		real = next_sym("PQexecPrepared");
+	res = real(conn, name, nParams, paramValues, paramLengths, paramFormats, resultFormat);
+	for (int i = 0; i < nprepared; i++)
+		if (name && strcmp(prepared[i].stmt, name) == 0)
+			label = prepared[i].label;
+	record(label, t0);
+	return res;
+}
+
 PGconn *PQconnectdbParams(const char *const *keywords, const char *const *values, int expand)
 {
 	static PGconn *(*real)(const char *const *, const char *const *, int);

@@ -11,7 +11,8 @@
  *       INSERT in its own (autocommit) transaction. FILE gets the
  *       CLOCK_REALTIME ns at which each COMMIT returned (int64 array indexed
  *       by seq, 0 unused). With K > 1, each transaction inserts K rows, due
- *       when its first row is.
+ *       when its first row is. Writers that fall behind stop 1 s after the
+ *       schedule ends; rows never written stay 0 in FILE.
  *   bench-writer max    -d CONNINFO -t TOPIC -s SECONDS -c CONNS
  *       Closed loop: single-row transactions as fast as CONNS connections go.
  *
@@ -96,6 +97,10 @@ static void *writer_thread(void *arg)
 			if (seq > sh->nrows)
 				break;
 			due = sh->t0 + (int64_t)((double)(seq - 1) * 1e9 / sh->rate);
+			/* a writer that cannot keep the rate stops with the schedule
+			 * (plus 1 s) instead of working through the rest */
+			if (bench_now_ns() > sh->end_ns)
+				break;
 			if (bench_now_ns() < due)
 				bench_sleep_until_ns(due);
 			start = bench_now_ns();
@@ -247,6 +252,7 @@ int main(int argc, char **argv)
 		if (!sh.commit_ns || !sh.late_us || !sh.commit_us)
 			bench_die("out of memory");
 		sh.t0 = bench_now_ns() + 500000000LL; /* connections first */
+		sh.end_ns = sh.t0 + (int64_t)(seconds * 1e9) + 1000000000LL;
 		printf("ready %" PRId64 "\n", sh.t0);
 		fflush(stdout);
 		run_threads(&sh, conns);
@@ -256,17 +262,26 @@ int main(int argc, char **argv)
 		    fclose(f) != 0)
 			bench_die("could not write %s", out);
 		{
-			double secs = (double)(sh.commit_ns[n] > 0 ? t_end - sh.t0 : 0) / 1e9;
-			int64_t late_max, late_p99, c50, c99;
-			late_n = n;
+			double secs = (double)(t_end - sh.t0) / 1e9;
+			int64_t late_max, late_p99, c50, c99, written = 0;
+
+			/* the rows written, their lateness and commit times packed first */
+			for (int64_t i = 1; i <= n; i++) {
+				if (sh.commit_ns[i] > 0) {
+					written++;
+					sh.late_us[written] = sh.late_us[i];
+					sh.commit_us[written] = sh.commit_us[i];
+				}
+			}
+			late_n = written;
 			late_p99 = pct(sh.late_us + 1, late_n, 0.99);
-			late_max = sh.late_us[n];
-			c50 = pct(sh.commit_us + 1, n, 0.50);
-			c99 = pct(sh.commit_us + 1, n, 0.99);
+			late_max = late_n ? sh.late_us[late_n] : 0;
+			c50 = pct(sh.commit_us + 1, written, 0.50);
+			c99 = pct(sh.commit_us + 1, written, 0.99);
 			printf("done %" PRId64 " %.3f %.1f %" PRId64 " %" PRId64 " %" PRId64 " %" PRId64
 			       " %" PRId64 "\n",
-			       n, secs, secs > 0 ? (double)n / secs : 0, late_p99, late_max, c50, c99,
-			       bench_cpu_us());
+			       written, secs, secs > 0 ? (double)written / secs : 0, late_p99, late_max,
+			       c50, c99, bench_cpu_us());
 		}
 		return 0;
 	}
