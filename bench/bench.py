@@ -322,6 +322,24 @@ def read_phases(label):
     return out
 
 
+def phase_events(label):
+    """The first calls a phase-timer file logged as they happened:
+    [(ms since start, name, duration ms)]; survives kill -9."""
+    d = os.environ.get("BENCH_PHASES")
+    out = []
+    if not d:
+        return out
+    try:
+        with open(os.path.join(d, label + ".phases")) as f:
+            for line in f:
+                if line.startswith("event "):
+                    parts = line.split()
+                    out.append((float(parts[1]), " ".join(parts[2:-1]), float(parts[-1])))
+    except OSError:
+        pass
+    return out
+
+
 def phase_breakdown(ph):
     """Wall ms per transaction on the main thread: PostgreSQL reads, the
     produce loop, the Kafka commit, the database advance."""
@@ -797,11 +815,15 @@ class Bench:
     def b_stats(self, sent, arrived, rate, secs, writer_fields):
         r = {"rate": rate, "seconds": secs}
         r.update(latency_stats(sent, arrived))
-        series = backlog_series(sent, arrived, 1.0)
+        series = backlog_series(sent, arrived, 0.5)
         r["backlog"] = series
-        # growth: slope over the second half (after warm-up), rows per second
-        half = series[len(series) // 2:]
-        r["backlog_slope"] = slope(half)
+        # growth: the mean backlog of the last quarter against the second
+        # (the first is warm-up), and the slope over the second half
+        q = len(series) // 4
+        r["backlog_q2"] = sum(series[q:2 * q]) / q if q else 0
+        r["backlog_q4"] = sum(series[3 * q:]) / len(series[3 * q:]) if q else 0
+        r["backlog_growth"] = r["backlog_q4"] - r["backlog_q2"]
+        r["backlog_slope"] = slope(series[len(series) // 2:]) * 2  # per second
         r["backlog_max"] = max(series) if series else 0
         s = sorted(x for x in sent if x > 0)
         r["achieved_rate"] = (len(s) - 1) / ((s[-1] - s[0]) / 1e9) if len(s) > 1 else 0
@@ -891,7 +913,8 @@ class Bench:
                                          tag="-r%d" % k))
                 t_pub = relay.wait_publishing()
                 cons.wait_count(before + 1, 60)
-                out.append({"t_restart": relay.spawn_ns, "t_pub": t_pub, "before": before})
+                out.append({"t_restart": relay.spawn_ns, "t_pub": t_pub, "before": before,
+                            "phases": "relay-%s-r%d" % (name, k)})
             relay.stop()
             cons.send(signal.SIGTERM)
             cons.finish(30)
@@ -926,7 +949,8 @@ class Bench:
                 relay = self.track(Relay(self.tmp, name, url, tag="-r%d" % k))
                 t_pub = relay.wait_publishing()
                 cons.wait_count(before + 1, 60)
-                out.append({"t_restart": relay.spawn_ns, "t_pub": t_pub, "before": before})
+                out.append({"t_restart": relay.spawn_ns, "t_pub": t_pub, "before": before,
+                            "phases": "relay-%s-r%d" % (name, k)})
             w.wait_prefix("done", secs + 60)
             relay.stop()
             cons.send(signal.SIGTERM)
@@ -956,11 +980,12 @@ class Bench:
             p = self.track(Proc([PRODUCER, "txn", "-b", BOOTSTRAP, "-t", topic, "-n", str(txn_rows),
                                  "-T", str(txn_rows), "--first", str(first), "--txn-id", txn_id,
                                  "--max-bytes", str(max_bytes_for(txn_rows))] + kafka_argv(),
-                                "bench-producer"))
+                                "bench-producer", env=phases_env("bare-c%d-%d" % (self.seq, k))))
             t_ready, _ = p.wait_prefix("ready", 60)
             p.wait_prefix("done", 60)
             p.p.wait(30)
-            out.append({"t_restart": p.spawn_ns, "t_pub": t_ready, "lo": first, "hi": first + txn_rows})
+            out.append({"t_restart": p.spawn_ns, "t_pub": t_ready, "lo": first, "hi": first + txn_rows,
+                        "phases": "bare-c%d-%d" % (self.seq, k)})
         cons.wait_count(trials * txn_rows, 30)
         cons.send(signal.SIGTERM)
         cons.finish(30)
@@ -970,11 +995,29 @@ class Bench:
         rows = []
         for t in trials:
             first = self.first_after(arrivals, t["t_restart"], t.get("lo", 1), t.get("hi"))
-            rows.append({"restart_to_ready_s": (t["t_pub"] - t["t_restart"]) / 1e9,
-                         "restart_to_first_row_s": (first - t["t_restart"]) / 1e9 if first else None})
+            row = {"restart_to_ready_s": (t["t_pub"] - t["t_restart"]) / 1e9,
+                   "restart_to_first_row_s": (first - t["t_restart"]) / 1e9 if first else None}
+            ev = phase_events(t["phases"]) if t.get("phases") else []
+            init = [d for _, n, d in ev if n == "kafka init_transactions"]
+            ckpt = [d for _, n, d in ev if n == "kafka consumer_poll"]
+            if init:
+                # init_transactions waits for the broker to abort a transaction
+                # the killed process left open (about 0.5 s here)
+                row["init_transactions_s"] = init[0] / 1e3
+                row["txn_open_at_kill"] = init[0] > 100
+            if ckpt:
+                row["checkpoint_read_s"] = None
+                t0 = [tm - d for tm, n, d in ev if n == "kafka new consumer"]
+                t1 = [tm for tm, n, d in ev if n == "kafka consumer_close"]
+                if t0 and t1:
+                    row["checkpoint_read_s"] = (t1[0] - t0[0]) / 1e3
+            rows.append(row)
         vals = sorted(r["restart_to_first_row_s"] for r in rows if r["restart_to_first_row_s"] is not None)
+        opened = sorted(r["restart_to_first_row_s"] for r in rows
+                        if r.get("txn_open_at_kill") and r["restart_to_first_row_s"] is not None)
         res = {"what": what, "trials": rows,
-               "median_s": statistics.median(vals) if vals else None, "max_s": vals[-1] if vals else None}
+               "median_s": statistics.median(vals) if vals else None, "max_s": vals[-1] if vals else None,
+               "median_open_s": statistics.median(opened) if opened else None}
         log("C %s: %s" % (what, ", ".join("%.2f s" % v for v in vals)))
         return res
 
@@ -1063,7 +1106,7 @@ def report(res):
     if res["B"]:
         p("### B. Steady ingest, latency COMMIT returned → read_committed consumer (ms)\n")
         p("| rate rows/s | producer | achieved rate | p50 | p99 | p99.9 | max | p99 last third | "
-          "missing | backlog max rows | backlog slope rows/s² | CPU µs/row | RSS MB |")
+          "missing | backlog max rows | backlog growth rows (Q4 − Q2) | CPU µs/row | RSS MB |")
         p("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in res["B"]:
             if r["who"].startswith("relay"):
@@ -1079,7 +1122,7 @@ def report(res):
             p("| %d | %s | %s | %s | %s | %s | %s | %s | %d | %d | %s | %s | %.1f |" % (
                 r["rate"], who, fmt(r["achieved_rate"]), fmt(r["p50"], "%.1f"), fmt(r["p99"], "%.1f"),
                 fmt(r["p999"], "%.1f"), fmt(r["max"], "%.1f"), fmt(r["p99_last_third"], "%.1f"),
-                r["missing"], r["backlog_max"], fmt(r["backlog_slope"], "%.1f"),
+                r["missing"], r["backlog_max"], fmt(r.get("backlog_growth"), "%.0f"),
                 fmt(r["cpu_us_per_row"], "%.1f"), r["rss_mb"]))
         p("")
         wr = [r for r in res["B"] if r["who"] == "relay"]  # the writers of the relay runs
@@ -1103,13 +1146,18 @@ def report(res):
         p("")
     if res["C"]:
         p("### C. Recovery after kill -9 (s)\n")
-        p("| what | restart → ready (publishing / init_transactions done) | restart → first new row visible | median | max |")
-        p("|---|---|---|---|---|")
+        p("| what | restart → ready (publishing / init_transactions done) | restart → first new row visible | "
+          "of which init_transactions (* = a transaction was open) | of which checkpoint read | median | "
+          "median, transaction open | max |")
+        p("|---|---|---|---|---|---|---|---|")
         for c in res["C"]:
-            p("| %s | %s | %s | %s | %s |" % (
+            p("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
                 c["what"], ", ".join(fmt(t["restart_to_ready_s"], "%.2f") for t in c["trials"]),
                 ", ".join(fmt(t["restart_to_first_row_s"], "%.2f") for t in c["trials"]),
-                fmt(c["median_s"], "%.2f"), fmt(c["max_s"], "%.2f")))
+                ", ".join(fmt(t.get("init_transactions_s"), "%.2f") + ("*" if t.get("txn_open_at_kill") else "")
+                          for t in c["trials"]),
+                ", ".join(fmt(t.get("checkpoint_read_s"), "%.2f") for t in c["trials"]),
+                fmt(c["median_s"], "%.2f"), fmt(c.get("median_open_s"), "%.2f"), fmt(c["max_s"], "%.2f")))
         p("")
     p(targets(res))
     return "\n".join(out)
@@ -1137,12 +1185,17 @@ def targets(res):
             p("| B 1k/s NOTIFY %s: p99 ≤ 25 ms | %.1f ms | %s |" % (
                 "on" if r["notify"] else "off", r["p99"], yes(r["p99"] <= 25)))
         if r["who"] == "relay" and r["rate"] == 5000:
-            ok = r["missing"] == 0 and r["achieved_rate"] >= 0.95 * r["rate"] and \
-                r["backlog_slope"] < 0.01 * r["rate"] and r["p99_last_third"] <= 2 * max(r["p99"], 1)
-            p("| B 5k/s NOTIFY %s, %d row(s)/txn: no backlog growth | writers %s/s, backlog max %d rows, "
-              "slope %.1f rows/s², p99 %.1f ms (last third %.1f) | %s |" % (
-                  "on" if r["notify"] else "off", r["per_txn"], fmt(r["achieved_rate"]), r["backlog_max"],
-                  r["backlog_slope"], r["p99"], r["p99_last_third"], yes(ok)))
+            # growing by less than 100 ms worth of rows between the second
+            # and the last quarter, and every row arrived
+            kept_up = r["missing"] == 0 and r["backlog_growth"] < 0.1 * r["achieved_rate"]
+            reached = r["achieved_rate"] >= 0.95 * r["rate"]
+            verdict = yes(kept_up) if reached else (
+                "relay kept up: %s; **the writers reached only %s rows/s** (rate not reached on this machine)"
+                % ("yes" if kept_up else "no", fmt(r["achieved_rate"])))
+            p("| B 5k/s NOTIFY %s, %d row(s)/txn: no backlog growth | writers %s rows/s; backlog mean "
+              "%.0f rows in the 2nd quarter, %.0f in the 4th, max %d; p99 %.1f ms (last third %.1f) | %s |" % (
+                  "on" if r["notify"] else "off", r["per_txn"], fmt(r["achieved_rate"]), r["backlog_q2"],
+                  r["backlog_q4"], r["backlog_max"], r["p99"], r["p99_last_third"], verdict))
     cs = {c["what"]: c for c in res["C"]}
     for rel_name, bare_name in (("relay during A (T=10k)", "bare transactional producer (T=10000)"),
                                 ("relay during B (1k rows/s)", "bare transactional producer (T=1000)")):
@@ -1151,9 +1204,14 @@ def targets(res):
             p("| C %s: ≤ 2 s | median %.2f s, max %.2f s | %s |" % (rel_name, c["median_s"], c["max_s"],
                                                                 yes(c["max_s"] <= 2)))
             if b and b["median_s"]:
-                ratio = c["median_s"] / b["median_s"]
-                p("| C %s: ≤ 1.5 × bare | %.2f × (bare median %.2f s) | %s |" % (
-                    rel_name, ratio, b["median_s"], yes(ratio <= 1.5)))
+                # like for like: the bare producer is always killed with its
+                # transaction open; compare with the relay's kills that also
+                # left one open when there were any
+                rel_med = c.get("median_open_s") or c["median_s"]
+                ratio = rel_med / b["median_s"]
+                p("| C %s: ≤ 1.5 × bare | %.2f × (relay median %.2f s%s, bare median %.2f s) | %s |" % (
+                    rel_name, ratio, rel_med, " over kills with a transaction open" if c.get("median_open_s") else "",
+                    b["median_s"], yes(ratio <= 1.5)))
     return "\n".join(out) + "\n"
 
 
@@ -1188,7 +1246,7 @@ def main():
     ap.add_argument("--compare-label", default="candidate", help="its name in the tables")
     ap.add_argument("--retention-variant", action="store_true",
                     help="A: also drain with postgres.retention_ms set (no DELETE while draining)")
-    ap.add_argument("--rates", help="comma-separated steady rates (default 1000,5000)")
+    ap.add_argument("--rates", help="comma-separated steady rates (default 100,1000,5000)")
     ap.add_argument("--steady-seconds", type=int, help="seconds of steady load per B run (default 30)")
     ap.add_argument("--writer-conns", default="1,4,16", help="connections for the writers' max throughput")
     ap.add_argument("--bare-quiet", action="store_true",
@@ -1196,7 +1254,7 @@ def main():
     ap.add_argument("--batched-writers", type=int, default=10,
                     help="at 5k rows/s, also run writers committing this many rows per transaction")
     ap.add_argument("--writer-seconds", type=int, default=10)
-    ap.add_argument("--trials", type=int, help="kills per recovery scenario (default 3)")
+    ap.add_argument("--trials", type=int, help="kills per recovery scenario (default 5)")
     ap.add_argument("--timeout", type=int, default=900, help="seconds one drain may take")
     ap.add_argument("--json", help="write the raw results here")
     ap.add_argument("--no-phases", action="store_true",
@@ -1213,10 +1271,10 @@ def main():
     args.rows = args.rows or (200000 if q else 1000000)
     args.txn_sizes = [int(x) for x in (args.txn_sizes or ("10000" if q else "1000,10000,100000")).split(",")]
     args.partitions = [int(x) for x in (args.partitions or "1,6").split(",")]
-    args.rates = [int(x) for x in (args.rates or "1000,5000").split(",")]
+    args.rates = [int(x) for x in (args.rates or "100,1000,5000").split(",")]
     args.steady_seconds = args.steady_seconds or (10 if q else 30)
     args.writer_conns = [int(x) for x in args.writer_conns.split(",")]
-    args.trials = args.trials or (2 if q else 3)
+    args.trials = args.trials or (2 if q else 5)
 
     for path in (RELAY, PRODUCER, CONSUMER, WRITER):
         if not os.access(path, os.X_OK):
