@@ -425,6 +425,14 @@ def read_i64(path):
 class Relay(Proc):
     def __init__(self, tmp, name, url, max_rows=10000, max_bytes=None, notify=True,
                  poll_ms=200, ckpt_topic=None, tag="", log_level=None, retention_ms=0, binary=None):
+        self.write_conf(tmp, name, url, max_rows, max_bytes, notify, poll_ms, ckpt_topic, tag,
+                        log_level, retention_ms)
+        super().__init__([binary or RELAY, "run", "-c", self.conf], "relay", stream="stderr",
+                         env=phases_env("relay-%s%s" % (name, tag)))
+        self.backend = None
+
+    def write_conf(self, tmp, name, url, max_rows=10000, max_bytes=None, notify=True, poll_ms=200,
+                   ckpt_topic=None, tag="", log_level=None, retention_ms=0):
         self.conf = os.path.join(tmp, "relay-%s%s.conf" % (name, tag))
         # a checkpoint topic per relay name: a new relay's start-up does not
         # depend on how many checkpoints earlier runs left
@@ -444,9 +452,6 @@ log = { level = "%s"; format = "text"; };
                 "true" if notify else "false",
                 log_level or os.environ.get("BENCH_RELAY_LOG_LEVEL", "info")))
         self.url = url
-        super().__init__([binary or RELAY, "run", "-c", self.conf], "relay", stream="stderr",
-                         env=phases_env("relay-%s%s" % (name, tag)))
-        self.backend = None
 
     def wait_publishing(self, timeout=60):
         ns, _ = self.wait_line(lambda l: "publishing" in l, timeout)
@@ -1021,12 +1026,67 @@ class Bench:
         log("C %s: %s" % (what, ", ".join("%.2f s" % v for v in vals)))
         return res
 
+    # -- P: instruction profile ----------------------------------------------------------
+
+    def scenario_p(self):
+        """The relay and the bare producer under callgrind, draining the same
+        small backlog (transactions of 10k rows, 6 partitions)."""
+        rows, txn_rows = self.args.profile_rows, 10000
+        topic = self.kafka.create("bench-%s-prof" % RUN, 6)
+        dbname = "bench_%s_prof" % RUN
+        url = self.pg.create(dbname)
+        Pg.install(url)
+        subprocess.run([WRITER, "load", "-d", url, "-t", topic, "-n", str(rows)], check=True,
+                       stdout=subprocess.DEVNULL)
+        Pg.run(url, "VACUUM (ANALYZE) outbox.event")
+        res = {"rows": rows}
+        cons = self.track(Consumer(topic, rows, want=rows))
+        name = "bench-%s-prof" % RUN
+        conf = Relay.__new__(Relay)  # only its configuration file
+        Relay.write_conf(conf, self.tmp, name, url, max_rows=txn_rows)
+        out = os.path.join(self.tmp, "relay.cg")
+        relay = self.track(Proc(["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out,
+                                 RELAY, "run", "-c", conf.conf], "relay-callgrind", stream="stderr"))
+        relay.wait_line(lambda l: "publishing" in l, 300)
+        cons.finish(1800)
+        relay.stop(signal.SIGTERM, 300)
+        self.kafka.created.add(name + "-ckpt")
+        res["relay"] = callgrind_summary(out)
+        cons = self.track(Consumer(topic, rows, want=rows))
+        out = os.path.join(self.tmp, "bare.cg")
+        bare = self.track(Proc(["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out,
+                                PRODUCER, "txn", "-b", BOOTSTRAP, "-t", topic, "-n", str(rows), "-T",
+                                str(txn_rows), "--txn-id", name + "-bare"] + kafka_argv(), "bare-callgrind"))
+        cons.finish(1800)
+        bare.p.wait(300)
+        res["bare"] = callgrind_summary(out)
+        self.pg.drop(dbname)
+        self.results["P"] = res
+
     def scenario_c(self):
         trials = self.args.trials
         self.results["C"].append(self.c_bare(trials, 10000))
         self.results["C"].append(self.c_relay_drain(trials))
         self.results["C"].append(self.c_bare(trials, 1000))
         self.results["C"].append(self.c_relay_steady(trials))
+
+
+def callgrind_summary(path, top=12):
+    """Total instructions and the top exclusive functions of a callgrind file."""
+    out = subprocess.run(["callgrind_annotate", "--threshold=100", path], capture_output=True,
+                         text=True).stdout
+    total, funcs = None, []
+    for line in out.splitlines():
+        m = re.match(r"\s*([\d,]+) \(\s*([\d.]+)%\)\s+(.*)", line)
+        if not m:
+            continue
+        ir, pct, what = int(m.group(1).replace(",", "")), float(m.group(2)), m.group(3)
+        if "PROGRAM TOTALS" in what:
+            total = ir
+        elif len(funcs) < top:
+            what = re.sub(r"^\S*/(\S+?):", r"\1:", what)  # shorter file names
+            funcs.append((ir, pct, what))
+    return total, funcs
 
 
 def bench_sleep_until(t_ns):
@@ -1159,6 +1219,18 @@ def report(res):
                 ", ".join(fmt(t.get("checkpoint_read_s"), "%.2f") for t in c["trials"]),
                 fmt(c["median_s"], "%.2f"), fmt(c.get("median_open_s"), "%.2f"), fmt(c["max_s"], "%.2f")))
         p("")
+    if res.get("P"):
+        P = res["P"]
+        p("### P. Instructions (callgrind), %d rows in 10k-row transactions, 6 partitions\n" % P["rows"])
+        for who in ("relay", "bare"):
+            total, funcs = P[who]
+            p("%s: %s instructions, %.0f per row (whole process, start-up included). Top functions "
+              "(exclusive):\n" % (who, "{:,}".format(total or 0), (total or 0) / P["rows"]))
+            p("| Ir | % | function |")
+            p("|---|---|---|")
+            for ir, pct, what in funcs:
+                p("| %s | %.1f | `%s` |" % ("{:,}".format(ir), pct, what))
+            p("")
     p(targets(res))
     return "\n".join(out)
 
@@ -1236,7 +1308,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
                     help="200k rows, transaction size 10k only, 10 s of steady load, 2 recovery trials")
-    ap.add_argument("--only", default="ABC", help="scenarios to run, e.g. A or BC (default ABC)")
+    ap.add_argument("--only", default="ABC",
+                    help="scenarios to run, e.g. A or BC (default ABC); P = callgrind profile of the "
+                         "relay and the bare producer (slow, not in the default)")
+    ap.add_argument("--profile-rows", type=int, default=50000, help="backlog rows for P")
     ap.add_argument("--rows", type=int, help="backlog rows for A and C (default 1000000)")
     ap.add_argument("--txn-sizes", help="comma-separated transaction sizes (default 1000,10000,100000)")
     ap.add_argument("--partitions", help="comma-separated partition counts for A (default 1,6)")
@@ -1291,6 +1366,8 @@ def main():
             b.scenario_b()
         if "C" in args.only:
             b.scenario_c()
+        if "P" in args.only:
+            b.scenario_p()
     finally:
         b.cleanup()
         b.results["end"] = "load average at end %s, %s UTC" % (

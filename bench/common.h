@@ -21,7 +21,9 @@ void bench_sleep_until_ns(int64_t t_ns);
 /* The record of sequence number seq (1-based): key "key-NN" (seq % 16) and a
  * 256-byte JSON payload {"seq":000000000123,"pad":"<hex>"} whose padding is
  * pseudo-random hex (compresses about like real JSON, not like a run of one
- * byte). Returns the key length; buffers must hold 16 and 256 bytes. */
+ * byte; it repeats every 4096 seqs, 1 MB apart). Returns the key length;
+ * buffers must hold 16 and 256 bytes. The first call builds a table: make
+ * it before starting threads. */
 size_t bench_key(int64_t seq, char *key);
 void bench_payload(int64_t seq, char *payload);
 /* The seq of a payload written by bench_payload, or -1. */

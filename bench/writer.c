@@ -229,6 +229,10 @@ int main(int argc, char **argv)
 	if (!sh.conninfo || !sh.topic)
 		bench_die("-d and -t are required");
 	sh.next_seq = 1;
+	{
+		char warm[BENCH_PAYLOAD_LEN];
+		bench_payload(1, warm); /* builds the payload table before any thread */
+	}
 	if (sh.per_txn < 1)
 		sh.per_txn = 1;
 
