@@ -1357,6 +1357,9 @@ def main():
     b = Bench(args)
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(130))
     header = "Machine: %s. Run %s: %s" % (machine(), RUN, " ".join(sys.argv[1:]) or "(full)")
+    extra = " ".join("%s=%s" % (k, os.environ[k]) for k in ("BENCH_RELAY_KAFKA_PROPS",) if os.environ.get(k))
+    if extra:
+        header += " (environment: %s)" % extra
     b.results["header"] = header
     log(header)
     try:
