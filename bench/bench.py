@@ -1265,9 +1265,9 @@ def targets(res):
                 "relay kept up: %s; **the writers reached only %s rows/s** (rate not reached on this machine)"
                 % ("yes" if kept_up else "no", fmt(r["achieved_rate"])))
             p("| B 5k/s NOTIFY %s, %d row(s)/txn: no backlog growth | writers %s rows/s; backlog mean "
-              "%.0f rows in the 2nd quarter, %.0f in the 4th, max %d; p99 %.1f ms (last third %.1f) | %s |" % (
+              "%.0f rows in the 2nd quarter, %.0f in the 4th, max %d; p99 %.1f ms (last third %s) | %s |" % (
                   "on" if r["notify"] else "off", r["per_txn"], fmt(r["achieved_rate"]), r["backlog_q2"],
-                  r["backlog_q4"], r["backlog_max"], r["p99"], r["p99_last_third"], verdict))
+                  r["backlog_q4"], r["backlog_max"], r["p99"], fmt(r["p99_last_third"], "%.1f"), verdict))
     cs = {c["what"]: c for c in res["C"]}
     for rel_name, bare_name in (("relay during A (T=10k)", "bare transactional producer (T=10000)"),
                                 ("relay during B (1k rows/s)", "bare transactional producer (T=1000)")):
