@@ -146,12 +146,10 @@ static int classify(struct outbox *ob, PGresult *res, const char *what)
 	return OB_FAILED;
 }
 
-/* Run one statement with text parameters; *out gets the result on success. */
-static int call(struct outbox *ob, const char *sql, int nparams, const char *const *params,
-		int result_format, PGresult **out)
+/* Take a statement's result: *out gets it on success; a failure is
+ * classified (and cleared). */
+static int take_result(struct outbox *ob, PGresult *res, const char *sql, PGresult **out)
 {
-	PGresult *res = PQexecParams(ob->conn, sql, nparams, NULL, params, NULL, NULL,
-				     result_format);
 	ExecStatusType st = PQresultStatus(res);
 	int rc;
 
@@ -165,38 +163,37 @@ static int call(struct outbox *ob, const char *sql, int nparams, const char *con
 	return rc;
 }
 
+/* Run one statement with text parameters; *out gets the result on success. */
+static int call(struct outbox *ob, const char *sql, int nparams, const char *const *params,
+		int result_format, PGresult **out)
+{
+	return take_result(ob,
+			   PQexecParams(ob->conn, sql, nparams, NULL, params, NULL, NULL,
+					result_format),
+			   sql, out);
+}
+
 /* A hot statement: prepared on first use when configured, else sent whole. */
 static int call_hot(struct outbox *ob, enum hot_stmt st, const char *const *params,
 		    int result_format, PGresult **out)
 {
-	PGresult *res;
-	ExecStatusType es;
 	int rc;
 
 	if (!ob->cfg->pg_prepared_statements)
 		return call(ob, hot[st].sql, hot[st].nparams, params, result_format, out);
 	if (!ob->prepared[st]) {
-		res = PQprepare(ob->conn, hot[st].name, hot[st].sql, hot[st].nparams, NULL);
-		if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-			rc = classify(ob, res, hot[st].sql);
-			PQclear(res);
-			*out = NULL;
+		rc = take_result(ob, PQprepare(ob->conn, hot[st].name, hot[st].sql, hot[st].nparams,
+					       NULL),
+				 hot[st].sql, out);
+		if (rc != OB_OK)
 			return rc;
-		}
-		PQclear(res);
+		PQclear(*out);
 		ob->prepared[st] = true;
 	}
-	res = PQexecPrepared(ob->conn, hot[st].name, hot[st].nparams, params, NULL, NULL,
-			     result_format);
-	es = PQresultStatus(res);
-	if (es == PGRES_TUPLES_OK || es == PGRES_COMMAND_OK) {
-		*out = res;
-		return OB_OK;
-	}
-	rc = classify(ob, res, hot[st].sql);
-	PQclear(res);
-	*out = NULL;
-	return rc;
+	return take_result(ob,
+			   PQexecPrepared(ob->conn, hot[st].name, hot[st].nparams, params, NULL,
+					  NULL, result_format),
+			   hot[st].sql, out);
 }
 
 static int64_t text_i64(const PGresult *res, int row, int col)
