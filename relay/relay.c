@@ -697,6 +697,22 @@ static void reload(struct relay *r)
 	log_setup((enum log_level)r->cfg->log_level, (enum log_format)r->cfg->log_format);
 }
 
+/* With postgres.retention_ms, delete kept rows past their retention in
+ * bounded steps: after every batch (twice a batch's rows, so the purge keeps
+ * pace with publishing) and while idle. */
+static void purge_kept(struct relay *r)
+{
+	int64_t deleted;
+	int max_rows = r->cfg->batch_max_rows < 5000 ? 10000 : 2 * r->cfg->batch_max_rows;
+
+	if (r->cfg->retention_ms <= 0)
+		return;
+	if (outbox_purge(r->ob, max_rows, &deleted) != OB_OK)
+		log_warning("could not purge relayed rows: %s", outbox_errstr(r->ob));
+	else if (deleted)
+		log_debug("purged %" PRId64 " relayed rows past retention", deleted);
+}
+
 /* While idle or stopped on a poison row, every few seconds: purge rows past
  * their retention, the lag, and whether Kafka still answers (a transaction
  * would say so when busy). */
@@ -708,14 +724,7 @@ static void probe(struct relay *r)
 	if (now_ms() - r->last_probe_ms < 3000)
 		return;
 	r->last_probe_ms = now_ms();
-	if (r->cfg->retention_ms > 0) {
-		int64_t deleted;
-		/* bounded, so an idle relay never holds a long delete */
-		if (outbox_purge(r->ob, 10000, &deleted) != OB_OK)
-			log_warning("could not purge relayed rows: %s", outbox_errstr(r->ob));
-		else if (deleted)
-			log_debug("purged %" PRId64 " relayed rows past retention", deleted);
-	}
+	purge_kept(r);
 	kafka_ok = publisher_ping(r->pub) == 0;
 	if (outbox_lag(r->ob, &rows, &age) == OB_OK) {
 		struct metrics *m = metrics_lock();
@@ -782,6 +791,7 @@ static int loop(struct relay *r)
 		}
 		position_copy(&r->pos, &r->work);
 		batch_reset(&r->batch);
+		purge_kept(r);
 		/* A commit that needed retries leaves the producer suspect. */
 		if (publisher_needs_recreate(r->pub) && (ex = producer_start(r)) >= 0)
 			return ex;
