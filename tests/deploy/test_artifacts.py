@@ -642,14 +642,6 @@ def as_user(url, user, password=None):
     return urlunsplit(u._replace(netloc=f"{cred}@{u.hostname}:{u.port or 5432}"))
 
 
-# Found by the test below and reported: this xfail covers exactly that
-# failure and nothing else; once a migration grants the two functions, the
-# test passes as it is.
-KNOWN_GRANT_DEFECT = (
-    "known defect in sql/migrations/0001_initial.sql: outbox_relay has no EXECUTE on "
-    "outbox.fetch_page_bounds(pg_snapshot, pg_snapshot, bigint, int, bigint) and "
-    "outbox.headers_bytes(jsonb), which outbox.fetch_page (SECURITY INVOKER) calls, so a relay "
-    "that logs in as a plain member of outbox_relay exits 1 at its first fetch")
 
 
 def psql(url, *args, user=None, check=True):
@@ -757,10 +749,7 @@ def test_least_privilege_roles_and_the_example_writer(example_db, tmp_path):
         deadline = time.monotonic() + 90
         while True:
             if relay.poll() is not None:
-                text = (tmp_path / "relay.log").read_text()
-                if re.search(r"fetch_page\(.*permission denied for function (fetch_page_bounds|headers_bytes)", text):
-                    pytest.xfail(KNOWN_GRANT_DEFECT)
-                raise AssertionError(text)
+                raise AssertionError((tmp_path / "relay.log").read_text())
             assert time.monotonic() < deadline, (tmp_path / "relay.log").read_text()
             st = http_get(port, "/status")[1] if relay.poll() is None else ""
             if psql(db, "-c", "SELECT count(*) FROM outbox.event").stdout.strip() == "0" and \
