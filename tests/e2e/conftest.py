@@ -151,6 +151,13 @@ class Relay:
         raise AssertionError(f"relay log has no /{pattern}/ (exit {self.proc.poll()}):\n{self.text()}")
 
     def stop(self, sig=signal.SIGTERM, timeout=60):
+        if self.proc.poll() is None and sig in (signal.SIGTERM, signal.SIGINT):
+            # Until its first log line the relay may not have installed its
+            # handlers yet; a signal then kills it like any process.
+            deadline = time.monotonic() + timeout
+            while (self.proc.poll() is None and time.monotonic() < deadline
+                   and not re.search(r"outbox-relay \S+ starting", self.text())):
+                time.sleep(0.05)
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
