@@ -542,8 +542,8 @@ static enum pub_status commit(struct publisher *pub)
 	}
 }
 
-enum pub_status publisher_send(struct publisher *pub, const struct batch *b,
-			       const char *ckpt_value)
+enum pub_status publisher_produce(struct publisher *pub, const struct batch *b,
+				  const char *ckpt_value)
 {
 	rd_kafka_error_t *error;
 	enum pub_status st;
@@ -568,7 +568,20 @@ enum pub_status publisher_send(struct publisher *pub, const struct batch *b,
 		crash_now("after-produce");
 	}
 #endif
+	return PUB_OK;
+}
+
+enum pub_status publisher_commit(struct publisher *pub)
+{
 	return commit(pub);
+}
+
+enum pub_status publisher_send(struct publisher *pub, const struct batch *b,
+			       const char *ckpt_value)
+{
+	enum pub_status st = publisher_produce(pub, b, ckpt_value);
+
+	return st == PUB_OK ? commit(pub) : st;
 }
 
 bool publisher_needs_recreate(const struct publisher *pub)

@@ -52,6 +52,14 @@ enum pub_status publisher_init(struct publisher *pub) MUSTCHECK;
 enum pub_status publisher_send(struct publisher *pub, const struct batch *b,
 			       const char *ckpt_value) MUSTCHECK;
 
+/* publisher_send in two halves, so that the caller can work while the
+ * records travel: publisher_produce begins the transaction and hands every
+ * record to librdkafka; publisher_commit (only after PUB_OK from
+ * publisher_produce) commits it. b must stay untouched until the commit. */
+enum pub_status publisher_produce(struct publisher *pub, const struct batch *b,
+				  const char *ckpt_value) MUSTCHECK;
+enum pub_status publisher_commit(struct publisher *pub) MUSTCHECK;
+
 /* Look at record i of b before its transaction: 1 when it can never be
  * published (its topic does not exist, or it is larger than the producer's
  * message.max.bytes or the topic's max.message.bytes), with the reason in

@@ -39,6 +39,13 @@ struct relay {
 	/* pos plus the rows gathered in batch: the next checkpoint. */
 	struct position work;
 	struct batch batch;
+	bool batch_full; /* a size limit ended the batch: a backlog */
+
+	/* On a backlog, the batch after this one, read while this one travels
+	 * to Kafka: ahead_work is work plus its rows. */
+	struct batch ahead;
+	struct position ahead_work;
+	bool have_ahead, ahead_full;
 
 	/* Poison rows (stop policy): the next batch ends before row_limit
 	 * rows; while halted, nothing is published until halted_until. */
@@ -419,6 +426,37 @@ out:
 }
 
 /*
+ * Append the rows after *work to b, page by page, until max_rows or
+ * batch.max_bytes (*full set), or the end of work's window (opened here
+ * when work has none; a finished window moves *work past it).
+ */
+static int read_pages(struct relay *r, struct batch *b, struct position *work, int max_rows,
+		      bool *full)
+{
+	int st, n;
+
+	*full = false;
+	for (;;) {
+		int rows_left = max_rows - (int)b->nrecs;
+		int64_t bytes_left = r->cfg->batch_max_bytes - b->bytes;
+
+		if (rows_left <= 0 || bytes_left <= 0) {
+			*full = true;
+			return OB_OK;
+		}
+		if (!work->next && (st = outbox_window_open(r->ob, &work->next)) != OB_OK)
+			return st;
+		if ((st = outbox_fetch_page(r->ob, work, rows_left, bytes_left, b, &n)) != OB_OK)
+			return st;
+		if (n == 0) {
+			position_finish_window(work);
+			return OB_OK;
+		}
+		work->after_id = b->recs[b->nrecs - 1].id;
+	}
+}
+
+/*
  * Gather the next batch into r->batch and r->work: pages of the current
  * window, then later windows, until max_rows or max_bytes, or the outbox has
  * nothing more (waiting up to batch.max_wait_ms for more rows). Returns -1
@@ -428,8 +466,7 @@ static int fill_batch(struct relay *r)
 {
 	const struct config *cfg = r->cfg;
 	int64_t start = now_ms();
-	int st, n;
-
+	int st;
 	int max_rows = cfg->batch_max_rows;
 
 	if (r->row_limit > 0 && r->row_limit < max_rows)
@@ -438,24 +475,11 @@ static int fill_batch(struct relay *r)
 	batch_reset(&r->batch);
 	position_copy(&r->work, &r->pos);
 	for (;;) {
-		int rows_left = max_rows - (int)r->batch.nrecs;
-		int64_t bytes_left = cfg->batch_max_bytes - r->batch.bytes;
-
-		if (rows_left <= 0 || bytes_left <= 0)
-			return -1;
-		if (!r->work.next) {
-			st = outbox_window_open(r->ob, &r->work.next);
-			if (st != OB_OK)
-				goto trouble;
-		}
-		st = outbox_fetch_page(r->ob, &r->work, rows_left, bytes_left, &r->batch, &n);
+		st = read_pages(r, &r->batch, &r->work, max_rows, &r->batch_full);
 		if (st != OB_OK)
 			goto trouble;
-		if (n > 0) {
-			r->work.after_id = r->batch.recs[r->batch.nrecs - 1].id;
-			continue;
-		}
-		position_finish_window(&r->work);
+		if (r->batch_full)
+			return -1;
 		if (r->batch.nrecs == 0) {
 			/* Nothing new: keep the finished window in memory only. */
 			position_copy(&r->pos, &r->work);
@@ -477,6 +501,60 @@ trouble:
 		int ex = db_trouble(r, st, "could not read the outbox");
 		return ex >= 0 ? ex : -1;
 	}
+}
+
+/*
+ * Called between producing r->batch and committing it, after a full batch
+ * (a backlog): read the next batch from where this one ends, so that
+ * PostgreSQL works while the records travel to Kafka. The rows are only
+ * read: a re-send of this batch keeps them, a refill drops them (drop_ahead)
+ * and a failure here loses nothing (fill_batch reads them again). Not in
+ * steady state: rows read now would wait for this commit, and rows committed
+ * meanwhile for one more cycle.
+ */
+static void read_ahead(struct relay *r)
+{
+	int st;
+
+	if (r->have_ahead || !r->batch_full)
+		return;
+	batch_reset(&r->ahead);
+	position_copy(&r->ahead_work, &r->work);
+	st = read_pages(r, &r->ahead, &r->ahead_work, r->cfg->batch_max_rows, &r->ahead_full);
+	if (st != OB_OK) {
+		log_debug("reading the next batch ahead failed (read again later): %s",
+			  outbox_errstr(r->ob));
+		batch_reset(&r->ahead);
+		return;
+	}
+	r->have_ahead = r->ahead.nrecs > 0;
+	if (r->have_ahead)
+		log_debug("read %zu rows ahead (after_id %" PRId64 ") while batch %" PRId64 " travels",
+			  r->ahead.nrecs, r->work.after_id, r->work.batch_seq);
+}
+
+static void drop_ahead(struct relay *r)
+{
+	batch_reset(&r->ahead);
+	r->have_ahead = false;
+}
+
+/* The next batch: the one read ahead, if any (r->pos is then where it was
+ * read from), else fill_batch. */
+static int next_batch(struct relay *r)
+{
+	struct batch tmp;
+
+	if (!r->have_ahead)
+		return fill_batch(r);
+	tmp = r->batch;
+	r->batch = r->ahead;
+	r->ahead = tmp;
+	batch_reset(&r->ahead);
+	position_copy(&r->work, &r->ahead_work);
+	r->batch_full = r->ahead_full;
+	r->have_ahead = false;
+	return -1;
 }
 
 /* After an unknown outcome: a new producer settles the transaction, and
@@ -612,7 +690,11 @@ static int publish_batch(struct relay *r)
 		if (publisher_needs_recreate(r->pub) && (ex = producer_start(r)) >= 0)
 			break;
 		t0 = now_ms();
-		st = publisher_send(r->pub, &r->batch, value);
+		st = publisher_produce(r->pub, &r->batch, value);
+		if (st == PUB_OK) {
+			read_ahead(r);
+			st = publisher_commit(r->pub);
+		}
 		if (st == PUB_OK) {
 			count_commit(r, now_ms() - t0);
 			break;
@@ -666,8 +748,10 @@ static int publish_batch(struct relay *r)
 				ex = EXIT_STARTUP;
 				goto out;
 			}
-			if ((ex = poison(r, i, publisher_errstr(r->pub))) == REFILL)
+			if ((ex = poison(r, i, publisher_errstr(r->pub))) == REFILL) {
+				drop_ahead(r);
 				goto out;
+			}
 			continue; /* the same batch, the row now a dead letter */
 		}
 		default:
@@ -758,7 +842,7 @@ static int loop(struct relay *r)
 			pause_ms((int)(left < r->cfg->lease_ttl_ms / 3 ? left : r->cfg->lease_ttl_ms / 3));
 			continue;
 		}
-		if ((ex = fill_batch(r)) >= 0)
+		if ((ex = next_batch(r)) >= 0)
 			return ex;
 		if (r->batch.nrecs == 0) {
 			bool notified;
@@ -868,6 +952,8 @@ out:
 	publisher_free(r.pub);
 	outbox_free(r.ob);
 	batch_free(&r.batch);
+	batch_free(&r.ahead);
+	position_clear(&r.ahead_work);
 	position_clear(&r.pos);
 	position_clear(&r.work);
 	return ex;

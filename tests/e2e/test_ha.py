@@ -6,6 +6,7 @@ import threading
 import time
 
 import psycopg2
+import pytest
 
 from conftest import create_topics, header, read_all, wait_for, write_config
 from test_relay import (assert_positions_agree, check_exactly_once, connect, drained, insert_rows,
@@ -127,10 +128,22 @@ def _poison_setup(outbox_db, topics, limit=4000):
     return conn, small, poison_id
 
 
-def test_poison_row_stop_then_fixed(outbox_db, topics, relays, tmp_path):
+# max_rows 2: every batch is full, so the next one is read ahead while the
+# current one travels, and the poison row is met in a batch read ahead.
+READ_AHEAD = [pytest.param({}, id="default"),
+              pytest.param({"batch.max_rows": 2, "log.level": "debug"}, id="read-ahead")]
+
+
+def _assert_read_ahead(relay, opts):
+    if opts:
+        assert re.search(r"read \d+ rows ahead", relay.text()), relay.text()
+
+
+@pytest.mark.parametrize("opts", READ_AHEAD)
+def test_poison_row_stop_then_fixed(outbox_db, topics, relays, tmp_path, opts):
     conn, small, poison_id = _poison_setup(outbox_db, topics)
     cfg = write_config(tmp_path / "relay.conf", outbox_db, "r-poison-stop",
-                       **{"relay.poison_retry_ms": 1000})
+                       **{"relay.poison_retry_ms": 1000}, **opts)
     relay = relays(cfg)
     relay.wait_log(f"stopped on outbox row {poison_id}")
     assert "max.message.bytes" in relay.text()
@@ -145,9 +158,11 @@ def test_poison_row_stop_then_fixed(outbox_db, topics, relays, tmp_path):
     relay.wait_log(f"outbox row {poison_id} no longer blocks publishing")
     assert [int(header(m, "n")) for m in read_all([small])] == [0, 1, 2, 3, 4, 6, 7, 8, 9]
     assert relay.stop() == 0
+    _assert_read_ahead(relay, opts)
 
 
-def test_poison_row_dead_letter(outbox_db, topics, relays, tmp_path):
+@pytest.mark.parametrize("opts", READ_AHEAD)
+def test_poison_row_dead_letter(outbox_db, topics, relays, tmp_path, opts):
     conn, small, poison_id = _poison_setup(outbox_db, topics)
     with conn.cursor() as cur:  # and a row for a topic that does not exist
         cur.execute("INSERT INTO outbox.event(topic, key, payload, headers) VALUES "
@@ -155,10 +170,12 @@ def test_poison_row_dead_letter(outbox_db, topics, relays, tmp_path):
         missing_id = cur.fetchone()[0]
     dlq = small + "-dlq"
     cfg = write_config(tmp_path / "relay.conf", outbox_db, "r-poison-dlq",
-                       **{"relay.poison_policy": "dead-letter", "kafka.dead_letter_topic": dlq})
+                       **{"relay.poison_policy": "dead-letter", "kafka.dead_letter_topic": dlq},
+                       **opts)
     relay = relays(cfg)
     wait_for(drained(conn), 60, "the outbox to drain")
     assert relay.stop() == 0, relay.text()
+    _assert_read_ahead(relay, opts)
     assert [int(header(m, "n")) for m in read_all([small])] == [0, 1, 2, 3, 4, 6, 7, 8, 9]
     dead = read_all([dlq])
     assert sorted(int(header(m, "outbox-id")) for m in dead) == [poison_id, missing_id]
