@@ -251,6 +251,9 @@ char *metrics_render(const struct metrics *m, size_t *len)
 	counter(&b, "producer_recreations_total",
 		"Producers destroyed and created again after a timed-out or retried commit.",
 		m->producer_recreations);
+	counter(&b, "batches_read_ahead_total",
+		"Batches read from PostgreSQL while the one before was on its way to Kafka.",
+		m->batches_read_ahead);
 	counter(&b, "fenced_total", "Times this process found itself fenced by another relay.",
 		m->fenced);
 	counter(&b, "postgres_errors_total", "Failed PostgreSQL calls.", m->db_errors);

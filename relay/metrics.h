@@ -62,6 +62,7 @@ struct metrics {
 	uint64_t transactions_aborted;
 	uint64_t commit_outcomes_unknown;
 	uint64_t producer_recreations;
+	uint64_t batches_read_ahead;
 	uint64_t fenced;
 	uint64_t db_errors;
 	uint64_t kafka_errors;

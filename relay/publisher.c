@@ -361,10 +361,12 @@ static bool is_poison(rd_kafka_resp_err_t err)
 }
 
 /* Produce one message, waiting out a full local queue; the queue is sized
- * for a whole batch so that only happens while deliveries drain. */
+ * for a whole batch so that only happens while deliveries drain. msgflags:
+ * RD_KAFKA_MSG_F_COPY, or 0 to lend val to librdkafka until the message is
+ * delivered or purged. */
 static rd_kafka_resp_err_t produce_to(struct publisher *pub, rd_kafka_topic_t *rkt,
-				      int32_t partition, const void *key, size_t klen,
-				      const void *val, size_t vlen, int64_t ts,
+				      int32_t partition, int msgflags, const void *key,
+				      size_t klen, const void *val, size_t vlen, int64_t ts,
 				      rd_kafka_headers_t *hdrs, int64_t id)
 {
 	rd_kafka_resp_err_t err;
@@ -372,7 +374,7 @@ static rd_kafka_resp_err_t produce_to(struct publisher *pub, rd_kafka_topic_t *r
 	for (;;) {
 		err = rd_kafka_producev(pub->rk, RD_KAFKA_V_RKT(rkt),
 					RD_KAFKA_V_PARTITION(partition),
-					RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+					RD_KAFKA_V_MSGFLAGS(msgflags),
 					RD_KAFKA_V_KEY(key, klen), RD_KAFKA_V_VALUE((void *)val, vlen),
 					RD_KAFKA_V_TIMESTAMP(ts), RD_KAFKA_V_HEADERS(hdrs),
 					RD_KAFKA_V_OPAQUE((void *)(intptr_t)id), RD_KAFKA_V_END);
@@ -382,12 +384,15 @@ static rd_kafka_resp_err_t produce_to(struct publisher *pub, rd_kafka_topic_t *r
 	}
 }
 
-/* Produce to the partition the partitioner picks for the key. */
+/* Produce a row to the partition the partitioner picks for its key. The
+ * payload is not copied: it stays in the batch's pages, which the caller
+ * keeps until the transaction is committed or aborted or the producer is
+ * freed (librdkafka copies keys and headers itself). */
 static rd_kafka_resp_err_t produce(struct publisher *pub, rd_kafka_topic_t *rkt, const void *key,
 				   size_t klen, const void *val, size_t vlen, int64_t ts,
 				   rd_kafka_headers_t *hdrs, int64_t id)
 {
-	return produce_to(pub, rkt, RD_KAFKA_PARTITION_UA, key, klen, val, vlen, ts, hdrs, id);
+	return produce_to(pub, rkt, RD_KAFKA_PARTITION_UA, 0, key, klen, val, vlen, ts, hdrs, id);
 }
 
 /* Abort after a failure before commit; any trouble makes the outcome the
@@ -471,8 +476,8 @@ static enum pub_status produce_all(struct publisher *pub, const struct batch *b,
 	}
 	/* Partition 0, always: it is where checkpoint_read_last looks, whatever
 	 * the partition count of a topic someone else created. */
-	err = produce_to(pub, pub->ckpt_rkt, 0, pub->cfg->relay_name, strlen(pub->cfg->relay_name),
-			 ckpt_value, strlen(ckpt_value), 0, NULL, -1);
+	err = produce_to(pub, pub->ckpt_rkt, 0, RD_KAFKA_MSG_F_COPY, pub->cfg->relay_name,
+			 strlen(pub->cfg->relay_name), ckpt_value, strlen(ckpt_value), 0, NULL, -1);
 	if (err) {
 		snprintf(pub->errstr, sizeof(pub->errstr), "could not produce checkpoint: %s",
 			 rd_kafka_err2str(err));

@@ -48,7 +48,10 @@ enum pub_status publisher_init(struct publisher *pub) MUSTCHECK;
  * dead-letter topic, with the reason in an "outbox-error" header), then the
  * checkpoint record (key =
  * relay name, value = ckpt_value) to the checkpoint topic; commit. Does not
- * wait for single deliveries: commit flushes. The batch stays the caller's. */
+ * wait for single deliveries: commit flushes. The batch stays the caller's.
+ * Payloads are lent to librdkafka, not copied: keep b's pages until the
+ * transaction is over (PUB_OK from the commit; PUB_RESEND or PUB_POISON:
+ * aborted), after any other status until publisher_free. */
 enum pub_status publisher_send(struct publisher *pub, const struct batch *b,
 			       const char *ckpt_value) MUSTCHECK;
 

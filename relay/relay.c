@@ -528,9 +528,12 @@ static void read_ahead(struct relay *r)
 		return;
 	}
 	r->have_ahead = r->ahead.nrecs > 0;
-	if (r->have_ahead)
-		log_debug("read %zu rows ahead (after_id %" PRId64 ") while batch %" PRId64 " travels",
-			  r->ahead.nrecs, r->work.after_id, r->work.batch_seq);
+	if (!r->have_ahead)
+		return;
+	metrics_lock()->batches_read_ahead++;
+	metrics_unlock();
+	log_debug("read %zu rows ahead (after_id %" PRId64 ") while batch %" PRId64 " travels",
+		  r->ahead.nrecs, r->work.after_id, r->work.batch_seq);
 }
 
 static void drop_ahead(struct relay *r)

@@ -139,6 +139,7 @@ def _assert_read_ahead(relay, opts):
         assert re.search(r"read \d+ rows ahead", relay.text()), relay.text()
 
 
+@pytest.mark.sanitizer
 @pytest.mark.parametrize("opts", READ_AHEAD)
 def test_poison_row_stop_then_fixed(outbox_db, topics, relays, tmp_path, opts):
     conn, small, poison_id = _poison_setup(outbox_db, topics)
@@ -161,6 +162,7 @@ def test_poison_row_stop_then_fixed(outbox_db, topics, relays, tmp_path, opts):
     _assert_read_ahead(relay, opts)
 
 
+@pytest.mark.sanitizer
 @pytest.mark.parametrize("opts", READ_AHEAD)
 def test_poison_row_dead_letter(outbox_db, topics, relays, tmp_path, opts):
     conn, small, poison_id = _poison_setup(outbox_db, topics)

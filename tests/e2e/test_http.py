@@ -59,7 +59,9 @@ def start(relays, tmp_path, db, name, **opts):
 @pytest.mark.sanitizer
 def test_endpoints_and_exposition(outbox_db, topics, relays, tmp_path):
     tps = topics(3)
-    relay, port = start(relays, tmp_path, outbox_db, "r-http")
+    # 100-row transactions into 50-row batches: every batch is full, and the
+    # second half of each transaction is read while the first travels
+    relay, port = start(relays, tmp_path, outbox_db, "r-http", **{"batch.max_rows": 50})
     relay.wait_log("publishing")
     conn = connect(outbox_db)
     insert_rows(conn, tps, 0, 500, per_txn=100)
@@ -72,7 +74,8 @@ def test_endpoints_and_exposition(outbox_db, topics, relays, tmp_path):
     assert code == 200 and ctype.startswith("text/plain; version=0.0.4")
     assert metric(port, "outbox_relay_rows_published_total") == 500
     assert metric(port, "outbox_relay_leader") == 1
-    assert metric(port, "outbox_relay_batches_committed_total") >= 1
+    assert metric(port, "outbox_relay_batches_committed_total") >= 10
+    assert metric(port, "outbox_relay_batches_read_ahead_total") >= 1
     promtool = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
                               text=True)
     assert promtool.returncode == 0, promtool.stdout + promtool.stderr
