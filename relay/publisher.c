@@ -220,9 +220,9 @@ static enum pub_status fatal_status(struct publisher *pub)
 	return is_fencing(err) ? PUB_FENCED : PUB_FATAL;
 }
 
-enum pub_status publisher_init(struct publisher *pub)
+enum pub_status publisher_init(struct publisher *pub, int timeout_ms)
 {
-	rd_kafka_error_t *error = rd_kafka_init_transactions(pub->rk, pub->cfg->commit_timeout_ms);
+	rd_kafka_error_t *error = rd_kafka_init_transactions(pub->rk, timeout_ms);
 	enum pub_status st;
 
 	if (!error)

@@ -41,8 +41,9 @@ struct publisher *publisher_new(const struct config *cfg, char *errbuf, size_t e
 
 /* rd_kafka_init_transactions: fences older producers with our
  * transactional.id and settles their open transaction. PUB_OK, PUB_UNKNOWN
- * (timed out or retriable: call again later), PUB_FENCED or PUB_FATAL. */
-enum pub_status publisher_init(struct publisher *pub) MUSTCHECK;
+ * (timed out or retriable: call again, which resumes the same
+ * initialization), PUB_FENCED or PUB_FATAL. Waits at most timeout_ms. */
+enum pub_status publisher_init(struct publisher *pub, int timeout_ms) MUSTCHECK;
 
 /* One transaction: every record of b (those with a dead_reason to the
  * dead-letter topic, with the reason in an "outbox-error" header), then the

@@ -72,11 +72,15 @@ static void pause_ms(int ms)
 }
 
 /* Exponential back-off for transient failures: 100 ms doubling to 5 s. */
+/* Doubling pauses between retries, never longer than a third of the lease
+ * TTL, so that a retry loop that renews the lease keeps it. */
 static void back_off(struct relay *r)
 {
+	int most = r->cfg->lease_ttl_ms / 3 < 5000 ? r->cfg->lease_ttl_ms / 3 : 5000;
+
 	r->backoff_ms = r->backoff_ms ? r->backoff_ms * 2 : 100;
-	if (r->backoff_ms > 5000)
-		r->backoff_ms = 5000;
+	if (r->backoff_ms > most)
+		r->backoff_ms = most;
 	pause_ms(r->backoff_ms);
 }
 
@@ -295,12 +299,14 @@ static int read_checkpoint(struct relay *r, struct position *ck, bool *found)
 static int producer_start(struct relay *r)
 {
 	char err[1024];
+	int ex;
+	int init_ms = r->cfg->lease_ttl_ms / 3 < r->cfg->commit_timeout_ms ? r->cfg->lease_ttl_ms / 3
+									   : r->cfg->commit_timeout_ms;
 
 	if (r->producer_started) {
 		/* A relay that lost its lease must not start a producer: its
 		 * init_transactions would fence the relay that took over. */
-		int ex = check_lease(r);
-		if (ex >= 0)
+		if ((ex = check_lease(r)) >= 0)
 			return ex;
 		metrics_lock()->producer_recreations++;
 		metrics_unlock();
@@ -318,7 +324,11 @@ static int producer_start(struct relay *r)
 				return EXIT_STARTUP;
 			}
 		}
-		st = publisher_init(r->pub);
+		/* In short calls (librdkafka resumes the same initialization),
+		 * renewing the lease between them: while the broker is away the
+		 * lease stays ours instead of passing to a standby that would
+		 * fight this initialization when the broker is back. */
+		st = publisher_init(r->pub, init_ms);
 		if (st == PUB_OK) {
 			r->backoff_ms = 0;
 			metrics_lock()->kafka_ok = true;
@@ -341,6 +351,8 @@ static int producer_start(struct relay *r)
 		}
 		if (st == PUB_FATAL)
 			return EXIT_STARTUP;
+		if ((ex = check_lease(r)) >= 0)
+			return ex;
 		back_off(r);
 	}
 	if (relay_stop_requested)
@@ -354,7 +366,11 @@ static int producer_start(struct relay *r)
 		if (relay_stop_requested)
 			return EXIT_OK;
 	}
-	return -1;
+	/* The lease may have lapsed while initialization waited for the broker
+	 * (a pause, a long outage), and a relay that took over may have been
+	 * fenced by it: nothing may be published unless the lease is still
+	 * ours. */
+	return check_lease(r);
 }
 
 /* Start-up reconciliation of the database position with Kafka's checkpoint

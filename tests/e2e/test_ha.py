@@ -63,6 +63,33 @@ def test_zombie_is_fenced(outbox_db, topics, relays, tmp_path):
     assert_positions_agree(conn, "r-zombie")
 
 
+def test_lease_kept_while_kafka_is_away(outbox_db, topics, relays, tmp_path):
+    """A leader that cannot reach Kafka keeps renewing its lease between
+    short init_transactions calls: a standby (which reaches Kafka) must not
+    take over behind its back, since the leader's initialization, once the
+    broker answers, would fence the standby's producer."""
+    tps = topics(3)
+    conn = connect(outbox_db)
+    away = write_config(tmp_path / "away.conf", outbox_db, "r-away",
+                        **{"kafka.bootstrap_servers": "127.0.0.1:9"})  # nothing listens
+    a = relays(away)
+    a.wait_log("could not initialize transactions")
+    b = relays(write_config(tmp_path / "good.conf", outbox_db, "r-away"))
+    b.wait_log("standby")
+    insert_rows(conn, tps, 0, 300, per_txn=100)
+    time.sleep(3 * 2.0)  # three lease TTLs, each longer than one init call
+    assert a.proc.poll() is None, a.text()
+    assert "publishing" not in b.text(), b.text()
+    assert a.text().count("could not initialize transactions") >= 3, a.text()
+
+    assert a.stop() == 0, a.text()  # releases the lease: B takes over at once
+    b.wait_log("publishing", timeout=30)
+    wait_for(drained(conn), 60, "the outbox to drain")
+    assert b.stop() == 0, b.text()
+    check_exactly_once(read_all(tps), range(300))
+    assert_positions_agree(conn, "r-away")
+
+
 def test_leader_killed_standby_takes_over(outbox_db, topics, relays, tmp_path):
     tps = topics(3, partitions=2)
     conn = connect(outbox_db)

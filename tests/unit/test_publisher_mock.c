@@ -132,7 +132,7 @@ static enum pub_status send_batch(struct fx *fx)
 
 static void init_ok(struct fx *fx)
 {
-	enum pub_status st = publisher_init(fx->pub);
+	enum pub_status st = publisher_init(fx->pub, fx->cfg->commit_timeout_ms);
 	if (st != PUB_OK)
 		fail_msg("init: %s: %s", pub_status_str(st), publisher_errstr(fx->pub));
 }
@@ -181,8 +181,8 @@ static void test_init_call_again(void **state)
 		RD_KAFKA_RESP_ERR_CONCURRENT_TRANSACTIONS, RD_KAFKA_RESP_ERR_CONCURRENT_TRANSACTIONS,
 		RD_KAFKA_RESP_ERR_CONCURRENT_TRANSACTIONS, RD_KAFKA_RESP_ERR_CONCURRENT_TRANSACTIONS,
 		RD_KAFKA_RESP_ERR_CONCURRENT_TRANSACTIONS);
-	expect(fx, publisher_init(fx->pub), PUB_UNKNOWN);
-	while ((st = publisher_init(fx->pub)) == PUB_UNKNOWN && calls < 10)
+	expect(fx, publisher_init(fx->pub, fx->cfg->commit_timeout_ms), PUB_UNKNOWN);
+	while ((st = publisher_init(fx->pub, fx->cfg->commit_timeout_ms)) == PUB_UNKNOWN && calls < 10)
 		calls++;
 	expect(fx, st, PUB_OK);
 	expect(fx, send_batch(fx), PUB_OK);
@@ -195,7 +195,7 @@ static void test_init_fatal(void **state)
 
 	rd_kafka_mock_push_request_errors(fx->mc, API_INIT_PRODUCER_ID, 1,
 					  RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
-	expect(fx, publisher_init(fx->pub), PUB_FATAL);
+	expect(fx, publisher_init(fx->pub, fx->cfg->commit_timeout_ms), PUB_FATAL);
 }
 
 /* AddPartitionsToTxn: retriable errors are retried; the transaction commits */
