@@ -179,9 +179,6 @@ struct publisher *publisher_new(const struct config *cfg, char *errbuf, size_t e
 		snprintf(errbuf, errlen, "could not create Kafka producer: %s", rderr);
 		goto fail;
 	}
-	pub->ckpt_rkt = rd_kafka_topic_new(pub->rk, cfg->checkpoint_topic, NULL);
-	if (cfg->dead_letter_topic[0])
-		pub->dlq_rkt = rd_kafka_topic_new(pub->rk, cfg->dead_letter_topic, NULL);
 	{
 		char buf[32];
 		size_t sz = sizeof(buf);
@@ -194,6 +191,18 @@ fail:
 	rd_kafka_conf_destroy(conf);
 	free(pub);
 	return NULL;
+}
+
+/* The checkpoint and dead-letter topic handles are made on first use, once
+ * producer_start has made sure the topics exist: a handle made before its
+ * topic exists learns otherwise only at librdkafka's next topic scan (up to a
+ * second), and that second would be spent in the first commit (bench F9). */
+static rd_kafka_topic_t *fixed_topic(struct publisher *pub, rd_kafka_topic_t **slot,
+				     const char *name)
+{
+	if (!*slot)
+		*slot = rd_kafka_topic_new(pub->rk, name, NULL);
+	return *slot;
 }
 
 static void set_err(struct publisher *pub, const char *what, const rd_kafka_error_t *error)
@@ -432,8 +441,8 @@ static rd_kafka_resp_err_t produce_dead_letter(struct publisher *pub, const stru
 		payload = NULL;
 		plen = 0;
 	}
-	return produce(pub, pub->dlq_rkt, r->key, r->key_len, payload, plen, r->timestamp_ms,
-		       hdrs, r->id);
+	return produce(pub, fixed_topic(pub, &pub->dlq_rkt, pub->cfg->dead_letter_topic), r->key,
+		       r->key_len, payload, plen, r->timestamp_ms, hdrs, r->id);
 }
 
 static enum pub_status produce_all(struct publisher *pub, const struct batch *b,
@@ -453,7 +462,7 @@ static enum pub_status produce_all(struct publisher *pub, const struct batch *b,
 		}
 		snprintf(idbuf, sizeof(idbuf), "%" PRId64, r->id);
 		rd_kafka_header_add(hdrs, "outbox-id", -1, idbuf, -1);
-		if (r->dead_reason && pub->dlq_rkt)
+		if (r->dead_reason && pub->cfg->dead_letter_topic[0])
 			err = produce_dead_letter(pub, b, r, hdrs);
 		else
 			err = produce(pub, topic_get(pub, r->topic)->rkt, r->key, r->key_len,
@@ -476,7 +485,8 @@ static enum pub_status produce_all(struct publisher *pub, const struct batch *b,
 	}
 	/* Partition 0, always: it is where checkpoint_read_last looks, whatever
 	 * the partition count of a topic someone else created. */
-	err = produce_to(pub, pub->ckpt_rkt, 0, RD_KAFKA_MSG_F_COPY, pub->cfg->relay_name,
+	err = produce_to(pub, fixed_topic(pub, &pub->ckpt_rkt, pub->cfg->checkpoint_topic), 0,
+			 RD_KAFKA_MSG_F_COPY, pub->cfg->relay_name,
 			 strlen(pub->cfg->relay_name), ckpt_value, strlen(ckpt_value), 0, NULL, -1);
 	if (err) {
 		snprintf(pub->errstr, sizeof(pub->errstr), "could not produce checkpoint: %s",
@@ -630,7 +640,9 @@ int publisher_ping(struct publisher *pub)
 {
 	const struct rd_kafka_metadata *md;
 
-	if (!pub || rd_kafka_metadata(pub->rk, 0, pub->ckpt_rkt, &md, 2000))
+	if (!pub || rd_kafka_metadata(pub->rk, 0,
+				      fixed_topic(pub, &pub->ckpt_rkt, pub->cfg->checkpoint_topic),
+				      &md, 2000))
 		return -1;
 	rd_kafka_metadata_destroy(md);
 	return 0;
