@@ -353,7 +353,9 @@ static int producer_start(struct relay *r)
 			return EXIT_STARTUP;
 		if ((ex = check_lease(r)) >= 0)
 			return ex;
-		back_off(r);
+		/* No growing back-off: the call itself waited up to init_ms, and
+		 * renewals must stay well inside the TTL (at most half of it). */
+		pause_ms(init_ms / 2);
 	}
 	if (relay_stop_requested)
 		return EXIT_OK;
