@@ -380,6 +380,8 @@ static rd_kafka_resp_err_t produce_to(struct publisher *pub, rd_kafka_topic_t *r
 {
 	rd_kafka_resp_err_t err;
 
+	if (!rkt) /* rd_kafka_topic_new refused the name */
+		return RD_KAFKA_RESP_ERR__INVALID_ARG;
 	for (;;) {
 		err = rd_kafka_producev(pub->rk, RD_KAFKA_V_RKT(rkt),
 					RD_KAFKA_V_PARTITION(partition),

@@ -71,9 +71,9 @@ static void pause_ms(int ms)
 		nanosleep(&ts, NULL);
 }
 
-/* Exponential back-off for transient failures: 100 ms doubling to 5 s. */
-/* Doubling pauses between retries, never longer than a third of the lease
- * TTL, so that a retry loop that renews the lease keeps it. */
+/* Back-off for transient failures: 100 ms doubling to 5 s, and never longer
+ * than a third of the lease TTL, so that a retry loop that renews the lease
+ * keeps it. */
 static void back_off(struct relay *r)
 {
 	int most = r->cfg->lease_ttl_ms / 3 < 5000 ? r->cfg->lease_ttl_ms / 3 : 5000;
