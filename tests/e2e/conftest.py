@@ -40,6 +40,20 @@ def psql(url, *args, check=True):
                           check=check, capture_output=True, text=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def drop_test_topics():
+    """Delete the session's topics at its end (the tests' own and the relays'
+    checkpoint topics): a broker that keeps thousands of partitions from
+    earlier runs restarts slowly after kill -9, which the fault run does."""
+    yield
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP, **QUIET})
+    names = [t for t in admin.list_topics(timeout=10).topics
+             if t.startswith("e2e-") or (t.startswith("ckpt-") and "-e2e_" in t)]
+    if names:
+        for f in admin.delete_topics(names, operation_timeout=30).values():
+            f.result(60)
+
+
 @pytest.fixture
 def outbox_db():
     """A new database with the outbox schema installed; dropped afterwards."""
