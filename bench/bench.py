@@ -305,39 +305,29 @@ def broker_pid():
         return None
 
 
-def read_phases(label):
-    """Totals of a phase-timer file: {name: (calls, total_ms, max_ms)}."""
+def phase_lines(label, kind):
+    """The fields of the phase-timer file's lines of one kind ("total" or
+    "event"); nothing without BENCH_PHASES or the file."""
     d = os.environ.get("BENCH_PHASES")
-    out = {}
     if not d:
-        return out
+        return []
     try:
         with open(os.path.join(d, label + ".phases")) as f:
-            for line in f:
-                if line.startswith("total "):
-                    parts = line.split()
-                    out[" ".join(parts[1:-3])] = (int(parts[-3]), float(parts[-2]), float(parts[-1]))
+            return [line.split()[1:] for line in f if line.startswith(kind + " ")]
     except OSError:
-        pass
-    return out
+        return []
+
+
+def read_phases(label):
+    """Totals of a phase-timer file: {name: (calls, total_ms, max_ms)}."""
+    return {" ".join(p[:-3]): (int(p[-3]), float(p[-2]), float(p[-1]))
+            for p in phase_lines(label, "total")}
 
 
 def phase_events(label):
     """The first calls a phase-timer file logged as they happened:
     [(ms since start, name, duration ms)]; survives kill -9."""
-    d = os.environ.get("BENCH_PHASES")
-    out = []
-    if not d:
-        return out
-    try:
-        with open(os.path.join(d, label + ".phases")) as f:
-            for line in f:
-                if line.startswith("event "):
-                    parts = line.split()
-                    out.append((float(parts[1]), " ".join(parts[2:-1]), float(parts[-1])))
-    except OSError:
-        pass
-    return out
+    return [(float(p[0]), " ".join(p[1:-1]), float(p[-1])) for p in phase_lines(label, "event")]
 
 
 def phase_breakdown(ph):
