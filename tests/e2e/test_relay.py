@@ -3,6 +3,7 @@ exactly once, per-key order, record contents, restarts, crash points and
 out-of-order commits."""
 import collections
 import json
+import re
 import threading
 import time
 
@@ -161,12 +162,14 @@ def test_crash_point_repaired(point, outbox_db, topics, relays, tmp_path):
     conn = connect(outbox_db)
     insert_rows(conn, tps, 0, 6000, per_txn=1000)
     cfg = write_config(tmp_path / "relay.conf", outbox_db, f"r-crash-{point}",
-                       **{"batch.max_rows": 1000})
+                       **{"batch.max_rows": 1000, "log.level": "debug"})
     # die on the third pass: two batches are committed before
     crashing = relays(cfg, env={"OUTBOX_RELAY_CRASH_AT": f"{point}:3"})
     rc = crashing.wait_exit(120)
     assert rc == -9, f"expected SIGKILL at {point}, got {rc}:\n{crashing.text()}"
     assert f'crash point "{point}" reached' in crashing.text()
+    # full batches: the next batch was read ahead before the crash
+    assert re.search(r"read 1000 rows ahead", crashing.text()), crashing.text()
     before = scalar(conn, "SELECT count(*) FROM outbox.event")
     assert 0 < before < 6000, "the crash should come mid-stream"
 
