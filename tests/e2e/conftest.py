@@ -25,6 +25,10 @@ BOOTSTRAP = os.environ.get("OUTBOX_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
 RELAY_BIN = os.environ.get("OUTBOX_RELAY_BIN", str(ROOT / "build/relay/outbox-relay"))
 SANITIZED = os.environ.get("OUTBOX_E2E_SANITIZED") == "1"
 QUIET = {"log_level": 0}
+# Topics this pytest session named (its own and its relays' checkpoint
+# topics): only these are deleted at its end, so that sessions running side
+# by side on one broker do not delete each other's topics mid-test.
+SESSION_TOPICS = set()
 
 
 def pytest_configure(config):
@@ -47,8 +51,7 @@ def drop_test_topics():
     earlier runs restarts slowly after kill -9, which the fault run does."""
     yield
     admin = AdminClient({"bootstrap.servers": BOOTSTRAP, **QUIET})
-    names = [t for t in admin.list_topics(timeout=10).topics
-             if t.startswith("e2e-") or (t.startswith("ckpt-") and "-e2e_" in t)]
+    names = [t for t in admin.list_topics(timeout=10).topics if t in SESSION_TOPICS]
     if names:
         for f in admin.delete_topics(names, operation_timeout=30).values():
             f.result(60)
@@ -75,6 +78,7 @@ def outbox_db():
 
 
 def create_topics(names, partitions=1, config=None):
+    SESSION_TOPICS.update(names)
     admin = AdminClient({"bootstrap.servers": BOOTSTRAP, **QUIET})
     futs = admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1,
                                          config=config or {}) for n in names])
@@ -210,7 +214,9 @@ def relays(tmp_path):
 def ckpt_topic(db_url, name):
     """The checkpoint topic of relay `name` in this test: topics outlive a
     test on the shared broker, the per-test database name keeps them apart."""
-    return f"ckpt-{name}-{urlsplit(db_url).path.lstrip('/')}"
+    topic = f"ckpt-{name}-{urlsplit(db_url).path.lstrip('/')}"
+    SESSION_TOPICS.add(topic)
+    return topic
 
 
 def write_config(path, db_url, name, **opts):
