@@ -1,5 +1,6 @@
 /* main.c: command line, signals, and the start-up order of the daemon */
 #include <getopt.h>
+#include <pthread.h>
 #include <libpq-fe.h>
 #include <librdkafka/rdkafka.h>
 #include <signal.h>
@@ -85,6 +86,19 @@ static void install_signals(void)
 	sigaction(SIGHUP, &sa, NULL);
 	sa.sa_handler = SIG_IGN;
 	sigaction(SIGPIPE, &sa, NULL);
+}
+
+/* The signals the main thread handles, blocked in every other thread: a
+ * thread inherits its creator's mask, so they are blocked around the start
+ * of libmicrohttpd's thread (librdkafka blocks every signal in its own
+ * threads itself). A handled signal then always lands on the main thread,
+ * where it cuts the loop's current wait short. */
+static void handled_signals(sigset_t *set)
+{
+	sigemptyset(set);
+	sigaddset(set, SIGTERM);
+	sigaddset(set, SIGINT);
+	sigaddset(set, SIGHUP);
 }
 
 /* check: every step is reported; the exit code says whether all passed. */
@@ -221,10 +235,16 @@ int main(int argc, char **argv)
 		ex = cmd_status(cfg);
 	else {
 		struct http *http;
+		sigset_t handled, saved;
+		int rc;
 
 		install_signals();
 		crash_setup();
-		if (http_start(cfg, &http, err, sizeof(err)) < 0) {
+		handled_signals(&handled);
+		pthread_sigmask(SIG_BLOCK, &handled, &saved);
+		rc = http_start(cfg, &http, err, sizeof(err));
+		pthread_sigmask(SIG_SETMASK, &saved, NULL);
+		if (rc < 0) {
 			fprintf(stderr, "outbox-relay: %s: %s\n", cfg->path, err);
 			config_free(cfg);
 			return EXIT_STARTUP;

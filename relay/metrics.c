@@ -59,6 +59,23 @@ void metrics_set_error(const char *fmt, ...)
 	metrics_unlock();
 }
 
+void metrics_set_blocked(const char *fmt, ...)
+{
+	va_list ap;
+	struct metrics *m = metrics_lock();
+
+	va_start(ap, fmt);
+	vsnprintf(m->blocked, sizeof(m->blocked), fmt, ap);
+	va_end(ap);
+	metrics_unlock();
+}
+
+void metrics_clear_blocked(void)
+{
+	metrics_lock()->blocked[0] = '\0';
+	metrics_unlock();
+}
+
 void metrics_heartbeat(void)
 {
 	struct metrics *m = metrics_lock();
@@ -108,6 +125,10 @@ bool metrics_ready(const struct metrics *m, int64_t now_mono_ms, int64_t max_lag
 	}
 	if (m->poison_id) {
 		snprintf(reason, reasonlen, "stopped on poison row %lld", (long long)m->poison_id);
+		return false;
+	}
+	if (m->blocked[0]) {
+		snprintf(reason, reasonlen, "%s", m->blocked);
 		return false;
 	}
 	if (m->lag_known && max_lag_rows > 0 && m->lag_rows > max_lag_rows) {

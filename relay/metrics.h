@@ -49,6 +49,11 @@ struct metrics {
 	int64_t poison_id;
 	char poison_reason[512];
 
+	/* Why publishing is not moving although the relay leads (a batch
+	 * failing again and again, a foreign transaction holding the
+	 * checkpoint back); "" = nothing in the way. Shown on /readyz. */
+	char blocked[256];
+
 	char last_error[512];
 	double last_error_time;   /* unix seconds; 0 = never */
 	double last_commit_time;  /* unix seconds; 0 = never */
@@ -84,6 +89,9 @@ void metrics_snapshot(struct metrics *out);
 
 /* Small helpers for the relay thread. */
 void metrics_set_error(const char *fmt, ...) PRINTF(1, 2);
+/* Say why publishing is not moving; clear it when it moves again. */
+void metrics_set_blocked(const char *fmt, ...) PRINTF(1, 2);
+void metrics_clear_blocked(void);
 void metrics_heartbeat(void);
 void histogram_observe(struct histogram *h, const double *bounds, int nbounds, double v);
 

@@ -19,12 +19,19 @@
 #include "relay.h"
 #include "sdnotify.h"
 #include "version.h"
+#include "wait.h"
 
 volatile sig_atomic_t relay_stop_requested;
 volatile sig_atomic_t relay_reload_requested;
 
 struct relay {
 	struct config *cfg;
+	/* Every blocking step waits through it: relay_tick beats the
+	 * heartbeat, renews the lease when due and says stop. */
+	struct waiter w;
+	bool in_tick;
+	bool lease_lost; /* a renewal in a tick found the lease taken */
+	int exit_code;   /* with STEP_EXIT */
 	struct outbox *ob;
 	struct publisher *pub;
 	char owner[256];
@@ -53,48 +60,110 @@ struct relay {
 	int64_t halted_id;
 	int64_t halted_until;
 
-	int64_t last_probe_ms; /* lag and Kafka reachability, refreshed while idle */
+	int64_t last_probe_ms; /* Kafka reachability and the purge, while idle */
+	int64_t last_lag_ms;   /* the lag, every few seconds, busy or idle */
+	int failed_attempts;   /* of the current batch, in a row */
 	bool producer_started;
 };
 
-/* publish_batch and vet_batch: gather the batch again (shorter, or after a
- * halt), publishing nothing of the current one. */
-#define REFILL (-2)
+/*
+ * What a step of the loop came to. Every step returns one of these; with
+ * STEP_EXIT, r->exit_code says how the process ends (a stop request is
+ * STEP_EXIT with EXIT_OK).
+ */
+enum step {
+	STEP_OK,     /* done: go on */
+	STEP_REFILL, /* gather the batch again (shorter, or after a halt),
+		      * publishing nothing of the current one */
+	STEP_EXIT,   /* leave the loop with r->exit_code */
+};
 
-/* Sleep that a signal cuts short. */
-static void pause_ms(int ms)
+static enum step step_exit(struct relay *r, int code)
 {
-	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+	r->exit_code = code;
+	return STEP_EXIT;
+}
+
+/* After a tick said stop: a lost lease ends the process as fenced, a stop
+ * request cleanly. */
+static enum step step_stopped(struct relay *r)
+{
+	if (r->lease_lost) {
+		log_error("lease of relay \"%s\" lost: another relay took over (generation %" PRId64
+			  " is stale); stopping",
+			  r->cfg->relay_name, r->generation);
+		return step_exit(r, EXIT_FENCED);
+	}
+	return step_exit(r, EXIT_OK);
+}
+
+/*
+ * The waiter's tick (wait.h), between the slices of every blocking step:
+ * beat the heartbeat, renew the lease when a third of its TTL has passed,
+ * and say stop on a stop request or a lost lease. A renewal that fails for
+ * a transient reason is tried again at the next tick; the lease check of
+ * the loop decides when it keeps failing. Not re-entered from the renewal.
+ */
+static bool relay_tick(void *arg)
+{
+	struct relay *r = arg;
+	bool held;
 
 	metrics_heartbeat();
-	if (!relay_stop_requested)
-		nanosleep(&ts, NULL);
+	if (relay_stop_requested || r->lease_lost)
+		return false;
+	if (r->in_tick || !r->generation || !r->ob || !outbox_connected(r->ob) ||
+	    now_ms() - r->last_renew_ms < r->cfg->lease_ttl_ms / 3)
+		return true;
+	r->in_tick = true;
+	if (outbox_lease_renew(r->ob, r->generation, &held) == OB_OK) {
+		if (held) {
+			r->last_renew_ms = now_ms();
+		} else {
+			struct metrics *m = metrics_lock();
+			m->lease_held = false;
+			m->fenced++;
+			metrics_unlock();
+			r->lease_lost = true;
+		}
+	} else {
+		log_warning("could not renew the lease while waiting: %s", outbox_errstr(r->ob));
+	}
+	r->in_tick = false;
+	return !r->lease_lost;
+}
+
+/* Sleep through the waiter: false when a stop or a lost lease cut it short. */
+static bool pause_ms(struct relay *r, int ms)
+{
+	return wait_ms(&r->w, ms);
 }
 
 /* Back-off for transient failures: 100 ms doubling to 5 s, and never longer
- * than a third of the lease TTL, so that a retry loop that renews the lease
- * keeps it. */
-static void back_off(struct relay *r)
+ * than a third of the lease TTL. The lease is renewed while it waits. False
+ * when a stop or a lost lease cut it short: the caller must not retry then
+ * (a retry loop would spin). */
+static bool back_off(struct relay *r)
 {
 	int most = r->cfg->lease_ttl_ms / 3 < 5000 ? r->cfg->lease_ttl_ms / 3 : 5000;
 
 	r->backoff_ms = r->backoff_ms ? r->backoff_ms * 2 : 100;
 	if (r->backoff_ms > most)
 		r->backoff_ms = most;
-	pause_ms(r->backoff_ms);
+	return pause_ms(r, r->backoff_ms);
 }
 
+/* The lease owner: unique per process, so that two replicas sharing one
+ * config (and so one relay.owner) can never both think they hold the lease;
+ * relay.owner is a label put in front. */
 static void make_owner(struct relay *r)
 {
 	char host[128] = "unknown";
 
-	if (r->cfg->owner[0]) {
-		snprintf(r->owner, sizeof(r->owner), "%s", r->cfg->owner);
-		return;
-	}
 	gethostname(host, sizeof(host) - 1);
 	srand((unsigned)(time(NULL) ^ getpid()));
-	snprintf(r->owner, sizeof(r->owner), "%s:%d:%04x", host, (int)getpid(), rand() & 0xffff);
+	snprintf(r->owner, sizeof(r->owner), "%s%s%s:%d:%04x", r->cfg->owner,
+		 r->cfg->owner[0] ? "@" : "", host, (int)getpid(), rand() & 0xffff);
 }
 
 /* (Re)connect until it works or a stop is requested; false on stop. */
@@ -105,16 +174,21 @@ static bool db_connect(struct relay *r)
 	while (!relay_stop_requested) {
 		outbox_free(r->ob);
 		r->ob = outbox_connect(r->cfg, err, sizeof(err));
-		if (r->ob) {
+		if (r->ob && (!r->cfg->notify || outbox_listen(r->ob) == OB_OK)) {
 			r->backoff_ms = 0;
 			metrics_lock()->db_ok = true;
 			metrics_unlock();
-			if (r->cfg->notify && outbox_listen(r->ob) != OB_OK) {
-				log_warning("could not listen for outbox notifications: %s",
-					    outbox_errstr(r->ob));
-				continue;
-			}
 			return true;
+		}
+		if (r->ob) {
+			/* A hot standby refuses LISTEN ("cannot execute LISTEN
+			 * during recovery"): connected, yet of no use. */
+			snprintf(err, sizeof(err),
+				 "could not listen for outbox notifications: %s (is postgres.conninfo "
+				 "pointing at a read-only server, a standby?)",
+				 outbox_errstr(r->ob));
+			outbox_free(r->ob);
+			r->ob = NULL;
 		}
 		log_warning("%s", err);
 		{
@@ -124,15 +198,17 @@ static bool db_connect(struct relay *r)
 			metrics_unlock();
 		}
 		metrics_set_error("%s", err);
-		back_off(r);
+		if (!back_off(r))
+			break;
 	}
 	return false;
 }
 
-/* Handle a database error from any call: transient ones reconnect (and the
- * caller retries), answers become exit codes. Returns -1 to retry, or an
- * exit code. */
-static int db_trouble(struct relay *r, int st, const char *what)
+/* Handle a database error from any call: transient ones reconnect and back
+ * off (STEP_OK: the caller retries), answers end the process (STEP_EXIT). A
+ * stop or a lost lease during the back-off is STEP_EXIT too, so that no
+ * retry loop spins once the waiter says stop. */
+static enum step db_trouble(struct relay *r, int st, const char *what)
 {
 	struct metrics *m = metrics_lock();
 
@@ -147,44 +223,59 @@ static int db_trouble(struct relay *r, int st, const char *what)
 	switch (st) {
 	case OB_TRANSIENT:
 		log_warning("%s: %s", what, outbox_errstr(r->ob));
-		if (!outbox_connected(r->ob)) {
-			back_off(r);
-			if (!db_connect(r))
-				return EXIT_OK;
-		} else {
-			back_off(r);
-		}
-		return -1;
+		if (!back_off(r))
+			return step_stopped(r);
+		if (!outbox_connected(r->ob) && !db_connect(r))
+			return step_stopped(r);
+		return STEP_OK;
 	case OB_FENCED:
 		log_error("%s: %s", what, outbox_errstr(r->ob));
-		return EXIT_FENCED;
+		return step_exit(r, EXIT_FENCED);
 	case OB_REGRESSION:
 	case OB_BACKWARDS:
 		log_error("%s: %s", what, outbox_errstr(r->ob));
-		return EXIT_POSITION;
+		return step_exit(r, EXIT_POSITION);
 	default:
 		log_error("%s: %s", what, outbox_errstr(r->ob));
-		return EXIT_STARTUP;
+		return step_exit(r, EXIT_STARTUP);
 	}
 }
 
-/* Take the lease, waiting as a standby while another relay holds it.
- * Returns -1 when acquired, else an exit code. */
-static int take_lease(struct relay *r)
+/* SIGHUP: a valid file replaces the reloadable options; an invalid one
+ * changes nothing. A leader and a standby alike. */
+static void reload(struct relay *r)
+{
+	char err[1024];
+
+	relay_reload_requested = 0;
+	log_info("reloading configuration from %s", r->cfg->path);
+	if (config_reload(r->cfg, err, sizeof(err)) < 0) {
+		log_error("could not reload configuration, keeping the running one: %s", err);
+		return;
+	}
+	log_setup((enum log_level)r->cfg->log_level, (enum log_format)r->cfg->log_format);
+	r->w.slice_ms = r->cfg->lease_ttl_ms / 6;
+}
+
+/* Take the lease, waiting as a standby while another relay holds it. */
+static enum step take_lease(struct relay *r)
 {
 	struct lease lease;
 	int64_t last_log = 0;
 
 	while (!relay_stop_requested) {
-		int st = outbox_lease_acquire(r->ob, r->owner, &lease);
+		int st;
+
+		if (relay_reload_requested)
+			reload(r);
+		st = outbox_lease_acquire(r->ob, r->owner, &lease);
 		if (st == OB_OTHER_NAME) {
 			log_error("refusing to start: %s", outbox_errstr(r->ob));
-			return EXIT_STARTUP;
+			return step_exit(r, EXIT_STARTUP);
 		}
 		if (st != OB_OK) {
-			int ex = db_trouble(r, st, "could not take the lease");
-			if (ex >= 0)
-				return ex;
+			if (db_trouble(r, st, "could not take the lease") == STEP_EXIT)
+				return STEP_EXIT;
 			continue;
 		}
 		if (lease.acquired) {
@@ -196,7 +287,7 @@ static int take_lease(struct relay *r)
 			r->last_renew_ms = now_ms();
 			log_info("lease of relay \"%s\" taken by \"%s\": generation %" PRId64,
 				 r->cfg->relay_name, r->owner, r->generation);
-			return -1;
+			return STEP_OK;
 		}
 		metrics_lock()->role = ROLE_STANDBY;
 		metrics_unlock();
@@ -210,118 +301,130 @@ static int take_lease(struct relay *r)
 		}
 		/* Poll a little after the expiry we were told, and never rarely. */
 		int wait = (int)lease.expires_in_ms + 50;
-		pause_ms(wait < 50 ? 50 : wait > r->cfg->lease_ttl_ms / 2 ? r->cfg->lease_ttl_ms / 2 : wait);
+		if (!pause_ms(r, wait < 50 ? 50 : wait > r->cfg->lease_ttl_ms / 2 ? r->cfg->lease_ttl_ms / 2 : wait))
+			break;
 	}
-	return EXIT_OK;
+	return step_exit(r, EXIT_OK);
 }
 
-/* Renew the lease now: -1 while it is ours, else an exit code. Also the
- * check before acting on Kafka after a pause of unknown length. */
-static int check_lease(struct relay *r)
+/* Renew the lease now: STEP_OK while it is ours. Also the check before
+ * acting on Kafka after a pause of unknown length. */
+static enum step check_lease(struct relay *r)
 {
 	bool held;
 	int st;
 
+	if (r->lease_lost)
+		return step_stopped(r);
 	for (;;) {
 		st = outbox_lease_renew(r->ob, r->generation, &held);
 		if (st == OB_OK)
 			break;
-		int ex = db_trouble(r, st, "could not renew the lease");
-		if (ex >= 0)
-			return ex;
-		if (relay_stop_requested)
-			return EXIT_OK;
+		if (db_trouble(r, st, "could not renew the lease") == STEP_EXIT)
+			return STEP_EXIT;
 	}
 	if (!held) {
 		struct metrics *m = metrics_lock();
 		m->lease_held = false;
 		m->fenced++;
 		metrics_unlock();
-		log_error("lease of relay \"%s\" lost: another relay took over (generation %" PRId64
-			  " is stale); stopping",
-			  r->cfg->relay_name, r->generation);
-		return EXIT_FENCED;
+		r->lease_lost = true;
+		return step_stopped(r);
 	}
 	r->last_renew_ms = now_ms();
-	return -1;
+	return STEP_OK;
 }
 
-/* Renew the lease every third of its TTL. Returns -1 to go on, or an exit code. */
-static int renew_lease(struct relay *r)
+/* Renew the lease every third of its TTL. */
+static enum step renew_lease(struct relay *r)
 {
-	if (now_ms() - r->last_renew_ms < r->cfg->lease_ttl_ms / 3)
-		return -1;
+	if (!r->lease_lost && now_ms() - r->last_renew_ms < r->cfg->lease_ttl_ms / 3)
+		return STEP_OK;
 	return check_lease(r);
 }
 
-/* Advance the database to pos; retried through reconnects. Returns -1 on
- * success, else an exit code. */
-static int db_advance(struct relay *r, const struct position *pos)
+/* Advance the database to pos; retried through reconnects. A reply lost
+ * after the server committed is answered "already applied" by the retry
+ * (outbox.advance is idempotent). A stop request does not end the retries
+ * at once: the Kafka transaction is committed and the copy should follow;
+ * after a stop they end at the commit timeout (a restart repairs it). */
+static enum step db_advance(struct relay *r, const struct position *pos)
 {
-	int64_t deleted;
+	int64_t deleted, give_up = 0;
 
 	for (;;) {
 		int st = outbox_advance(r->ob, r->generation, pos, &deleted);
 		if (st == OB_OK)
 			break;
-		/* A stop request does not end this loop: the Kafka transaction is
-		 * committed and the copy should follow (a restart would repair it). */
-		int ex = db_trouble(r, st, "could not advance the database position");
-		if (ex >= 0)
-			return ex;
-		if (relay_stop_requested && !outbox_connected(r->ob))
-			return EXIT_OK;
+		if (db_trouble(r, st, "could not advance the database position") == STEP_EXIT) {
+			if (r->exit_code != EXIT_OK || r->lease_lost)
+				return STEP_EXIT;
+			/* stopping: keep trying for a while, sleeping plainly */
+			if (!give_up)
+				give_up = now_ms() + r->cfg->commit_timeout_ms;
+			if (now_ms() > give_up)
+				return STEP_EXIT;
+			wait_ms(NULL, 200);
+			if (!outbox_connected(r->ob)) {
+				char err[1024];
+				outbox_free(r->ob);
+				r->ob = outbox_connect(r->cfg, err, sizeof(err));
+				if (!r->ob)
+					log_warning("%s", err);
+			}
+			if (!r->ob)
+				return STEP_EXIT;
+		}
 	}
 	log_debug("advanced to batch %" PRId64 " (after_id %" PRId64 "), deleted %" PRId64 " rows",
 		  pos->batch_seq, pos->after_id, deleted);
-	return -1;
+	return STEP_OK;
 }
 
-/* Read the checkpoint through retries; -1 on success, else an exit code. */
-static int read_checkpoint(struct relay *r, struct position *ck, bool *found)
+/* Read the checkpoint through retries. */
+static enum step read_checkpoint(struct relay *r, struct position *ck, bool *found)
 {
 	char err[1024];
 
-	while (!relay_stop_requested) {
+	for (;;) {
 		if (checkpoint_read_last(r->cfg, ck, found, err, sizeof(err)) == 0)
-			return -1;
+			return STEP_OK;
 		log_warning("%s", err);
-		back_off(r);
+		if (!back_off(r))
+			return step_stopped(r);
 	}
-	return EXIT_OK;
 }
 
 /*
  * A new producer: init_transactions fences every older producer with our
  * transactional.id and settles its open transaction, so the checkpoint read
- * afterwards is final. Returns -1 when ready, else an exit code.
+ * afterwards is final.
  */
-static int producer_start(struct relay *r)
+static enum step producer_start(struct relay *r)
 {
 	char err[1024];
-	int ex;
 	int init_ms = r->cfg->lease_ttl_ms / 3 < r->cfg->commit_timeout_ms ? r->cfg->lease_ttl_ms / 3
 									   : r->cfg->commit_timeout_ms;
 
 	if (r->producer_started) {
 		/* A relay that lost its lease must not start a producer: its
 		 * init_transactions would fence the relay that took over. */
-		if ((ex = check_lease(r)) >= 0)
-			return ex;
+		if (check_lease(r) == STEP_EXIT)
+			return STEP_EXIT;
 		metrics_lock()->producer_recreations++;
 		metrics_unlock();
 	}
 	publisher_free(r->pub);
 	r->pub = NULL;
 	r->producer_started = true;
-	while (!relay_stop_requested) {
+	for (;;) {
 		enum pub_status st;
 
 		if (!r->pub) {
 			r->pub = publisher_new(r->cfg, err, sizeof(err));
 			if (!r->pub) {
 				log_error("%s", err);
-				return EXIT_STARTUP;
+				return step_exit(r, EXIT_STARTUP);
 			}
 		}
 		/* In short calls (librdkafka resumes the same initialization),
@@ -347,26 +450,24 @@ static int producer_start(struct relay *r)
 		metrics_set_error("%s", publisher_errstr(r->pub));
 		if (st == PUB_FENCED) {
 			log_error("producer fenced while initializing: another relay took over");
-			return EXIT_FENCED;
+			return step_exit(r, EXIT_FENCED);
 		}
 		if (st == PUB_FATAL)
-			return EXIT_STARTUP;
-		if ((ex = check_lease(r)) >= 0)
-			return ex;
+			return step_exit(r, EXIT_STARTUP);
+		if (check_lease(r) == STEP_EXIT)
+			return STEP_EXIT;
 		/* No growing back-off: the call itself waited up to init_ms, and
 		 * renewals must stay well inside the TTL (at most half of it). */
-		pause_ms(init_ms / 2);
+		if (!pause_ms(r, init_ms / 2))
+			return step_stopped(r);
 	}
-	if (relay_stop_requested)
-		return EXIT_OK;
 	while (checkpoint_ensure_topic(publisher_handle(r->pub), r->cfg, err, sizeof(err)) < 0 ||
 	       (r->cfg->poison_policy == POISON_DEAD_LETTER &&
 		kafka_topic_ensure(publisher_handle(r->pub), r->cfg->dead_letter_topic,
 				   r->cfg->checkpoint_replication_factor, false, err, sizeof(err)) < 0)) {
 		log_warning("%s", err);
-		back_off(r);
-		if (relay_stop_requested)
-			return EXIT_OK;
+		if (!back_off(r))
+			return step_stopped(r);
 	}
 	/* The lease may have lapsed while initialization waited for the broker
 	 * (a pause, a long outage), and a relay that took over may have been
@@ -376,26 +477,26 @@ static int producer_start(struct relay *r)
 }
 
 /* Start-up reconciliation of the database position with Kafka's checkpoint
- * (DESIGN §3.3). Sets r->pos. Returns -1 to go on, else an exit code. */
-static int reconcile(struct relay *r)
+ * (DESIGN §3.3). Sets r->pos. */
+static enum step reconcile(struct relay *r)
 {
 	struct position ck = {0}, db = {0};
 	bool found;
-	int ex = -1, st;
+	enum step s;
+	int st;
 
-	if ((ex = read_checkpoint(r, &ck, &found)) >= 0)
+	if ((s = read_checkpoint(r, &ck, &found)) != STEP_OK)
 		goto out;
 	while ((st = outbox_position_get(r->ob, &db)) != OB_OK) {
-		if ((ex = db_trouble(r, st, "could not read the database position")) >= 0)
+		if ((s = db_trouble(r, st, "could not read the database position")) != STEP_OK)
 			goto out;
 	}
-	ex = -1;
 	if (found && ck.batch_seq > db.batch_seq) {
 		log_warning("checkpoint in Kafka is at batch %" PRId64 ", the database at %" PRId64
 			    ": bringing the database forward (the previous run stopped between "
 			    "the Kafka commit and the database update)",
 			    ck.batch_seq, db.batch_seq);
-		if ((ex = db_advance(r, &ck)) >= 0)
+		if ((s = db_advance(r, &ck)) != STEP_OK)
 			goto out;
 		position_copy(&r->pos, &ck);
 	} else if (found && ck.batch_seq == db.batch_seq) {
@@ -406,7 +507,7 @@ static int reconcile(struct relay *r)
 				  a, b);
 			free(a);
 			free(b);
-			ex = EXIT_POSITION;
+			s = step_exit(r, EXIT_POSITION);
 			goto out;
 		}
 		position_copy(&r->pos, &db);
@@ -426,7 +527,7 @@ static int reconcile(struct relay *r)
 				  "Refusing to guess; after checking, set relay.on_database_ahead = "
 				  "\"trust-database\" to continue from the database position",
 				  db.batch_seq, detail, r->cfg->checkpoint_topic);
-			ex = EXIT_POSITION;
+			s = step_exit(r, EXIT_POSITION);
 			goto out;
 		}
 		log_warning("database position is at batch %" PRId64 " but %s; continuing from "
@@ -434,19 +535,21 @@ static int reconcile(struct relay *r)
 			    db.batch_seq, detail);
 		position_copy(&r->pos, &db);
 	}
+	s = STEP_OK;
 	r->pos.generation = r->generation;
 	log_info("position: batch %" PRId64 ", done %s, next %s, after_id %" PRId64,
 		 r->pos.batch_seq, r->pos.done, r->pos.next ? r->pos.next : "-", r->pos.after_id);
 out:
 	position_clear(&ck);
 	position_clear(&db);
-	return ex;
+	return s;
 }
 
 /*
  * Append the rows after *work to b, page by page, until max_rows or
  * batch.max_bytes (*full set), or the end of work's window (opened here
- * when work has none; a finished window moves *work past it).
+ * when work has none; a finished window moves *work past it). Returns an
+ * ob_status.
  */
 static int read_pages(struct relay *r, struct batch *b, struct position *work, int max_rows,
 		      bool *full)
@@ -477,10 +580,10 @@ static int read_pages(struct relay *r, struct batch *b, struct position *work, i
 /*
  * Gather the next batch into r->batch and r->work: pages of the current
  * window, then later windows, until max_rows or max_bytes, or the outbox has
- * nothing more (waiting up to batch.max_wait_ms for more rows). Returns -1
- * when done (r->batch may be empty: nothing to send), else an exit code.
+ * nothing more (waiting up to batch.max_wait_ms for more rows). STEP_OK
+ * when done (r->batch may be empty: nothing to send).
  */
-static int fill_batch(struct relay *r)
+static enum step fill_batch(struct relay *r)
 {
 	const struct config *cfg = r->cfg;
 	int64_t start = now_ms();
@@ -493,32 +596,32 @@ static int fill_batch(struct relay *r)
 	batch_reset(&r->batch);
 	position_copy(&r->work, &r->pos);
 	for (;;) {
+		bool notified;
+		int wait;
+
 		st = read_pages(r, &r->batch, &r->work, max_rows, &r->batch_full);
 		if (st != OB_OK)
-			goto trouble;
+			break;
 		if (r->batch_full)
-			return -1;
+			return STEP_OK;
 		if (r->batch.nrecs == 0) {
 			/* Nothing new: keep the finished window in memory only. */
 			position_copy(&r->pos, &r->work);
-			return -1;
+			return STEP_OK;
 		}
 		if (now_ms() - start >= cfg->batch_max_wait_ms)
-			return -1;
-		bool notified;
-		int wait = cfg->batch_max_wait_ms - (int)(now_ms() - start);
+			return STEP_OK;
+		wait = cfg->batch_max_wait_ms - (int)(now_ms() - start);
 		st = outbox_wait(r->ob, wait < cfg->poll_interval_ms ? wait : cfg->poll_interval_ms,
 				 &notified);
 		if (st != OB_OK)
-			goto trouble;
+			break;
+		if (!wait_tick(&r->w))
+			return step_stopped(r);
 	}
-trouble:
 	/* Nothing was sent: drop the partial batch and start over. */
 	batch_reset(&r->batch);
-	{
-		int ex = db_trouble(r, st, "could not read the outbox");
-		return ex >= 0 ? ex : -1;
-	}
+	return db_trouble(r, st, "could not read the outbox");
 }
 
 /*
@@ -562,7 +665,7 @@ static void drop_ahead(struct relay *r)
 
 /* The next batch: the one read ahead, if any (r->pos is then where it was
  * read from), else fill_batch. */
-static int next_batch(struct relay *r)
+static enum step next_batch(struct relay *r)
 {
 	struct batch tmp;
 
@@ -575,50 +678,55 @@ static int next_batch(struct relay *r)
 	position_copy(&r->work, &r->ahead_work);
 	r->batch_full = r->ahead_full;
 	r->have_ahead = false;
-	return -1;
+	return STEP_OK;
 }
 
 /* After an unknown outcome: a new producer settles the transaction, and
- * the checkpoint says whether it committed. Sets *committed. Returns -1 to
- * go on, else an exit code. */
-static int recover_outcome(struct relay *r, bool *committed)
+ * the checkpoint says whether it committed. Sets *committed. */
+static enum step recover_outcome(struct relay *r, bool *committed)
 {
 	struct position ck = {0};
-	bool found;
-	int ex;
+	bool found, behind;
+	enum step s;
 
-	if ((ex = producer_start(r)) >= 0)
-		return ex;
-	if ((ex = read_checkpoint(r, &ck, &found)) >= 0)
-		return ex;
 	*committed = false;
+	if ((s = producer_start(r)) != STEP_OK)
+		return s;
+	if ((s = read_checkpoint(r, &ck, &found)) != STEP_OK)
+		return s;
+	/* With trust-database the relay may run on a checkpoint topic that
+	 * lost its records (reconcile let it): a checkpoint missing or
+	 * behind the database then means our transaction did not commit,
+	 * since a commit would have written ours. */
+	behind = r->cfg->on_database_ahead == DB_AHEAD_TRUST_DATABASE &&
+		 (!found || ck.batch_seq < r->pos.batch_seq);
 	if (found && ck.batch_seq == r->work.batch_seq && position_equal(&ck, &r->work)) {
 		*committed = true;
 		log_info("transaction of batch %" PRId64 " turned out committed", ck.batch_seq);
 	} else if ((!found && r->pos.batch_seq == 0) ||
-		   (found && ck.batch_seq == r->pos.batch_seq)) {
+		   (found && ck.batch_seq == r->pos.batch_seq) || behind) {
 		log_info("transaction of batch %" PRId64 " turned out not committed: sending again",
 			 r->work.batch_seq);
-	} else if ((ex = check_lease(r)) < 0) {
+	} else if ((s = check_lease(r)) == STEP_OK) {
 		/* Still ours, yet someone else wrote the checkpoint. */
 		log_error("checkpoint in Kafka is at batch %" PRId64 ", expected %" PRId64
 			  " or %" PRId64 ": another writer used relay name \"%s\"",
 			  found ? ck.batch_seq : 0, r->pos.batch_seq, r->work.batch_seq,
 			  r->cfg->relay_name);
-		ex = EXIT_POSITION;
+		s = step_exit(r, EXIT_POSITION);
 	}
 	position_clear(&ck);
-	return ex;
+	return s;
 }
 
 /*
  * Row i of the batch can never be published. dead-letter: it goes to the
  * dead-letter topic in this same transaction. stop: publish the rows before
- * it (REFILL with a row limit), or, when it is first, halt: publish nothing
- * and look again every poison_retry_ms (an operator may fix or delete it).
- * Returns -1 to publish the batch as it now is, or REFILL.
+ * it (STEP_REFILL with a row limit), or, when it is first, halt: publish
+ * nothing and look again every poison_retry_ms (an operator may fix or
+ * delete it). STEP_OK: publish the batch as it now is.
  */
-static int poison(struct relay *r, size_t i, const char *why)
+static enum step poison(struct relay *r, size_t i, const char *why)
 {
 	struct record *rec = &r->batch.recs[i];
 
@@ -628,11 +736,11 @@ static int poison(struct relay *r, size_t i, const char *why)
 			    rec->id, rec->topic, why, r->cfg->dead_letter_topic);
 		free(rec->dead_reason);
 		rec->dead_reason = xstrdup(why);
-		return -1;
+		return STEP_OK;
 	}
 	if (i > 0) {
 		r->row_limit = (int)i;
-		return REFILL;
+		return STEP_REFILL;
 	}
 	if (r->halted_id != rec->id)
 		log_error("stopped on outbox row %" PRId64 " (topic \"%s\"): %s. Nothing after it is "
@@ -648,20 +756,22 @@ static int poison(struct relay *r, size_t i, const char *why)
 			 why);
 		metrics_unlock();
 	}
-	return REFILL;
+	return STEP_REFILL;
 }
 
-/* Check every row before the transaction. Returns -1 or REFILL. */
-static int vet_batch(struct relay *r)
+/* Check every row before the transaction: STEP_OK or STEP_REFILL. */
+static enum step vet_batch(struct relay *r)
 {
 	char why[512];
 
 	for (size_t i = 0; i < r->batch.nrecs; i++) {
 		if (r->batch.recs[i].dead_reason)
 			continue;
+		if (!wait_tick(&r->w))
+			return step_stopped(r);
 		if (publisher_check(r->pub, &r->batch, i, why, sizeof(why)) == 1 &&
-		    poison(r, i, why) == REFILL)
-			return REFILL;
+		    poison(r, i, why) == STEP_REFILL)
+			return STEP_REFILL;
 	}
 	if (r->halted_id) {
 		log_info("outbox row %" PRId64 " no longer blocks publishing", r->halted_id);
@@ -669,7 +779,7 @@ static int vet_batch(struct relay *r)
 		metrics_lock()->poison_id = 0;
 		metrics_unlock();
 	}
-	return -1;
+	return STEP_OK;
 }
 
 /* A committed batch, in the metrics. */
@@ -685,20 +795,35 @@ static void count_commit(struct relay *r, int64_t took_ms)
 	m->dead_letters += dead;
 	m->batches_committed++;
 	m->last_commit_time = unix_now();
+	m->blocked[0] = '\0';
 	histogram_observe(&m->commit_seconds, commit_bucket_bounds, COMMIT_BUCKETS,
 			  (double)took_ms / 1000.0);
 	histogram_observe(&m->batch_rows, batch_bucket_bounds, BATCH_BUCKETS,
 			  (double)r->batch.nrecs);
 	metrics_unlock();
+	r->failed_attempts = 0;
 }
 
-/* Publish r->batch as one transaction until it is committed. Returns -1
- * when committed, REFILL when the batch must be gathered again (poison
- * row), else an exit code. */
-static int publish_batch(struct relay *r)
+/* Attempts of one batch that fail in a row before /readyz says publishing
+ * is not making progress (each one already waited out its back-off). */
+#define STUCK_ATTEMPTS 3
+
+/* A failed attempt of the current batch; after a few, /readyz says so. */
+static void count_failure(struct relay *r)
+{
+	if (++r->failed_attempts >= STUCK_ATTEMPTS)
+		metrics_set_blocked("not making progress: batch %" PRId64 " failed %d times in a "
+				    "row: %s",
+				    r->work.batch_seq, r->failed_attempts, publisher_errstr(r->pub));
+}
+
+/* Publish r->batch as one transaction until it is committed: STEP_OK when
+ * committed, STEP_REFILL when the batch must be gathered again (poison
+ * row), STEP_EXIT. */
+static enum step publish_batch(struct relay *r)
 {
 	char *value;
-	int ex = -1;
+	enum step s = STEP_OK;
 
 	r->work.batch_seq = r->pos.batch_seq + 1;
 	r->work.generation = r->generation;
@@ -708,7 +833,7 @@ static int publish_batch(struct relay *r)
 		bool committed;
 		int64_t t0;
 
-		if (publisher_needs_recreate(r->pub) && (ex = producer_start(r)) >= 0)
+		if (publisher_needs_recreate(r->pub) && (s = producer_start(r)) != STEP_OK)
 			break;
 		t0 = now_ms();
 		st = publisher_produce(r->pub, &r->batch, value);
@@ -738,14 +863,26 @@ static int publish_batch(struct relay *r)
 		case PUB_RESEND:
 			log_warning("transaction of batch %" PRId64 " aborted (%s); sending again",
 				    r->work.batch_seq, publisher_errstr(r->pub));
-			back_off(r);
+			count_failure(r);
+			/* Aborted: nothing of it is visible. A stop now leaves
+			 * the batch to the next start. */
+			if (!back_off(r)) {
+				s = step_stopped(r);
+				goto out;
+			}
 			continue;
 		case PUB_UNKNOWN:
 			log_warning("outcome of batch %" PRId64 " unknown (%s); recreating the "
 				    "producer to settle it",
 				    r->work.batch_seq, publisher_errstr(r->pub));
-			back_off(r);
-			if ((ex = recover_outcome(r, &committed)) >= 0)
+			count_failure(r);
+			/* A stop here leaves the outcome to the next start,
+			 * whose init_transactions settles it. */
+			if (!back_off(r)) {
+				s = step_stopped(r);
+				goto out;
+			}
+			if ((s = recover_outcome(r, &committed)) != STEP_OK)
 				goto out;
 			if (committed) {
 				count_commit(r, now_ms() - t0);
@@ -755,7 +892,7 @@ static int publish_batch(struct relay *r)
 		case PUB_FENCED:
 			log_error("%s: another relay took over transactional.id \"%s\"; stopping",
 				  publisher_errstr(r->pub), r->cfg->relay_name);
-			ex = EXIT_FENCED;
+			s = step_exit(r, EXIT_FENCED);
 			goto out;
 		case PUB_POISON: {
 			size_t i = 0;
@@ -766,10 +903,10 @@ static int publish_batch(struct relay *r)
 				log_error("%s%s", publisher_errstr(r->pub),
 					  i == r->batch.nrecs ? " (the row is not in the batch)"
 							      : " (as a dead letter)");
-				ex = EXIT_STARTUP;
+				s = step_exit(r, EXIT_STARTUP);
 				goto out;
 			}
-			if ((ex = poison(r, i, publisher_errstr(r->pub))) == REFILL) {
+			if ((s = poison(r, i, publisher_errstr(r->pub))) == STEP_REFILL) {
 				drop_ahead(r);
 				goto out;
 			}
@@ -777,29 +914,14 @@ static int publish_batch(struct relay *r)
 		}
 		default:
 			log_error("%s", publisher_errstr(r->pub));
-			ex = EXIT_STARTUP;
+			s = step_exit(r, EXIT_STARTUP);
 			goto out;
 		}
 	}
 out:
 	r->backoff_ms = 0;
 	free(value);
-	return ex;
-}
-
-/* SIGHUP: a valid file replaces the reloadable options; an invalid one
- * changes nothing. */
-static void reload(struct relay *r)
-{
-	char err[1024];
-
-	relay_reload_requested = 0;
-	log_info("reloading configuration from %s", r->cfg->path);
-	if (config_reload(r->cfg, err, sizeof(err)) < 0) {
-		log_error("could not reload configuration, keeping the running one: %s", err);
-		return;
-	}
-	log_setup((enum log_level)r->cfg->log_level, (enum log_format)r->cfg->log_format);
+	return s;
 }
 
 /* With postgres.retention_ms, delete kept rows past their retention in
@@ -818,12 +940,32 @@ static void purge_kept(struct relay *r)
 		log_debug("purged %" PRId64 " relayed rows past retention", deleted);
 }
 
-/* While idle or stopped on a poison row, every few seconds: purge rows past
- * their retention, the lag, and whether Kafka still answers (a transaction
- * would say so when busy). */
-static void probe(struct relay *r)
+/* Every few seconds, busy or idle: the lag (a backlog being drained must
+ * show on /metrics and /readyz too). */
+static void measure_lag(struct relay *r)
 {
 	int64_t rows, age;
+
+	if (now_ms() - r->last_lag_ms < 3000)
+		return;
+	r->last_lag_ms = now_ms();
+	if (outbox_lag(r->ob, &rows, &age) == OB_OK) {
+		struct metrics *m = metrics_lock();
+		m->lag_known = true;
+		m->lag_rows = rows;
+		m->lag_oldest_ms = age;
+		metrics_unlock();
+	} else {
+		metrics_lock()->db_ok = outbox_connected(r->ob);
+		metrics_unlock();
+	}
+}
+
+/* While idle or stopped on a poison row, every few seconds: purge rows past
+ * their retention, and whether Kafka still answers (a transaction would say
+ * so when busy). */
+static void probe(struct relay *r)
+{
 	bool kafka_ok;
 
 	if (now_ms() - r->last_probe_ms < 3000)
@@ -831,60 +973,52 @@ static void probe(struct relay *r)
 	r->last_probe_ms = now_ms();
 	purge_kept(r);
 	kafka_ok = publisher_ping(r->pub) == 0;
-	if (outbox_lag(r->ob, &rows, &age) == OB_OK) {
-		struct metrics *m = metrics_lock();
-		m->lag_known = true;
-		m->lag_rows = rows;
-		m->lag_oldest_ms = age;
-		m->kafka_ok = kafka_ok;
-		metrics_unlock();
-	} else {
-		struct metrics *m = metrics_lock();
-		m->kafka_ok = kafka_ok;
-		m->db_ok = outbox_connected(r->ob);
-		metrics_unlock();
-	}
+	metrics_lock()->kafka_ok = kafka_ok;
+	metrics_unlock();
 }
 
-static int loop(struct relay *r)
+static enum step loop(struct relay *r)
 {
-	int ex;
+	enum step s;
 
 	while (!relay_stop_requested) {
 		metrics_heartbeat();
 		if (relay_reload_requested)
 			reload(r);
-		if ((ex = renew_lease(r)) >= 0)
-			return ex;
+		if (renew_lease(r) == STEP_EXIT)
+			return STEP_EXIT;
+		measure_lag(r);
 		if (r->halted_id && now_ms() < r->halted_until) {
 			/* stopped on a poison row: keep the lease, publish nothing */
 			int64_t left = r->halted_until - now_ms();
 			probe(r);
-			pause_ms((int)(left < r->cfg->lease_ttl_ms / 3 ? left : r->cfg->lease_ttl_ms / 3));
+			if (!pause_ms(r, (int)(left < r->cfg->lease_ttl_ms / 3 ? left : r->cfg->lease_ttl_ms / 3)))
+				return step_stopped(r);
 			continue;
 		}
-		if ((ex = next_batch(r)) >= 0)
-			return ex;
+		if (next_batch(r) == STEP_EXIT)
+			return STEP_EXIT;
 		if (r->batch.nrecs == 0) {
 			bool notified;
 
 			probe(r);
 			if (outbox_wait(r->ob, r->cfg->poll_interval_ms, &notified) != OB_OK &&
-			    (ex = db_trouble(r, OB_TRANSIENT, "waiting for outbox rows")) >= 0)
-				return ex;
+			    db_trouble(r, OB_TRANSIENT, "waiting for outbox rows") == STEP_EXIT)
+				return STEP_EXIT;
 			continue;
 		}
 		crash_point("after-fetch");
-		if (vet_batch(r) == REFILL)
+		if ((s = vet_batch(r)) == STEP_REFILL)
 			continue;
-		ex = publish_batch(r);
-		if (ex == REFILL)
+		if (s == STEP_EXIT)
+			return s;
+		if ((s = publish_batch(r)) == STEP_REFILL)
 			continue;
-		if (ex >= 0)
-			return ex;
+		if (s == STEP_EXIT)
+			return s;
 		crash_point("after-commit");
-		if ((ex = db_advance(r, &r->work)) >= 0)
-			return ex;
+		if (db_advance(r, &r->work) == STEP_EXIT)
+			return STEP_EXIT;
 		crash_point("after-advance");
 		log_debug("batch %" PRId64 ": %zu rows committed", r->work.batch_seq,
 			  r->batch.nrecs);
@@ -898,17 +1032,63 @@ static int loop(struct relay *r)
 		batch_reset(&r->batch);
 		purge_kept(r);
 		/* A commit that needed retries leaves the producer suspect. */
-		if (publisher_needs_recreate(r->pub) && (ex = producer_start(r)) >= 0)
-			return ex;
+		if (publisher_needs_recreate(r->pub) && producer_start(r) == STEP_EXIT)
+			return STEP_EXIT;
 	}
-	return EXIT_OK;
+	return step_exit(r, EXIT_OK);
+}
+
+/* Runs the steps in their order; returns STEP_EXIT with r->exit_code. */
+static enum step run_steps(struct relay *r)
+{
+	int version = 0, st;
+
+	if (!db_connect(r))
+		return step_stopped(r);
+	while ((st = outbox_schema_version(r->ob, &version)) != OB_OK) {
+		if (st != OB_TRANSIENT) {
+			log_error("could not read the outbox schema version (is sql/install.sql "
+				  "installed?): %s",
+				  outbox_errstr(r->ob));
+			return step_exit(r, EXIT_STARTUP);
+		}
+		if (db_trouble(r, st, "could not read the outbox schema version") == STEP_EXIT)
+			return STEP_EXIT;
+	}
+	if (version != OUTBOX_SCHEMA_VERSION) {
+		log_error("outbox schema version is %d, this relay needs %d: run sql/install.sql",
+			  version, OUTBOX_SCHEMA_VERSION);
+		return step_exit(r, EXIT_STARTUP);
+	}
+
+	/* Order matters (DESIGN §3): the lease bumps our generation first, so
+	 * an older relay can no longer advance the database; init_transactions
+	 * then fences its producer and settles its transaction; only then is
+	 * the checkpoint final and safe to reconcile with. */
+	if (take_lease(r) == STEP_EXIT || producer_start(r) == STEP_EXIT ||
+	    reconcile(r) == STEP_EXIT)
+		return STEP_EXIT;
+	log_info("relay \"%s\" publishing", r->cfg->relay_name);
+	sd_notify_state("READY=1\nSTATUS=publishing");
+	{
+		struct metrics *m = metrics_lock();
+		m->role = ROLE_LEADER;
+		m->batch_seq = r->pos.batch_seq;
+		m->after_id = r->pos.after_id;
+		metrics_unlock();
+	}
+	return loop(r);
 }
 
 int relay_run(struct config *cfg)
 {
 	struct relay r = {.cfg = cfg};
-	int version = 0, ex, st;
 
+	r.w.tick = relay_tick;
+	r.w.arg = &r;
+	/* Slices of a sixth of the TTL: a renewal due at a third is late by
+	 * at most another sixth, well inside the TTL. */
+	r.w.slice_ms = cfg->lease_ttl_ms / 6;
 	make_owner(&r);
 	{
 		struct metrics *m = metrics_lock();
@@ -919,52 +1099,13 @@ int relay_run(struct config *cfg)
 		m->heartbeat_ms = now_ms();
 		metrics_unlock();
 	}
-	if (!db_connect(&r))
-		return EXIT_OK;
-	while ((st = outbox_schema_version(r.ob, &version)) != OB_OK) {
-		if (st != OB_TRANSIENT) {
-			log_error("could not read the outbox schema version (is sql/install.sql "
-				  "installed?): %s",
-				  outbox_errstr(r.ob));
-			ex = EXIT_STARTUP;
-			goto out;
-		}
-		if ((ex = db_trouble(&r, st, "could not read the outbox schema version")) >= 0)
-			goto out;
-	}
-	if (version != OUTBOX_SCHEMA_VERSION) {
-		log_error("outbox schema version is %d, this relay needs %d: run sql/install.sql",
-			  version, OUTBOX_SCHEMA_VERSION);
-		ex = EXIT_STARTUP;
-		goto out;
-	}
-
-	/* Order matters (DESIGN §3): the lease bumps our generation first, so
-	 * an older relay can no longer advance the database; init_transactions
-	 * then fences its producer and settles its transaction; only then is
-	 * the checkpoint final and safe to reconcile with. */
-	if ((ex = take_lease(&r)) >= 0)
-		goto out;
-	if ((ex = producer_start(&r)) >= 0)
-		goto out;
-	if ((ex = reconcile(&r)) >= 0)
-		goto out;
-	log_info("relay \"%s\" publishing", cfg->relay_name);
-	sd_notify_state("READY=1\nSTATUS=publishing");
-	{
-		struct metrics *m = metrics_lock();
-		m->role = ROLE_LEADER;
-		m->batch_seq = r.pos.batch_seq;
-		m->after_id = r.pos.after_id;
-		metrics_unlock();
-	}
-	ex = loop(&r);
-out:
+	run_steps(&r);
 	metrics_lock()->role = ROLE_STOPPING;
 	metrics_unlock();
 	sd_notify_state("STOPPING=1");
-	if (r.generation && outbox_connected(r.ob) && ex == EXIT_OK) {
-		/* Let a standby take over at once instead of after the TTL. */
+	if (r.generation && !r.lease_lost && r.ob && outbox_connected(r.ob) &&
+	    r.exit_code == EXIT_OK) {
+		/* Let a standby take over at its next look instead of after the TTL. */
 		if (outbox_lease_release(r.ob, r.generation) != OB_OK)
 			log_warning("could not release the lease: %s", outbox_errstr(r.ob));
 		else
@@ -977,5 +1118,5 @@ out:
 	position_clear(&r.ahead_work);
 	position_clear(&r.pos);
 	position_clear(&r.work);
-	return ex;
+	return r.exit_code;
 }

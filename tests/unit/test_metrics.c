@@ -37,7 +37,7 @@ struct rcase {
 
 enum { F_NONE, F_STANDBY, F_STANDBY_NO_KAFKA, F_STARTING, F_STOPPING, F_NO_DB, F_NO_KAFKA,
        F_LEASE_LOST, F_POISON, F_LAG_ROWS, F_LAG_SECONDS, F_LAG_UNKNOWN, F_STALLED,
-       F_STANDBY_NO_DB };
+       F_STANDBY_NO_DB, F_BLOCKED };
 
 static void mutate(struct metrics *m, int field)
 {
@@ -83,6 +83,9 @@ static void mutate(struct metrics *m, int field)
 		m->lag_known = false;
 		m->lag_rows = 999999;
 		break;
+	case F_BLOCKED:
+		strcpy(m->blocked, "not making progress: batch 7 failed 5 times");
+		break;
 	case F_STALLED:
 		m->heartbeat_ms = 1000 - 100000;
 		break;
@@ -105,6 +108,8 @@ static void test_readiness(void **state)
 		{"lag rows over limit", F_LAG_ROWS, false, "lag of 1001 rows exceeds 1000"},
 		{"lag age over limit", F_LAG_SECONDS, false,
 		 "oldest unrelayed row is 61.0 s old, over 60 s"},
+		{"publishing blocked", F_BLOCKED, false,
+		 "not making progress: batch 7 failed 5 times"},
 		{"lag unknown is not judged", F_LAG_UNKNOWN, true, "publishing"},
 		{"loop stalled", F_STALLED, false, "relay loop stalled for 100000 ms"},
 	};
