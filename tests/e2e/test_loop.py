@@ -86,3 +86,73 @@ def test_lag_measured_while_busy(outbox_db, topics, relays, tmp_path):
     wait_for(lag_seen_while_busy, timeout=120, what="the lag gauge to move during the drain",
              interval=0.5)
     assert relay.stop() == 0
+
+
+def test_replicas_sharing_relay_owner_do_not_fight(outbox_db, topics, relays, tmp_path):
+    """Two replicas started from one config that sets relay.owner: the owner
+    is a label, each process owns the lease under its own unique name, so
+    the second stands by instead of taking the lease from the first (before:
+    the same owner string took the lease over and fenced the first, exit 3)."""
+    names = topics(3)
+    cfg = write_config(tmp_path / "r.conf", outbox_db, "r-owner", **{"relay.owner": "replica"})
+    first = relays(cfg)
+    first.wait_log("publishing")
+    second = relays(cfg)
+    second.wait_log("standby")
+    assert re.search(r'taken by "replica@[^"]+:\d+:[0-9a-f]{4}"', first.text()), first.text()
+    conn = connect(outbox_db)
+    insert_rows(conn, names, 0, 100)
+    wait_for(drained(conn), timeout=30, what="rows published")
+    assert first.proc.poll() is None, first.text()
+    assert "publishing" not in second.text(), second.text()
+    assert first.stop() == 0
+    second.wait_log("publishing", timeout=15)
+    assert second.stop() == 0
+
+
+def test_trust_database_and_an_unknown_commit_outcome(outbox_db, topics, relays, tmp_path):
+    """relay.on_database_ahead = trust-database after the checkpoint topic
+    was lost, then a commit whose outcome is unknown (broker answers delayed
+    past the transaction timeout): the checkpoint is missing, which in that
+    mode means the transaction did not commit, so the relay sends the batch
+    again and goes on (before: exit 5, "another writer used relay name")."""
+    import sys
+    from confluent_kafka.admin import AdminClient
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fault"))
+    from run import DelayProxy  # noqa: E402
+    from conftest import BOOTSTRAP, QUIET, ckpt_topic
+
+    names = topics(3)
+    proxied = os.environ.get("OUTBOX_KAFKA_PROXIED", "127.0.0.1:19094")
+    proxy = DelayProxy(int(os.environ.get("OUTBOX_KAFKA_PROXY_PORT", "19095")), proxied)
+    proxy.start()
+    conn = connect(outbox_db)
+    cfg = write_config(tmp_path / "r.conf", outbox_db, "r-trust", **{
+        "relay.on_database_ahead": "trust-database", "kafka.bootstrap_servers": proxied,
+        "kafka.transaction_timeout_ms": 6000, "kafka.commit_timeout_ms": 2000,
+        "relay.lease_ttl_ms": 30000})
+    relay = relays(cfg)
+    relay.wait_log("publishing")
+    insert_rows(conn, names, 0, 50)
+    wait_for(drained(conn), timeout=30, what="first rows")
+    assert relay.stop() == 0
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP, **QUIET})
+    admin.delete_topics([ckpt_topic(outbox_db, "r-trust")], operation_timeout=30)[
+        ckpt_topic(outbox_db, "r-trust")].result(60)
+    wait_for(lambda: ckpt_topic(outbox_db, "r-trust") not in admin.list_topics(timeout=10).topics,
+             timeout=30, what="checkpoint topic deleted")
+    relay = relays(cfg)
+    relay.wait_log("continuing from the database position", timeout=60)
+    relay.wait_log("publishing")
+    proxy.delay = 7.5  # every broker answer comes after the transaction timeout
+    insert_rows(conn, names, 50, 50)
+    relay.wait_log("outcome of batch .* unknown", timeout=60)
+    time.sleep(3)
+    proxy.delay = 0
+    is_drained = drained(conn)
+    wait_for(lambda: relay.proc.poll() is not None or is_drained(), timeout=90,
+             what="the batch sent again")
+    assert relay.proc.poll() is None, f"relay exited {relay.proc.poll()}:\n{relay.text()}"
+    assert "turned out" in relay.text(), relay.text()
+    check_exactly_once(read_all(names), range(100))
+    assert relay.stop() == 0
