@@ -283,7 +283,8 @@ static int read_checkpoint(struct relay *r, struct position *ck, bool *found)
 	char err[1024];
 
 	while (!relay_stop_requested) {
-		if (checkpoint_read_last(r->cfg, ck, found, err, sizeof(err)) == 0)
+		if (checkpoint_read_last(r->cfg, NULL, now_ms() + checkpoint_read_budget_ms(r->cfg),
+					 NULL, ck, found, err, sizeof(err)) == 0)
 			return -1;
 		log_warning("%s", err);
 		back_off(r);
@@ -359,10 +360,12 @@ static int producer_start(struct relay *r)
 	}
 	if (relay_stop_requested)
 		return EXIT_OK;
-	while (checkpoint_ensure_topic(publisher_handle(r->pub), r->cfg, err, sizeof(err)) < 0 ||
+	while (checkpoint_ensure_topic(publisher_handle(r->pub), r->cfg, NULL,
+				       now_ms() + r->cfg->commit_timeout_ms, err, sizeof(err)) < 0 ||
 	       (r->cfg->poison_policy == POISON_DEAD_LETTER &&
 		kafka_topic_ensure(publisher_handle(r->pub), r->cfg->dead_letter_topic,
-				   r->cfg->checkpoint_replication_factor, false, err, sizeof(err)) < 0)) {
+				   r->cfg->checkpoint_replication_factor, false, NULL,
+				   now_ms() + r->cfg->commit_timeout_ms, err, sizeof(err)) < 0)) {
 		log_warning("%s", err);
 		back_off(r);
 		if (relay_stop_requested)
