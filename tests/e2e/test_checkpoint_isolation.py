@@ -4,8 +4,10 @@ it, and records that are not this relay's checkpoints (an outbox row aimed at
 the checkpoint topic, garbage) are skipped instead of deciding or wedging the
 restart (issue 12, items 1 and 3)."""
 import re
+import signal
 import uuid
 
+import pytest
 from confluent_kafka import Producer
 
 from conftest import BOOTSTRAP, QUIET, ckpt_topic, header, read_all, wait_for, write_config
@@ -22,6 +24,7 @@ def foreign_producer():
     return p
 
 
+@pytest.mark.sanitizer
 def test_foreign_open_transaction_does_not_hide_checkpoints(outbox_db, topics, relays, tmp_path):
     """Another producer opens a transaction on partition 0 of the relay's
     checkpoint topic; the relay then commits a batch to Kafka and is killed
@@ -92,6 +95,7 @@ def test_foreign_open_transaction_does_not_hide_checkpoints(outbox_db, topics, r
     assert 'record(s) of other keys (first: "another-service"' in text
 
 
+@pytest.mark.sanitizer
 def test_foreign_records_with_our_key_are_skipped(outbox_db, topics, relays, tmp_path):
     """Records with the relay's name as key that its producer did not write
     as checkpoints: an outbox row aimed at the checkpoint topic (it carries
@@ -136,3 +140,30 @@ def test_foreign_records_with_our_key_are_skipped(outbox_db, topics, relays, tmp
     own = [m for m in read_all([ck]) if m.key() == name.encode() and header(m, "outbox-id") is None
            and header(m, "outbox-relay-checkpoint") is not None]
     assert own and header(own[-1], "outbox-relay-checkpoint") == name.encode()
+
+
+def test_sighup_to_dead_letter_without_a_topic_keeps_running(outbox_db, topics, relays, tmp_path):
+    """Issue 12.10 / 17.16: relay.poison_policy reloaded on SIGHUP while
+    kafka.dead_letter_topic (fixed at start) did not, so the next poison row
+    became a "dead letter" without a topic and the relay exited 1. Now the
+    reload is refused as a whole and the relay keeps its stop policy."""
+    (tp,) = topics(1)
+    conn = connect(outbox_db)
+    cfg = write_config(tmp_path / "relay.conf", outbox_db, "r-hup-dlq")
+    relay = relays(cfg)
+    relay.wait_log("publishing")
+    cfg.write_text(cfg.read_text().replace("relay = {", 'relay = {\n  poison_policy = "dead-letter";')
+                   .replace("kafka = {", f'kafka = {{\n  dead_letter_topic = "{tp}-dlq";'))
+    relay.proc.send_signal(signal.SIGHUP)
+    relay.wait_log("could not reload configuration|configuration option relay.poison_policy reloaded")
+    with conn.cursor() as cur:
+        cur.execute("INSERT INTO outbox.event(topic, payload) VALUES (%s, 'x') RETURNING id",
+                    (tp + "-missing",))
+        bad = cur.fetchone()[0]
+    # the old relay exited 1 here ("could not produce outbox row ...")
+    relay.wait_log(f"stopped on outbox row {bad} ", 60)
+    assert relay.proc.poll() is None, relay.text()
+    assert re.search('could not reload configuration, keeping the running one: .*relay.poison_policy '
+                     '"dead-letter" cannot be applied on reload: the running relay has no '
+                     'kafka.dead_letter_topic', relay.text()), relay.text()
+    assert relay.stop() == 0, relay.text()
