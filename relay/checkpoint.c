@@ -270,9 +270,8 @@ static int slice(const struct waiter *w, int64_t deadline)
 	return ms > READ_POLL_MS ? READ_POLL_MS : ms;
 }
 
-/* Every metadata call and admin request goes through here: wait for the
- * reply on q in slices, ticking between them. NULL on timeout or stop
- * (errbuf says which). */
+/* Wait for an admin request's reply on q in slices, ticking between them.
+ * NULL on timeout or stop (errbuf says which). */
 static rd_kafka_event_t *queue_wait(rd_kafka_queue_t *q, const struct waiter *w, int64_t deadline,
 				    const char *what, char *errbuf, size_t errlen)
 {

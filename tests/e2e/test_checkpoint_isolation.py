@@ -167,3 +167,41 @@ def test_sighup_to_dead_letter_without_a_topic_keeps_running(outbox_db, topics, 
                      '"dead-letter" cannot be applied on reload: the running relay has no '
                      'kafka.dead_letter_topic', relay.text()), relay.text()
     assert relay.stop() == 0, relay.text()
+
+
+def test_checkpoint_found_behind_many_foreign_records(outbox_db, topics, relays, tmp_path):
+    """The newest checkpoint is not among the last 1000 records of the
+    partition: the read widens its window backwards (through a foreign
+    transaction's aborted records too) until it finds it."""
+    tps = topics(1)
+    name = "r-iso-widen"
+    ck = ckpt_topic(outbox_db, name)
+    conn = connect(outbox_db)
+    cfg = write_config(tmp_path / "relay.conf", outbox_db, name, **{"batch.max_rows": 100})
+    insert_rows(conn, tps, 0, 300, per_txn=100)
+    relay = relays(cfg)
+    wait_for(drained(conn), 60, "rows to be relayed")
+    assert relay.stop() == 0, relay.text()
+    seq = db_position(conn, name)[0]
+
+    p = Producer({"bootstrap.servers": BOOTSTRAP, "linger.ms": 50, **QUIET})
+    for i in range(2500):
+        p.produce(ck, key=b"someone-else", value=b"x", partition=0)
+    assert p.flush(30) == 0
+    other = foreign_producer()
+    other.begin_transaction()
+    for i in range(500):
+        other.produce(ck, key=name.encode(), value=b"aborted, never read", partition=0)
+    other.flush(30)
+    other.abort_transaction(30)
+
+    insert_rows(conn, tps, 300, 100, per_txn=100)
+    relay = relays(cfg)
+    wait_for(drained(conn), 60, "the outbox to drain after the restart")
+    assert relay.stop() == 0, relay.text()
+    text = relay.text()
+    assert f"position: batch {seq}," in text
+    assert 'holds 2500 record(s) of other keys (first: "someone-else"' in text
+    assert "skipped" not in text  # the aborted records are not read at all
+    check_exactly_once(read_all(tps), range(400))
+    assert_positions_agree(conn, name)
