@@ -48,22 +48,85 @@ char *checkpoint_encode(const struct position *pos);
 int checkpoint_decode(const void *buf, size_t len, struct position *pos, char *errbuf,
 		      size_t errlen) MUSTCHECK;
 
-/* Create `topic` with one partition if it is missing (compacted when
- * `compact`), through the admin API of `rk`. */
-int kafka_topic_ensure(rd_kafka_t *rk, const char *topic, int rf, bool compact, char *errbuf,
+/* The default kafka.checkpoint_topic: CHECKPOINT_TOPIC_PREFIX + relay name,
+ * one topic per relay, because a shared one lets another relay's open
+ * transaction hold our read back. Returns a malloc'd string. */
+#define CHECKPOINT_TOPIC_PREFIX "outbox-relay.checkpoints."
+char *checkpoint_default_topic(const char *relay_name);
+
+/* Why `topic` is not a legal Kafka topic name, or NULL when it is. Static
+ * string. */
+const char *kafka_topic_name_problem(const char *topic);
+
+/* The header the relay's own producer puts on every checkpoint record,
+ * with the relay name as value. Outbox rows always carry an outbox-id
+ * header instead, which a checkpoint record never has. */
+#define CHECKPOINT_MARKER_HEADER "outbox-relay-checkpoint"
+
+/* What one record of the checkpoint partition is to relay `relay_name`. */
+enum checkpoint_record {
+	CKPT_REC_OURS,        /* our key, our marker, decodes: it decides */
+	CKPT_REC_LEGACY,      /* our key, no marker, no outbox-id, decodes: a checkpoint
+			       * of a relay version before the marker; it decides */
+	CKPT_REC_OTHER_KEY,   /* another key: the partition is shared */
+	CKPT_REC_NOT_OURS,    /* our key, but an outbox row or another relay's marker */
+	CKPT_REC_UNDECODABLE, /* our key, not an outbox row, but not a checkpoint */
+};
+const char *checkpoint_record_str(enum checkpoint_record rec);
+
+/* Classify a record (key, value, the marker header's value or NULL, and
+ * whether it has an outbox-id header). Fills *pos (caller clears it) only
+ * for CKPT_REC_OURS and CKPT_REC_LEGACY; `why` says why a record of our key
+ * does not count. Pure; any thread. */
+enum checkpoint_record checkpoint_classify(const char *relay_name, const void *key, size_t klen,
+					   const void *marker, size_t mlen, bool has_outbox_id,
+					   const void *val, size_t vlen, struct position *pos,
+					   char *why, size_t whylen);
+
+struct waiter;
+
+/* Create `topic` with one partition (compacted when `compact`) through the
+ * admin API of `rk` when a metadata lookup does not find it; an existing
+ * topic is left alone, so no Create ACL is needed for it. Blocks in the
+ * waiter's slices until deadline_ms; 0, or -1 with errbuf (also on stop). */
+int kafka_topic_ensure(rd_kafka_t *rk, const char *topic, int rf, bool compact,
+		       const struct waiter *w, int64_t deadline_ms, char *errbuf,
 		       size_t errlen) MUSTCHECK;
 
-/* Create the checkpoint topic (compacted, one partition) if it is missing,
- * through the admin API of `rk` (any client handle). */
-int checkpoint_ensure_topic(rd_kafka_t *rk, const struct config *cfg, char *errbuf,
-			    size_t errlen) MUSTCHECK;
+/* kafka_topic_ensure for the checkpoint topic (compacted, one partition). */
+int checkpoint_ensure_topic(rd_kafka_t *rk, const struct config *cfg, const struct waiter *w,
+			    int64_t deadline_ms, char *errbuf, size_t errlen) MUSTCHECK;
 
-/* Read the newest committed checkpoint of relay cfg->relay_name: a
- * read_committed consumer reads the partition from the end backwards to the
- * last stable offset. Sets *found; fills *pos when found. Call only after
- * init_transactions, which settles any transaction of an older producer.
- * Returns 0, or -1 with errbuf (broker unreachable, or garbage in the topic). */
-int checkpoint_read_last(const struct config *cfg, struct position *pos, bool *found,
+/* Told while a checkpoint read waits behind another producer's open
+ * transaction: held(arg, why) with a one-line reason when the wait starts
+ * (for /readyz), held(arg, NULL) when it is over. Called on the reading
+ * thread. */
+struct checkpoint_watch {
+	void (*held)(void *arg, const char *why);
+	void *arg;
+};
+
+/* The time a checkpoint read may need: a commit timeout for the read, plus
+ * a transaction timeout and the broker's 10 s sweep for a foreign
+ * transaction that holds the partition back. For the caller's deadline. */
+int checkpoint_read_budget_ms(const struct config *cfg);
+
+/*
+ * Read the newest checkpoint of relay cfg->relay_name from partition 0 of
+ * the checkpoint topic. Only records of our key that our own producer wrote
+ * decide (CKPT_REC_OURS, and CKPT_REC_LEGACY for migration); every other
+ * record is skipped with a warning. The read reaches the log end offset a
+ * read_uncommitted look gives: while another producer's open transaction
+ * holds the last stable offset back (a read_committed reader stops there,
+ * hiding our later checkpoints), it waits, tells `watch` (may be NULL) and
+ * logs it. Blocks in the waiter's slices (w may be NULL) until deadline_ms
+ * (monotonic, now_ms()); a stop from the tick ends it. Call only after
+ * init_transactions, which settles any transaction of ours. Sets *found;
+ * fills *pos when found. Returns 0, or -1 with errbuf: broker unreachable,
+ * timed out (still held back), or stopped. Main thread.
+ */
+int checkpoint_read_last(const struct config *cfg, const struct waiter *w, int64_t deadline_ms,
+			 const struct checkpoint_watch *watch, struct position *pos, bool *found,
 			 char *errbuf, size_t errlen) MUSTCHECK;
 
 #endif

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "checkpoint.h"
 #include "config.h"
 
 enum opt_type { OPT_INT, OPT_INT64, OPT_BOOL, OPT_STRING, OPT_CHOICE, OPT_STRLIST };
@@ -48,8 +49,8 @@ static const struct option options[] = {
 	{"postgres.statement_timeout_ms", OPT_INT, OFF(pg_statement_timeout_ms), NULL, 30000, 0,
 	 3600000, NULL, false},
 	{"kafka.bootstrap_servers", OPT_STRING, OFF(kafka_bootstrap), NULL, 0, 1, 0, NULL, false},
-	{"kafka.checkpoint_topic", OPT_STRING, OFF(checkpoint_topic), "outbox-relay.checkpoints", 0,
-	 1, 0, NULL, false},
+	/* "" = CHECKPOINT_TOPIC_PREFIX + relay.name, filled in by check_required */
+	{"kafka.checkpoint_topic", OPT_STRING, OFF(checkpoint_topic), "", 0, 0, 0, NULL, false},
 	{"kafka.checkpoint_replication_factor", OPT_INT, OFF(checkpoint_replication_factor), NULL, 1,
 	 1, 32, NULL, false},
 	{"kafka.transaction_timeout_ms", OPT_INT, OFF(transaction_timeout_ms), NULL, 60000, 1000,
@@ -326,8 +327,16 @@ static void apply_env(struct config *cfg)
 	}
 }
 
-static int check_required(struct loader *ld, struct config *cfg)
+/* The setting of `path` in the file, for its line number (NULL if absent). */
+static config_setting_t *setting(config_t *lc, const char *path)
 {
+	return lc ? config_lookup(lc, path) : NULL;
+}
+
+static int check_required(struct loader *ld, config_t *lc, struct config *cfg)
+{
+	const char *why;
+
 	if (!cfg->relay_name) {
 		fail(ld, NULL, "relay.name", "missing (required)");
 		return -1;
@@ -342,9 +351,38 @@ static int check_required(struct loader *ld, struct config *cfg)
 	for (const char *p = cfg->relay_name; *p; p++) {
 		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
 		      (*p >= '0' && *p <= '9') || *p == '.' || *p == '_' || *p == '-')) {
-			fail(ld, NULL, "relay.name",
+			fail(ld, setting(lc, "relay.name"), "relay.name",
 			     "\"%s\" may contain only letters, digits, '.', '_' and '-'",
 			     cfg->relay_name);
+			return -1;
+		}
+	}
+	if (!cfg->checkpoint_topic[0]) {
+		/* One checkpoint topic per relay: another producer's open
+		 * transaction on a shared one holds our read back. */
+		free(cfg->checkpoint_topic);
+		cfg->checkpoint_topic = checkpoint_default_topic(cfg->relay_name);
+		if ((why = kafka_topic_name_problem(cfg->checkpoint_topic))) {
+			fail(ld, setting(lc, "relay.name"), "relay.name",
+			     "the checkpoint topic derived from it, \"%.60s...\", %s; set "
+			     "kafka.checkpoint_topic",
+			     cfg->checkpoint_topic, why);
+			return -1;
+		}
+	} else if ((why = kafka_topic_name_problem(cfg->checkpoint_topic))) {
+		fail(ld, setting(lc, "kafka.checkpoint_topic"), "kafka.checkpoint_topic",
+		     "\"%.300s\" %s", cfg->checkpoint_topic, why);
+		return -1;
+	}
+	if (cfg->dead_letter_topic[0]) {
+		if ((why = kafka_topic_name_problem(cfg->dead_letter_topic))) {
+			fail(ld, setting(lc, "kafka.dead_letter_topic"), "kafka.dead_letter_topic",
+			     "\"%.300s\" %s", cfg->dead_letter_topic, why);
+			return -1;
+		}
+		if (strcmp(cfg->dead_letter_topic, cfg->checkpoint_topic) == 0) {
+			fail(ld, setting(lc, "kafka.dead_letter_topic"), "kafka.dead_letter_topic",
+			     "must not be the checkpoint topic \"%s\"", cfg->checkpoint_topic);
 			return -1;
 		}
 	}
@@ -354,12 +392,65 @@ static int check_required(struct loader *ld, struct config *cfg)
 		return -1;
 	}
 	if (cfg->commit_timeout_ms > cfg->transaction_timeout_ms) {
-		fail(ld, NULL, "kafka.commit_timeout_ms",
+		fail(ld, setting(lc, "kafka.commit_timeout_ms"), "kafka.commit_timeout_ms",
 		     "%d must not exceed kafka.transaction_timeout_ms (%d)", cfg->commit_timeout_ms,
 		     cfg->transaction_timeout_ms);
 		return -1;
 	}
 	return 0;
+}
+
+PRINTF(5, 6)
+static void warn(struct loader *ld, config_t *lc, struct config *cfg, const char *key,
+		 const char *fmt, ...)
+{
+	char msg[512], line[700];
+	config_setting_t *s = setting(lc, key);
+	size_t old = cfg->warnings ? strlen(cfg->warnings) : 0;
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (s && config_setting_source_line(s) > 0)
+		snprintf(line, sizeof(line), "%s:%u: %s: %s", ld->name,
+			 config_setting_source_line(s), key, msg);
+	else
+		snprintf(line, sizeof(line), "%s: %s: %s", ld->name, key, msg);
+	cfg->warnings = xrealloc(cfg->warnings, old + strlen(line) + 2);
+	snprintf(cfg->warnings + old, strlen(line) + 2, "%s\n", line);
+}
+
+/*
+ * Timing options against the lease. Safety never depends on them (a relay
+ * that lost its lease is fenced by generation and transactional.id), only
+ * whether a leader keeps its lease through a stall: the lease is renewed
+ * between blocking steps, at most every third of the TTL, so one call that
+ * blocks longer than the rest of the TTL (two thirds of it) lets a standby
+ * take over while the leader still waits — on the same stuck database or
+ * broker. Waits (batch.max_wait_ms, batch.poll_interval_ms, back-offs) renew
+ * as they go and are not limited. Refused: nothing a healthy relay does.
+ * Warned: single calls that can outlast the lease.
+ */
+static void check_timing(struct loader *ld, config_t *lc, struct config *cfg)
+{
+	int most = cfg->lease_ttl_ms * 2 / 3;
+
+	if (cfg->pg_statement_timeout_ms == 0)
+		warn(ld, lc, cfg, "postgres.statement_timeout_ms",
+		     "0 (no limit): a statement stuck in the database keeps the relay from "
+		     "renewing its lease (relay.lease_ttl_ms %d) for as long as it runs",
+		     cfg->lease_ttl_ms);
+	else if (cfg->pg_statement_timeout_ms > most)
+		warn(ld, lc, cfg, "postgres.statement_timeout_ms",
+		     "%d is more than two thirds of relay.lease_ttl_ms (%d): one slow statement "
+		     "can outlast the lease and a standby takes over",
+		     cfg->pg_statement_timeout_ms, cfg->lease_ttl_ms);
+	if (cfg->commit_timeout_ms > most)
+		warn(ld, lc, cfg, "kafka.commit_timeout_ms",
+		     "%d is more than two thirds of relay.lease_ttl_ms (%d): one commit call "
+		     "waiting for the broker can outlast the lease and a standby takes over",
+		     cfg->commit_timeout_ms, cfg->lease_ttl_ms);
 }
 
 static struct config *load(config_t *lc, bool ok, const char *name, char *errbuf, size_t errlen)
@@ -379,8 +470,9 @@ static struct config *load(config_t *lc, bool ok, const char *name, char *errbuf
 		goto fail;
 	apply_env(cfg);
 	/* Re-check after the environment so a variable can supply a required value. */
-	if (check_required(&ld, cfg) < 0)
+	if (check_required(&ld, lc, cfg) < 0)
 		goto fail;
+	check_timing(&ld, lc, cfg);
 	return cfg;
 fail:
 	config_free(cfg);
@@ -402,6 +494,9 @@ struct config *config_load(const char *path, char *errbuf, size_t errlen)
 	cfg = load(&lc, config_read(&lc, f) == CONFIG_TRUE, path, errbuf, errlen);
 	config_destroy(&lc);
 	fclose(f);
+	for (const char *p = cfg ? cfg->warnings : NULL, *nl; p && (nl = strchr(p, '\n'));
+	     p = nl + 1)
+		log_warning("%.*s", (int)(nl - p), p);
 	return cfg;
 }
 
@@ -427,6 +522,7 @@ void config_free(struct config *cfg)
 		free(cfg->kafka_props[i]);
 	free(cfg->kafka_props);
 	free(cfg->path);
+	free(cfg->warnings);
 	free(cfg);
 }
 
@@ -492,6 +588,26 @@ int config_reload(struct config *cfg, char *errbuf, size_t errlen)
 
 	if (!fresh)
 		return -1;
+	/* The dead-letter topic is fixed at start (the producer ensures it
+	 * then); a policy that needs one the running relay does not have would
+	 * make the next poison row fatal. Both or neither: refuse it all. */
+	if (fresh->poison_policy == POISON_DEAD_LETTER && cfg->poison_policy != POISON_DEAD_LETTER &&
+	    strcmp(fresh->dead_letter_topic, cfg->dead_letter_topic) != 0) {
+		if (cfg->dead_letter_topic[0])
+			snprintf(errbuf, errlen,
+				 "%s: relay.poison_policy \"dead-letter\" with kafka.dead_letter_topic "
+				 "\"%s\" cannot be applied on reload: the running relay's "
+				 "dead-letter topic is \"%s\" and changes only at a restart",
+				 cfg->path, fresh->dead_letter_topic, cfg->dead_letter_topic);
+		else
+			snprintf(errbuf, errlen,
+				 "%s: relay.poison_policy \"dead-letter\" cannot be applied on reload: "
+				 "the running relay has no kafka.dead_letter_topic (set at start "
+				 "only); restart it to switch to dead-lettering",
+				 cfg->path);
+		config_free(fresh);
+		return -1;
+	}
 	for (size_t i = 0; i < ARRAY_LEN(options); i++) {
 		const struct option *o = &options[i];
 		char *dst = (char *)cfg + o->offset, *src = (char *)fresh + o->offset;

@@ -32,7 +32,7 @@ struct config {
 
 	/* kafka */
 	char *kafka_bootstrap;
-	char *checkpoint_topic;
+	char *checkpoint_topic; /* "" in the file: "outbox-relay.checkpoints.<relay.name>" */
 	int checkpoint_replication_factor;
 	int transaction_timeout_ms;
 	int commit_timeout_ms;
@@ -57,6 +57,11 @@ struct config {
 	/* log */
 	int log_level;       /* enum log_level */
 	int log_format;      /* enum log_format */
+
+	/* Warnings found at load ("file:line: key: problem" lines, each ending
+	 * in a newline; NULL when none): timing options that let a stall
+	 * outlast the lease. config_load (and so config_reload) logs them. */
+	char *warnings;
 };
 
 /* Read and validate `path`. On success returns a new config (owned by the
@@ -73,9 +78,12 @@ void config_free(struct config *cfg);
 
 /* SIGHUP: read cfg->path again. When it is valid, apply the options marked
  * reloadable (batch.*, log.*, lease TTL, poison policy) and log each change,
- * and a warning for changed options that need a restart; returns 0. When it
- * is invalid, keep cfg as it is and return -1 with the reason in errbuf.
- * Main thread only. */
+ * a warning for changed options that need a restart, and the new file's
+ * timing warnings; returns 0. When it is invalid, or it switches
+ * relay.poison_policy to "dead-letter" with a kafka.dead_letter_topic other
+ * than the running one (the topic is fixed at start: both or neither),
+ * keep cfg as it is and return -1 with the reason in errbuf. Main thread
+ * only. */
 int config_reload(struct config *cfg, char *errbuf, size_t errlen) MUSTCHECK;
 
 /* Write every option with its value (secrets masked) through the logger. */

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "checkpoint.h"
 #include "crash.h"
 #include "log.h"
 #include "publisher.h"
@@ -451,6 +452,7 @@ static enum pub_status produce_all(struct publisher *pub, const struct batch *b,
 				   const char *ckpt_value)
 {
 	rd_kafka_resp_err_t err;
+	rd_kafka_headers_t *ckpt_hdrs;
 
 	for (size_t i = 0; i < b->nrecs; i++) {
 		const struct record *r = &b->recs[i];
@@ -486,11 +488,17 @@ static enum pub_status produce_all(struct publisher *pub, const struct batch *b,
 		}
 	}
 	/* Partition 0, always: it is where checkpoint_read_last looks, whatever
-	 * the partition count of a topic someone else created. */
+	 * the partition count of a topic someone else created. The marker
+	 * header (and no outbox-id header) tells the reader that this relay's
+	 * producer wrote it, not an outbox row aimed at the checkpoint topic. */
+	ckpt_hdrs = rd_kafka_headers_new(1);
+	rd_kafka_header_add(ckpt_hdrs, CHECKPOINT_MARKER_HEADER, -1, pub->cfg->relay_name, -1);
 	err = produce_to(pub, fixed_topic(pub, &pub->ckpt_rkt, pub->cfg->checkpoint_topic), 0,
 			 RD_KAFKA_MSG_F_COPY, pub->cfg->relay_name,
-			 strlen(pub->cfg->relay_name), ckpt_value, strlen(ckpt_value), 0, NULL, -1);
+			 strlen(pub->cfg->relay_name), ckpt_value, strlen(ckpt_value), 0, ckpt_hdrs,
+			 -1);
 	if (err) {
+		rd_kafka_headers_destroy(ckpt_hdrs);
 		snprintf(pub->errstr, sizeof(pub->errstr), "could not produce checkpoint: %s",
 			 rd_kafka_err2str(err));
 		if (rd_kafka_fatal_error(pub->rk, NULL, 0))

@@ -381,14 +381,30 @@ static enum step db_advance(struct relay *r, const struct position *pos)
 	return STEP_OK;
 }
 
+/* A checkpoint read waits behind another producer's transaction: /readyz
+ * says so while it lasts. */
+static void checkpoint_held(void *arg, const char *why)
+{
+	(void)arg;
+	if (why)
+		metrics_set_blocked("%s", why);
+	else
+		metrics_clear_blocked();
+}
+
 /* Read the checkpoint through retries. */
 static enum step read_checkpoint(struct relay *r, struct position *ck, bool *found)
 {
 	char err[1024];
 
+	static const struct checkpoint_watch watch = {checkpoint_held, NULL};
+
 	for (;;) {
-		if (checkpoint_read_last(r->cfg, ck, found, err, sizeof(err)) == 0)
+		if (checkpoint_read_last(r->cfg, &r->w, now_ms() + checkpoint_read_budget_ms(r->cfg),
+					 &watch, ck, found, err, sizeof(err)) == 0)
 			return STEP_OK;
+		if (!wait_tick(&r->w))
+			return step_stopped(r);
 		log_warning("%s", err);
 		if (!back_off(r))
 			return step_stopped(r);
@@ -461,10 +477,11 @@ static enum step producer_start(struct relay *r)
 		if (!pause_ms(r, init_ms / 2))
 			return step_stopped(r);
 	}
-	while (checkpoint_ensure_topic(publisher_handle(r->pub), r->cfg, err, sizeof(err)) < 0 ||
-	       (r->cfg->poison_policy == POISON_DEAD_LETTER &&
+	while (checkpoint_ensure_topic(publisher_handle(r->pub), r->cfg, &r->w,
+				       now_ms() + r->cfg->commit_timeout_ms, err, sizeof(err)) < 0 ||	       (r->cfg->poison_policy == POISON_DEAD_LETTER &&
 		kafka_topic_ensure(publisher_handle(r->pub), r->cfg->dead_letter_topic,
-				   r->cfg->checkpoint_replication_factor, false, err, sizeof(err)) < 0)) {
+				   r->cfg->checkpoint_replication_factor, false, &r->w,
+				   now_ms() + r->cfg->commit_timeout_ms, err, sizeof(err)) < 0)) {
 		log_warning("%s", err);
 		if (!back_off(r))
 			return step_stopped(r);

@@ -8,7 +8,15 @@
 
 #include <cmocka.h>
 
+#include <inttypes.h>
+#include <stdio.h>
+
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
+
 #include "checkpoint.h"
+#include "log.h"
+#include "wait.h"
 
 static void round_trip(const struct position *in)
 {
@@ -151,12 +159,224 @@ static void test_window_moves(void **state)
 	position_clear(&b);
 }
 
+/* What each kind of record in the checkpoint partition counts as. */
+static void test_classify(void **state)
+{
+	static const char good[] = "v1 seq=3 gen=2 after=0 done=1:1: next=-";
+	static const struct {
+		const char *key, *marker, *value;
+		bool outbox_id;
+		enum checkpoint_record want;
+		const char *why;
+	} cases[] = {
+		{"r1", "r1", good, false, CKPT_REC_OURS, ""},
+		/* a relay version before the marker: still read (migration) */
+		{"r1", NULL, good, false, CKPT_REC_LEGACY, ""},
+		{"r2", "r2", good, false, CKPT_REC_OTHER_KEY, ""},
+		{"r", "r1", good, false, CKPT_REC_OTHER_KEY, ""},
+		{NULL, NULL, good, false, CKPT_REC_OTHER_KEY, ""},
+		/* an outbox row with our key and a well-formed value, even with
+		 * our marker among its own headers, never counts */
+		{"r1", NULL, good, true, CKPT_REC_NOT_OURS,
+		 "it is an outbox row (it has an outbox-id header)"},
+		{"r1", "r1", good, true, CKPT_REC_NOT_OURS,
+		 "it is an outbox row (it has an outbox-id header)"},
+		{"r1", "r2", good, false, CKPT_REC_NOT_OURS,
+		 "its outbox-relay-checkpoint header names another relay (\"r2\")"},
+		{"r1", NULL, "garbage", false, CKPT_REC_UNDECODABLE,
+		 "checkpoint value is not a v1 checkpoint"},
+		{"r1", "r1", "v1 seq=x", false, CKPT_REC_UNDECODABLE,
+		 "invalid checkpoint value: missing or malformed field"},
+	};
+
+	(void)state;
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		struct position p;
+		char why[256];
+		enum checkpoint_record got = checkpoint_classify(
+			"r1", cases[i].key, cases[i].key ? strlen(cases[i].key) : 0, cases[i].marker,
+			cases[i].marker ? strlen(cases[i].marker) : 0, cases[i].outbox_id,
+			cases[i].value, strlen(cases[i].value), &p, why, sizeof(why));
+		if (got != cases[i].want || strcmp(why, cases[i].why) != 0)
+			fail_msg("case %zu: %s \"%s\", expected %s \"%s\"", i,
+				 checkpoint_record_str(got), why, checkpoint_record_str(cases[i].want),
+				 cases[i].why);
+		if (got == CKPT_REC_OURS || got == CKPT_REC_LEGACY)
+			assert_int_equal(p.batch_seq, 3);
+		else
+			assert_null(p.done);
+		position_clear(&p);
+	}
+}
+
+static void test_topic_names(void **state)
+{
+	char *t = checkpoint_default_topic("orders-relay");
+	char long_name[300];
+
+	(void)state;
+	assert_string_equal(t, "outbox-relay.checkpoints.orders-relay");
+	assert_null(kafka_topic_name_problem(t));
+	free(t);
+	assert_null(kafka_topic_name_problem("a.b_c-D9"));
+	assert_non_null(kafka_topic_name_problem(""));
+	assert_non_null(kafka_topic_name_problem("."));
+	assert_non_null(kafka_topic_name_problem(".."));
+	assert_null(kafka_topic_name_problem("..."));
+	assert_non_null(kafka_topic_name_problem("a b"));
+	assert_non_null(kafka_topic_name_problem("a/b"));
+	assert_non_null(kafka_topic_name_problem("caf\xc3\xa9"));
+	memset(long_name, 'x', 249);
+	long_name[249] = '\0';
+	assert_null(kafka_topic_name_problem(long_name));
+	long_name[249] = 'x';
+	long_name[250] = '\0';
+	assert_non_null(kafka_topic_name_problem(long_name));
+}
+
+/* A mock cluster of one broker, and a config that points at it. */
+struct mock {
+	rd_kafka_t *host; /* owns the mock cluster */
+	rd_kafka_mock_cluster_t *mc;
+	struct config *cfg;
+};
+
+static void mock_start(struct mock *m)
+{
+	char err[512], text[1024];
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+
+	assert_int_equal(rd_kafka_conf_set(conf, "log_level", "0", err, sizeof(err)),
+			 RD_KAFKA_CONF_OK);
+	m->host = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
+	assert_non_null(m->host);
+	m->mc = rd_kafka_mock_cluster_new(m->host, 1);
+	assert_non_null(m->mc);
+	snprintf(text, sizeof(text),
+		 "relay = { name = \"r1\"; };\n"
+		 "kafka = { bootstrap_servers = \"%s\"; checkpoint_topic = \"ck\"; };\n"
+		 "log = { level = \"error\"; };\n",
+		 rd_kafka_mock_cluster_bootstraps(m->mc));
+	m->cfg = config_load_string(text, "mock.conf", err, sizeof(err));
+	if (!m->cfg)
+		fail_msg("%s", err);
+	assert_int_equal(rd_kafka_mock_topic_create(m->mc, "ck", 1, 1), 0);
+	log_setup(LOG_FATAL, LOG_TEXT); /* the errors below are expected */
+}
+
+static void mock_stop(struct mock *m)
+{
+	config_free(m->cfg);
+	rd_kafka_mock_cluster_destroy(m->mc);
+	rd_kafka_destroy(m->host);
+}
+
+/*
+ * Suspicion from issue 12, confirmed: librdkafka 2.0.2's
+ * rd_kafka_query_watermark_offsets waits for the broker's reply whatever
+ * its timeout says once the request is out (upstream fixed it in 2.3.0,
+ * librdkafka PR 4460). The checkpoint reader therefore does not call it.
+ * This test fails once the installed librdkafka honours the timeout.
+ */
+static void test_librdkafka_watermark_query_overruns_its_timeout(void **state)
+{
+	struct mock m;
+	char err[512];
+	int64_t lo, hi, t0, took;
+	rd_kafka_conf_t *conf;
+	rd_kafka_t *rk;
+	rd_kafka_resp_err_t e;
+
+	(void)state;
+	mock_start(&m);
+	conf = rd_kafka_conf_new();
+	assert_int_equal(rd_kafka_conf_set(conf, "bootstrap.servers",
+					   rd_kafka_mock_cluster_bootstraps(m.mc), err,
+					   sizeof(err)),
+			 RD_KAFKA_CONF_OK);
+	rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
+	assert_non_null(rk);
+	/* connected, leader known */
+	assert_int_equal(rd_kafka_query_watermark_offsets(rk, "ck", 0, &lo, &hi, 10000), 0);
+	assert_int_equal(rd_kafka_mock_broker_set_rtt(m.mc, 1, 3000), 0);
+	t0 = now_ms();
+	e = rd_kafka_query_watermark_offsets(rk, "ck", 0, &lo, &hi, 300);
+	took = now_ms() - t0;
+	if (took < 2000)
+		fail_msg("the watermark query kept its 300 ms timeout (%" PRId64 " ms, %s): "
+			 "the installed librdkafka is fixed",
+			 took, rd_kafka_err2str(e));
+	print_message("watermark query with a 300 ms timeout took %" PRId64 " ms (%s)\n", took,
+		      rd_kafka_err2str(e));
+	assert_int_equal(rd_kafka_mock_broker_set_rtt(m.mc, 1, 0), 0);
+	rd_kafka_destroy(rk);
+	mock_stop(&m);
+}
+
+static int ticks_left;
+
+static bool stop_after_ticks(void *arg)
+{
+	(void)arg;
+	return ticks_left-- > 0;
+}
+
+/* The checkpoint read keeps its caller's deadline while the broker answers
+ * slowly, and a stop from the waiter's tick ends it at once. */
+static void test_read_bounded_and_stop_aware(void **state)
+{
+	struct mock m;
+	struct position pos = {0};
+	struct waiter w = {NULL, NULL, 100};
+	char err[512];
+	bool found;
+	int64_t t0, took;
+
+	(void)state;
+	mock_start(&m);
+	/* every reply takes 5 s */
+	assert_int_equal(rd_kafka_mock_broker_set_rtt(m.mc, 1, 5000), 0);
+	t0 = now_ms();
+	assert_int_equal(checkpoint_read_last(m.cfg, &w, now_ms() + 700, NULL, &pos, &found, err,
+					      sizeof(err)),
+			 -1);
+	took = now_ms() - t0;
+	if (took > 2500)
+		fail_msg("read took %" PRId64 " ms for a 700 ms deadline (%s)", took, err);
+	assert_string_equal(err, "timed out looking for the end of checkpoint topic \"ck\"");
+
+	w.tick = stop_after_ticks;
+	ticks_left = 3;
+	t0 = now_ms();
+	assert_int_equal(checkpoint_read_last(m.cfg, &w, now_ms() + 60000, NULL, &pos, &found, err,
+					      sizeof(err)),
+			 -1);
+	took = now_ms() - t0;
+	if (took > 2500)
+		fail_msg("a stop took %" PRId64 " ms to end the read (%s)", took, err);
+	assert_string_equal(err, "reading checkpoint topic \"ck\": stopped");
+	assert_false(found);
+
+	/* a healthy broker: an empty partition has no checkpoint */
+	assert_int_equal(rd_kafka_mock_broker_set_rtt(m.mc, 1, 0), 0);
+	w.tick = NULL;
+	if (checkpoint_read_last(m.cfg, &w, now_ms() + 20000, NULL, &pos, &found, err,
+				 sizeof(err)) != 0)
+		fail_msg("%s", err);
+	assert_false(found);
+	position_clear(&pos);
+	mock_stop(&m);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_round_trips),   cmocka_unit_test(test_encoding_is_stable),
 		cmocka_unit_test(test_garbage),       cmocka_unit_test(test_snapshot_valid),
-		cmocka_unit_test(test_window_moves),
+		cmocka_unit_test(test_window_moves),  cmocka_unit_test(test_classify),
+		cmocka_unit_test(test_topic_names),
+		cmocka_unit_test(test_librdkafka_watermark_query_overruns_its_timeout),
+		cmocka_unit_test(test_read_bounded_and_stop_aware),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -4,13 +4,20 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
 #include "config.h"
 
 #define KAFKA_ONLY "relay = { name = \"r1\"; };\n\n"
+/* 225 characters: with the checkpoint topic prefix, one more than Kafka allows */
+#define LONG_NAME                                                                              \
+	"rrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr" \
+	"rrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr" \
+	"rrrrrrrrrrrrrrrrrrrrrrrrrrrrr"
 #define MIN_OK "relay = { name = \"r1\"; };\nkafka = { bootstrap_servers = \"k:9092\"; };\n"
 
 static void test_defaults(void **state)
@@ -22,7 +29,8 @@ static void test_defaults(void **state)
 	assert_non_null(cfg);
 	assert_string_equal(cfg->relay_name, "r1");
 	assert_string_equal(cfg->kafka_bootstrap, "k:9092");
-	assert_string_equal(cfg->checkpoint_topic, "outbox-relay.checkpoints");
+	/* one checkpoint topic per relay unless set (issue 12.1) */
+	assert_string_equal(cfg->checkpoint_topic, "outbox-relay.checkpoints.r1");
 	assert_int_equal(cfg->batch_max_rows, 10000);
 	assert_int_equal(cfg->batch_max_bytes, 16 << 20);
 	assert_int_equal(cfg->lease_ttl_ms, 10000);
@@ -113,10 +121,27 @@ static const struct {
 	 "t.conf: kafka.bootstrap_servers: missing (required; or set "
 	 "OUTBOX_KAFKA_BOOTSTRAP_SERVERS)"},
 	{"relay = { name = \"a b\"; };\nkafka = { bootstrap_servers = \"k\"; };\n",
-	 "t.conf: relay.name: \"a b\" may contain only letters, digits, '.', '_' and '-'"},
+	 "t.conf:1: relay.name: \"a b\" may contain only letters, digits, '.', '_' and '-'"},
 	{KAFKA_ONLY "kafka = { bootstrap_servers = \"k\"; commit_timeout_ms = 70000; };\n",
-	 "t.conf: kafka.commit_timeout_ms: 70000 must not exceed kafka.transaction_timeout_ms "
+	 "t.conf:3: kafka.commit_timeout_ms: 70000 must not exceed kafka.transaction_timeout_ms "
 	 "(60000)"},
+	/* checkpoint and dead-letter topic names are Kafka's legal names */
+	{KAFKA_ONLY "kafka = { bootstrap_servers = \"k\";\n checkpoint_topic = \"a/b\"; };\n",
+	 "t.conf:4: kafka.checkpoint_topic: \"a/b\" may contain only ASCII letters, digits, '.', "
+	 "'_' and '-' (Kafka's rule)"},
+	{KAFKA_ONLY "kafka = { bootstrap_servers = \"k\"; checkpoint_topic = \"..\"; };\n",
+	 "t.conf:3: kafka.checkpoint_topic: \"..\" may not be \".\" or \"..\""},
+	{KAFKA_ONLY "kafka = { bootstrap_servers = \"k\"; dead_letter_topic = \"dl q\"; };\n",
+	 "t.conf:3: kafka.dead_letter_topic: \"dl q\" may contain only ASCII letters, digits, "
+	 "'.', '_' and '-' (Kafka's rule)"},
+	{KAFKA_ONLY "kafka = { bootstrap_servers = \"k\";\n"
+		    "  dead_letter_topic = \"outbox-relay.checkpoints.r1\"; };\n",
+	 "t.conf:4: kafka.dead_letter_topic: must not be the checkpoint topic "
+	 "\"outbox-relay.checkpoints.r1\""},
+	{"kafka = { bootstrap_servers = \"k\"; };\nrelay = {\n name = \"" LONG_NAME "\"; };\n",
+	 "t.conf:3: relay.name: the checkpoint topic derived from it, "
+	 "\"outbox-relay.checkpoints.rrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr...\", is longer than "
+	 "Kafka's limit of 249 characters; set kafka.checkpoint_topic"},
 	{"kafka = { bootstrap_servers = \"k\"; };\nrelay = {\n name = \"r\";\n on_database_ahead = \"yes\"; };\n",
 	 "t.conf:4: relay.on_database_ahead: \"yes\" is not one of: refuse, trust-database"},
 };
@@ -172,6 +197,163 @@ static void test_env_overrides(void **state)
 	config_free(cfg);
 }
 
+static void test_derived_checkpoint_topic(void **state)
+{
+	char err[512];
+	/* 224 characters: the derived name is exactly Kafka's limit of 249 */
+	struct config *cfg = config_load_string(
+		"kafka = { bootstrap_servers = \"k\"; };\nrelay = { name = \"" LONG_NAME "\"; };\n",
+		"t.conf", err, sizeof(err));
+
+	(void)state;
+	assert_null(cfg); /* 225: one too many (see test_bad_inputs) */
+	cfg = config_load_string("kafka = { bootstrap_servers = \"k\"; };\nrelay = { name = \"" LONG_NAME
+				 "\"; };\n",
+				 "t.conf", err, sizeof(err));
+	assert_null(cfg);
+	{
+		char text[512], name[300];
+		memset(name, 'r', 224);
+		name[224] = '\0';
+		snprintf(text, sizeof(text),
+			 "kafka = { bootstrap_servers = \"k\"; };\nrelay = { name = \"%s\"; };\n",
+			 name);
+		cfg = config_load_string(text, "t.conf", err, sizeof(err));
+		if (!cfg)
+			fail_msg("%s", err);
+		assert_int_equal(strlen(cfg->checkpoint_topic), 249);
+		config_free(cfg);
+	}
+	/* an explicit name is kept as it is (the old shared default, too) */
+	cfg = config_load_string(KAFKA_ONLY "kafka = { bootstrap_servers = \"k\";\n"
+					    "  checkpoint_topic = \"outbox-relay.checkpoints\"; };\n",
+				 "t.conf", err, sizeof(err));
+	assert_non_null(cfg);
+	assert_string_equal(cfg->checkpoint_topic, "outbox-relay.checkpoints");
+	config_free(cfg);
+}
+
+/* Timing options that let one blocking call outlast the lease are warned
+ * about (with file:line), never refused: fencing keeps them safe. */
+static void test_timing_warnings(void **state)
+{
+	char err[512];
+	struct config *cfg;
+
+	(void)state;
+	cfg = config_load_string("relay = { name = \"r\"; lease_ttl_ms = 30000; };\n"
+				 "kafka = { bootstrap_servers = \"k\"; commit_timeout_ms = 20000; };\n"
+				 "postgres = { statement_timeout_ms = 20000; };\n"
+				 "batch = { max_wait_ms = 60000; poll_interval_ms = 60000; };\n",
+				 "t.conf", err, sizeof(err));
+	assert_non_null(cfg);
+	/* two thirds of the TTL is fine; long waits renew as they go */
+	assert_null(cfg->warnings);
+	config_free(cfg);
+
+	cfg = config_load_string("relay = { name = \"r\"; lease_ttl_ms = 30000; };\n"
+				 "kafka = { bootstrap_servers = \"k\";\n commit_timeout_ms = 20001; };\n"
+				 "postgres = { statement_timeout_ms = 0; };\n",
+				 "t.conf", err, sizeof(err));
+	assert_non_null(cfg);
+	assert_string_equal(
+		cfg->warnings,
+		"t.conf:4: postgres.statement_timeout_ms: 0 (no limit): a statement stuck in the "
+		"database keeps the relay from renewing its lease (relay.lease_ttl_ms 30000) for as "
+		"long as it runs\n"
+		"t.conf:3: kafka.commit_timeout_ms: 20001 is more than two thirds of "
+		"relay.lease_ttl_ms (30000): one commit call waiting for the broker can outlast the "
+		"lease and a standby takes over\n");
+	config_free(cfg);
+
+	cfg = config_load_string("relay = { name = \"r\"; lease_ttl_ms = 3000; };\n"
+				 "kafka = { bootstrap_servers = \"k\"; commit_timeout_ms = 2000; };\n",
+				 "t.conf", err, sizeof(err));
+	assert_non_null(cfg);
+	/* the default statement timeout (30 s) against a 3 s lease */
+	assert_string_equal(cfg->warnings,
+			    "t.conf: postgres.statement_timeout_ms: 30000 is more than two thirds of "
+			    "relay.lease_ttl_ms (3000): one slow statement can outlast the lease and "
+			    "a standby takes over\n");
+	config_free(cfg);
+}
+
+static void write_file(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+
+	assert_non_null(f);
+	fputs(text, f);
+	fclose(f);
+}
+
+#define RELOAD_BASE "relay = { name = \"r\"; poison_policy = \"%s\"; };\n" \
+		    "kafka = { bootstrap_servers = \"k\"; dead_letter_topic = \"%s\"; };\n" \
+		    "batch = { max_rows = %d; };\n"
+
+/* SIGHUP applies relay.poison_policy and kafka.dead_letter_topic both or
+ * neither: the topic is fixed at start, so a switch to dead-lettering that
+ * needs another topic is refused as a whole, and the running relay goes on
+ * as it was (issue 12.10, 17.16). */
+static void test_reload_dead_letter_both_or_neither(void **state)
+{
+	static const struct {
+		const char *policy0, *topic0, *policy1, *topic1;
+		int rc, policy_after;
+		const char *error;
+	} cases[] = {
+		/* no dead-letter topic at start: refused, nothing applied */
+		{"stop", "", "dead-letter", "dlq", -1, POISON_STOP,
+		 "relay.poison_policy \"dead-letter\" cannot be applied on reload: the running "
+		 "relay has no kafka.dead_letter_topic (set at start only); restart it to switch to "
+		 "dead-lettering"},
+		/* another topic than the running one: refused */
+		{"stop", "dlq", "dead-letter", "dlq2", -1, POISON_STOP,
+		 "relay.poison_policy \"dead-letter\" with kafka.dead_letter_topic \"dlq2\" cannot "
+		 "be applied on reload: the running relay's dead-letter topic is \"dlq\" and changes "
+		 "only at a restart"},
+		/* the running topic: applied */
+		{"stop", "dlq", "dead-letter", "dlq", 0, POISON_DEAD_LETTER, NULL},
+		/* back to stop: applied (the topic change waits for a restart) */
+		{"dead-letter", "dlq", "stop", "", 0, POISON_STOP, NULL},
+		{"dead-letter", "dlq", "stop", "dlq", 0, POISON_STOP, NULL},
+	};
+	char path[] = "/tmp/test_config_reload_XXXXXX";
+	int fd = mkstemp(path);
+
+	(void)state;
+	assert_true(fd >= 0);
+	close(fd);
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		char text[512], err[512] = "";
+		struct config *cfg;
+		int rc;
+
+		snprintf(text, sizeof(text), RELOAD_BASE, cases[i].policy0, cases[i].topic0, 10);
+		write_file(path, text);
+		cfg = config_load(path, err, sizeof(err));
+		if (!cfg)
+			fail_msg("case %zu: %s", i, err);
+		snprintf(text, sizeof(text), RELOAD_BASE, cases[i].policy1, cases[i].topic1, 20);
+		write_file(path, text);
+		rc = config_reload(cfg, err, sizeof(err));
+		if (rc != cases[i].rc)
+			fail_msg("case %zu: reload returned %d (%s)", i, rc, err);
+		assert_int_equal(cfg->poison_policy, cases[i].policy_after);
+		/* the running topic never changes on reload */
+		assert_string_equal(cfg->dead_letter_topic, cases[i].topic0);
+		/* both or neither: a refused reload applies nothing else either */
+		assert_int_equal(cfg->batch_max_rows, rc == 0 ? 20 : 10);
+		if (cases[i].error) {
+			char want[600];
+			snprintf(want, sizeof(want), "%s: %s", path, cases[i].error);
+			assert_string_equal(err, want);
+		}
+		config_free(cfg);
+	}
+	unlink(path);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -180,6 +362,9 @@ int main(void)
 		cmocka_unit_test(test_bad_inputs),
 		cmocka_unit_test(test_missing_file),
 		cmocka_unit_test(test_env_overrides),
+		cmocka_unit_test(test_derived_checkpoint_topic),
+		cmocka_unit_test(test_timing_warnings),
+		cmocka_unit_test(test_reload_dead_letter_both_or_neither),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
