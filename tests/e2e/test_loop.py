@@ -126,6 +126,16 @@ def test_trust_database_and_an_unknown_commit_outcome(outbox_db, topics, relays,
     proxied = os.environ.get("OUTBOX_KAFKA_PROXIED", "127.0.0.1:19094")
     proxy = DelayProxy(int(os.environ.get("OUTBOX_KAFKA_PROXY_PORT", "19095")), proxied)
     proxy.start()
+    try:
+        _trust_database_unknown_outcome(outbox_db, names, proxied, proxy, relays, tmp_path)
+    finally:
+        proxy.srv.close()  # free the port for the fault run
+
+
+def _trust_database_unknown_outcome(outbox_db, names, proxied, proxy, relays, tmp_path):
+    from confluent_kafka.admin import AdminClient
+    from conftest import BOOTSTRAP, QUIET, ckpt_topic
+
     conn = connect(outbox_db)
     cfg = write_config(tmp_path / "r.conf", outbox_db, "r-trust", **{
         "relay.on_database_ahead": "trust-database", "kafka.bootstrap_servers": proxied,
