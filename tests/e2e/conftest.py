@@ -140,6 +140,32 @@ def header(msg, name):
     return None
 
 
+# Exit codes of a sanitizer finding, distinct from every code the relay
+# uses (0-5) and from ASan's default 1, so that a memory error can never
+# pass for an expected exit status.
+ASAN_EXIT, UBSAN_EXIT = 86, 87
+
+
+def relay_env(env=None):
+    """The environment for any run of the relay binary (run, check, status):
+    the caller's additions, and under the sanitizer build the sanitizers'
+    distinct exit codes."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    if SANITIZED:
+        full_env.setdefault("ASAN_OPTIONS", f"detect_leaks=1:abort_on_error=0:exitcode={ASAN_EXIT}")
+        full_env.setdefault("UBSAN_OPTIONS",
+                            f"print_stacktrace=1:halt_on_error=1:exitcode={UBSAN_EXIT}")
+    return full_env
+
+
+def relay_cmd(*args, env=None, timeout=120):
+    """Run the relay binary to completion (check, status, usage errors);
+    returns the CompletedProcess with text stdout and stderr."""
+    return subprocess.run([RELAY_BIN, *map(str, args)], capture_output=True, text=True,
+                          env=relay_env(env), timeout=timeout)
+
+
 class Relay:
     """The relay binary as a subprocess, its stderr in a log file."""
 
@@ -147,13 +173,8 @@ class Relay:
         self.config = config
         self.log_path = log_path
         self.log = open(log_path, "ab")
-        full_env = dict(os.environ)
-        full_env.update(env or {})
-        if SANITIZED:
-            full_env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0:exitcode=86")
-            full_env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1:exitcode=87")
         self.proc = subprocess.Popen([RELAY_BIN, "run", "-c", str(config)], stdout=self.log,
-                                     stderr=self.log, env=full_env)
+                                     stderr=self.log, env=relay_env(env))
 
     def text(self):
         return Path(self.log_path).read_text(errors="replace")

@@ -11,8 +11,8 @@ import psycopg2
 import pytest
 from confluent_kafka import TIMESTAMP_CREATE_TIME
 
-from conftest import (SANITIZED, ckpt_topic, header, java_partition, read_all, wait_for,
-                      write_config)
+from conftest import (SANITIZED, ckpt_topic, header, java_partition, read_all, relay_cmd,
+                      wait_for, write_config)
 
 
 def connect(url):
@@ -231,21 +231,60 @@ def test_out_of_order_commit_with_long_open_transaction(outbox_db, topics, relay
     t1.close()
 
 
+def status_fields(out):
+    """`status` prints one "name value" line per field of outbox.status()."""
+    return dict(line.split(None, 1) if " " in line.strip() else (line.strip(), "")
+                for line in out.splitlines() if line.strip())
+
+
 @pytest.mark.sanitizer
-def test_check_and_status_commands(outbox_db, tmp_path):
-    import subprocess
-    from conftest import RELAY_BIN
+def test_check_and_status_commands(outbox_db, topics, relays, tmp_path):
+    """check and status as an operator runs them; under the sanitizer build
+    relay_cmd gives ASan and UBSan their own exit codes (86, 87), so an
+    expected exit 1 cannot be a memory error."""
+    tps = topics(1)
     cfg = write_config(tmp_path / "relay.conf", outbox_db, "r-check")
-    out = subprocess.run([RELAY_BIN, "check", "-c", str(cfg)], capture_output=True, text=True)
+    out = relay_cmd("check", "-c", cfg)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "postgresql: ok" in out.stdout and "kafka: ok" in out.stdout
     bad = tmp_path / "bad.conf"
     bad.write_text(cfg.read_text().replace("lease_ttl_ms", "lease_tll_ms"))
-    out = subprocess.run([RELAY_BIN, "check", "-c", str(bad)], capture_output=True, text=True)
-    assert out.returncode == 1
+    out = relay_cmd("check", "-c", bad)
+    assert out.returncode == 1, out.stdout + out.stderr
     assert "relay.lease_tll_ms: unknown option" in out.stderr and "bad.conf:3" in out.stderr
-    out = subprocess.run([RELAY_BIN, "bogus"], capture_output=True, text=True)
-    assert out.returncode == 2
+    out = relay_cmd("bogus")
+    assert out.returncode == 2, out.stdout + out.stderr
+
+    # status before the relay ever ran: its state does not exist yet
+    out = relay_cmd("status", "-c", cfg)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert 'relay "r-check" does not exist' in out.stderr, out.stderr
+
+    # after a run that relayed three batches and stopped cleanly
+    conn = connect(outbox_db)
+    insert_rows(conn, tps, 0, 30, per_txn=10)
+    relay = relays(write_config(tmp_path / "run.conf", outbox_db, "r-check",
+                                **{"batch.max_rows": 10}))
+    wait_for(drained(conn), 60, "the rows to be relayed")
+    assert relay.stop() == 0, relay.text()
+    owner = re.search(r'lease of relay "r-check" taken by "([^"]+)": generation 1',
+                      relay.text()).group(1)
+    insert_rows(conn, tps, 30, 7, per_txn=7)  # committed, not relayed: the lag
+    seq, done, nxt, after = db_position(conn, "r-check")
+    out = relay_cmd("status", "-c", cfg)
+    assert out.returncode == 0, out.stdout + out.stderr
+    st = status_fields(out.stdout)
+    assert set(st) == {"name", "owner", "generation", "lease_expires_at", "lease_expires_in_ms",
+                       "batch_seq", "pos_done", "pos_next", "pos_after_id", "created_at",
+                       "updated_at", "advanced_at", "lag_rows", "lag_oldest_age_ms"}, out.stdout
+    assert st["name"] == "r-check" and st["owner"] == owner
+    assert st["generation"] == "1"
+    assert int(st["lease_expires_in_ms"]) <= 0  # released at the clean stop
+    assert int(st["batch_seq"]) == seq >= 3
+    assert (st["pos_done"], st["pos_next"], int(st["pos_after_id"])) == \
+        (done, nxt if nxt is not None else "(null)", after)
+    assert st["lag_rows"] == "7" and int(st["lag_oldest_age_ms"]) >= 0
+    assert st["advanced_at"] != "(null)"
 
 
 def test_json_logs(outbox_db, topics, relays, tmp_path):
