@@ -154,6 +154,31 @@ def test_stop_and_start_mid_stream(outbox_db, topics, relays, tmp_path):
 
 
 CRASH_POINTS = ["after-fetch", "after-produce", "during-commit", "after-commit", "after-advance"]
+# Where the crash finds the next batch already read (held in memory, read
+# while the crashing batch travelled): from the end of the produce on.
+HOLDS_READ_AHEAD = {"during-commit", "after-commit", "after-advance"}
+
+
+def assert_read_ahead_at_crash(text, point):
+    """What the crashing relay held when it died, from its debug log. Full
+    batches of 1000: every batch after the first is read ahead while the one
+    before travels ("read N rows ahead (after_id X) while batch S travels").
+    The crashing batch C is the one after the last committed batch. At
+    during-commit, after-commit and after-advance the batch after C was read
+    ahead while C travelled, and is held at the crash; at after-fetch and
+    after-produce nothing is held yet, but C itself was read ahead while
+    C - 1 travelled."""
+    head = text[:text.index(f'crash point "{point}" reached')]
+    committed = [int(s) for s in re.findall(r"batch (\d+): \d+ rows committed", head)]
+    ahead = [(int(n), int(s)) for n, s in
+             re.findall(r"read (\d+) rows ahead \(after_id \d+\) while batch (\d+) travels", head)]
+    assert committed and ahead, text
+    crashing = committed[-1] + 1
+    assert crashing >= 3, f"the crash came at batch {crashing}, not the third:\n{text}"
+    want = crashing if point in HOLDS_READ_AHEAD else crashing - 1
+    assert ahead[-1] == (1000, want), (
+        f"at {point} the last batch read ahead should be 1000 rows read while batch {want} "
+        f"travelled, got {ahead[-1]}:\n{text}")
 
 
 @pytest.mark.parametrize("point", CRASH_POINTS)
@@ -168,8 +193,7 @@ def test_crash_point_repaired(point, outbox_db, topics, relays, tmp_path):
     rc = crashing.wait_exit(120)
     assert rc == -9, f"expected SIGKILL at {point}, got {rc}:\n{crashing.text()}"
     assert f'crash point "{point}" reached' in crashing.text()
-    # full batches: the next batch was read ahead before the crash
-    assert re.search(r"read 1000 rows ahead", crashing.text()), crashing.text()
+    assert_read_ahead_at_crash(crashing.text(), point)
     before = scalar(conn, "SELECT count(*) FROM outbox.event")
     assert 0 < before < 6000, "the crash should come mid-stream"
 
