@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -166,6 +167,19 @@ def relay_cmd(*args, env=None, timeout=120):
                           env=relay_env(env), timeout=timeout)
 
 
+LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z (.*)$", re.M)
+
+
+def log_time(text, pattern, after=None):
+    """Unix time (s) of the first relay log line (text format, "<UTC time>Z
+    <level> <src>: <message>") matching pattern, at or after `after`."""
+    for ts, rest in LOG_LINE.findall(text):
+        t = datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=timezone.utc).timestamp()
+        if (after is None or t >= after) and re.search(pattern, rest):
+            return t
+    return None
+
+
 class Relay:
     """The relay binary as a subprocess, its stderr in a log file."""
 
@@ -178,6 +192,12 @@ class Relay:
 
     def text(self):
         return Path(self.log_path).read_text(errors="replace")
+
+    def log_time(self, pattern, after=None):
+        """Unix time (s) of the first log line matching pattern (after the
+        line time `after`, if given), from the line's own timestamp; None
+        when there is none. Text-format logs only."""
+        return log_time(self.text(), pattern, after)
 
     def wait_log(self, pattern, timeout=60):
         deadline = time.monotonic() + timeout

@@ -82,7 +82,10 @@ def test_lease_kept_while_kafka_is_away(outbox_db, topics, relays, tmp_path):
     assert "publishing" not in b.text(), b.text()
     assert a.text().count("could not initialize transactions") >= 3, a.text()
 
-    assert a.stop() == 0, a.text()  # releases the lease: B takes over at once
+    # a clean stop releases the lease (test_clean_stop_releases_the_lease
+    # bounds that handover); here B must then publish what A could not
+    assert a.stop() == 0, a.text()
+    assert "lease released" in a.text(), a.text()
     b.wait_log("publishing", timeout=30)
     wait_for(drained(conn), 60, "the outbox to drain")
     assert b.stop() == 0, b.text()
@@ -91,11 +94,16 @@ def test_lease_kept_while_kafka_is_away(outbox_db, topics, relays, tmp_path):
 
 
 def test_leader_killed_standby_takes_over(outbox_db, topics, relays, tmp_path):
+    """README: a standby takes over at most lease_ttl_ms after the leader
+    stopped renewing, plus one poll (at most half the TTL) and its producer
+    start. Measured from the kill to the standby's "lease ... taken" line
+    (the lease part, bounded both ways) and from there to "publishing" (the
+    producer start, reported)."""
     tps = topics(3, partitions=2)
     conn = connect(outbox_db)
-    ttl = 2000
+    ttl = 2.0
     cfg = write_config(tmp_path / "relay.conf", outbox_db, "r-failover",
-                       **{"batch.max_rows": 300, "relay.lease_ttl_ms": ttl})
+                       **{"batch.max_rows": 300, "relay.lease_ttl_ms": int(ttl * 1000)})
     a = relays(cfg)
     a.wait_log("publishing")
     b = relays(cfg)
@@ -104,14 +112,22 @@ def test_leader_killed_standby_takes_over(outbox_db, topics, relays, tmp_path):
     writer.start()
     time.sleep(1.5)
 
+    killed = time.time()
     a.proc.kill()
-    killed = time.monotonic()
     a.wait_exit(10)
     b.wait_log("publishing", timeout=30)
-    took = time.monotonic() - killed
-    # The bound: the lease TTL, plus the standby's poll and the producer's
-    # init_transactions (generous for a shared machine).
-    assert took < ttl / 1000 + 8, f"takeover took {took:.1f}s"
+    taken = b.log_time(r'lease of relay "r-failover" taken by .*: generation 2')
+    publishing = b.log_time(r'relay "r-failover" publishing', after=taken)
+    assert taken is not None and publishing is not None, b.text()
+    # A renewed at least every TTL/3, so its lease ran at least 2/3 TTL past
+    # the kill: an earlier takeover would not be an expiry. The latest: the
+    # expiry (at most one TTL after the kill), then the standby's next poll
+    # (at most TTL/2), plus 1 s for a query on a loaded machine.
+    lease_part = taken - killed
+    assert 2 * ttl / 3 - 0.1 <= lease_part <= ttl + ttl / 2 + 1.0, \
+        f"lease taken {lease_part:.2f}s after the kill (TTL {ttl}s)\n{b.text()}"
+    producer_start = publishing - taken
+    print(f"takeover: lease {lease_part:.2f}s after the kill, producer start {producer_start:.2f}s")
 
     time.sleep(1.0)
     total = writer.finish()
@@ -119,6 +135,39 @@ def test_leader_killed_standby_takes_over(outbox_db, topics, relays, tmp_path):
     assert b.stop() == 0, b.text()
     check_exactly_once(read_all(tps), range(total))
     assert_positions_agree(conn, "r-failover")
+
+
+def test_clean_stop_releases_the_lease(outbox_db, topics, relays, tmp_path):
+    """SIGTERM releases the lease, so a standby takes it without waiting for
+    the expiry. With a 30 s TTL the expiry would come at least 20 s after the
+    stop (the leader renews every TTL/3); the standby polls at least every
+    TTL/2 (15 s), so a takeover within TTL/2 + 2 s of the release can only
+    be the release."""
+    tps = topics(1)
+    conn = connect(outbox_db)
+    ttl = 30.0
+    cfg = write_config(tmp_path / "relay.conf", outbox_db, "r-release",
+                       **{"relay.lease_ttl_ms": int(ttl * 1000)})
+    a = relays(cfg)
+    a.wait_log("publishing")
+    b = relays(cfg)
+    b.wait_log("standby")
+    insert_rows(conn, tps, 0, 100, per_txn=100)
+    wait_for(drained(conn), 30, "the first rows")
+
+    assert a.stop() == 0, a.text()
+    released = a.log_time("lease released")
+    assert released is not None, a.text()
+    b.wait_log(r'lease of relay "r-release" taken by', timeout=ttl / 2 + 5)
+    taken = b.log_time(r'lease of relay "r-release" taken by .*: generation 2')
+    assert taken is not None, b.text()
+    assert taken - released <= ttl / 2 + 2.0, f"taken {taken - released:.2f}s after the release"
+    b.wait_log("publishing", timeout=30)
+    insert_rows(conn, tps, 100, 100, per_txn=100)
+    wait_for(drained(conn), 30, "rows after the handover")
+    assert b.stop() == 0, b.text()
+    check_exactly_once(read_all(tps), range(200))
+    assert_positions_agree(conn, "r-release")
 
 
 def test_second_relay_name_refused(outbox_db, topics, relays, tmp_path):
