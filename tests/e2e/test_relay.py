@@ -130,21 +130,34 @@ def test_backlog_exactly_once_in_order_with_contents(outbox_db, topics, relays, 
 
 
 def test_stop_and_start_mid_stream(outbox_db, topics, relays, tmp_path):
+    """SIGTERM while a backlog is being relayed, three times, with rows
+    still arriving: each stop comes after the run published some batches and
+    while committed rows still wait in the outbox; nothing is lost or
+    repeated across the restarts."""
     tps = topics(3, partitions=2)
     conn = connect(outbox_db)
     cfg = write_config(tmp_path / "relay.conf", outbox_db, "r-restart", **{"batch.max_rows": 500})
-    total = 30000
+    backlog, total = 20000, 30000
+    insert_rows(conn, tps, 0, backlog, per_txn=1000)
     writer_conn = connect(outbox_db)
-    writer = threading.Thread(target=insert_rows, args=(writer_conn, tps, 0, total),
+    writer = threading.Thread(target=insert_rows, args=(writer_conn, tps, backlog, total - backlog),
                               kwargs={"per_txn": 100})
     writer.start()
+    seq = 0
     for round_ in range(3):
         relay = relays(cfg)
         relay.wait_log("publishing")
-        time.sleep(1.0)
+        # some batches of this run committed and advanced...
+        wait_for(lambda: db_position(conn, "r-restart")[0] >= seq + 2, 60,
+                 f"round {round_}: two batches", interval=0.02)
+        waiting = scalar(conn, "SELECT count(*) FROM outbox.event")
         started = time.monotonic()
         assert relay.stop() == 0, relay.text()
         assert time.monotonic() - started < 15
+        # ...and rows were still waiting when the signal went
+        assert waiting > 0, f"round {round_}: the outbox was empty at the stop"
+        seq = db_position(conn, "r-restart")[0]
+        assert scalar(conn, "SELECT count(*) FROM outbox.event") > 0
     writer.join()
     relay = relays(cfg)
     wait_for(drained(conn), 180, "the outbox to drain")
