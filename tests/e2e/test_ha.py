@@ -8,7 +8,7 @@ import time
 import psycopg2
 import pytest
 
-from conftest import create_topics, header, read_all, wait_for, write_config
+from conftest import ckpt_topic, create_topics, header, read_all, wait_for, write_config
 from test_relay import (assert_positions_agree, check_exactly_once, connect, drained, insert_rows,
                         scalar)
 
@@ -36,31 +36,83 @@ class Writer(threading.Thread):
         return self.count
 
 
+def checkpoints(topic, isolation):
+    """(generation, batch sequence) of every checkpoint record in topic."""
+    out = []
+    for m in read_all([topic], isolation):
+        f = dict(kv.split("=", 1) for kv in m.value().decode().split()[1:])
+        out.append((int(f["gen"]), int(f["seq"])))
+    return out
+
+
+def freeze_inside_transaction(relay, ckpt, tries=30):
+    """SIGSTOP the relay while a transaction of its is open on the broker:
+    produced (its checkpoint record is in the log, read_uncommitted) and
+    not committed (read_committed does not show it). The relay logs "read N
+    rows ahead ... while batch S travels" between producing batch S and
+    committing it (full batches); stop it at once on that line and check.
+    A miss (already committed, or records not yet sent) is let go and the
+    next batch tried. Returns S."""
+    seen = 0
+    for attempt in range(1, tries + 1):
+        deadline = time.monotonic() + 30
+        while True:
+            assert time.monotonic() < deadline and relay.proc.poll() is None, relay.text()
+            m = None
+            for m in re.finditer(r"while batch (\d+) travels", relay.text()[seen:]):
+                pass
+            if m:
+                break
+            time.sleep(0.002)
+        relay.proc.send_signal(signal.SIGSTOP)
+        seq = int(m.group(1))
+        seen = len(relay.text())
+        produced = (1, seq) in checkpoints(ckpt, "read_uncommitted")
+        committed = (1, seq) in checkpoints(ckpt, "read_committed")
+        if produced and not committed and f"batch {seq}: " not in relay.text():
+            print(f"frozen inside the transaction of batch {seq} at attempt {attempt}")
+            return seq
+        relay.proc.send_signal(signal.SIGCONT)
+    raise AssertionError(f"never caught the relay inside a transaction in {tries} tries")
+
+
 def test_zombie_is_fenced(outbox_db, topics, relays, tmp_path):
+    """A leader frozen (SIGSTOP) inside a Kafka transaction, with its batch
+    produced and not committed, loses the lease; when it wakes it must exit
+    3 and its open transaction must never become visible."""
     tps = topics(3, partitions=2)
     conn = connect(outbox_db)
-    cfg = write_config(tmp_path / "relay.conf", outbox_db, "r-zombie", **{"batch.max_rows": 200})
+    ckpt = ckpt_topic(outbox_db, "r-zombie")
+    cfg = write_config(tmp_path / "relay.conf", outbox_db, "r-zombie",
+                       **{"batch.max_rows": 2000, "relay.lease_ttl_ms": 4000,
+                          "log.level": "debug"})
+    backlog = 60000  # full batches: each is read ahead while the one before travels
+    insert_rows(conn, tps, 0, backlog, per_txn=2000)
     a = relays(cfg)
     a.wait_log("publishing")
-    writer = Writer(outbox_db, tps)
-    writer.start()
     b = relays(cfg)
     b.wait_log("standby")
-    time.sleep(1.0)
+    writer = Writer(outbox_db, tps)
+    writer.count = backlog
+    writer.start()
 
-    a.proc.send_signal(signal.SIGSTOP)
+    seq = freeze_inside_transaction(a, ckpt)
     b.wait_log("publishing", timeout=30)  # the lease expired: B took over
     time.sleep(1.0)
     a.proc.send_signal(signal.SIGCONT)
     rc = a.wait_exit(60)
     assert rc == 3, f"zombie exit code {rc}:\n{a.text()}"
     assert re.search(r"fenced|lease of relay \"r-zombie\" lost", a.text()), a.text()
+    assert f"batch {seq}: " not in a.text(), a.text()
 
     total = writer.finish()
     wait_for(drained(conn), 120, "the outbox to drain")
     assert b.stop() == 0, b.text()
     check_exactly_once(read_all(tps), range(total))
     assert_positions_agree(conn, "r-zombie")
+    # the frozen transaction reached the log and was aborted, never committed
+    assert (1, seq) in checkpoints(ckpt, "read_uncommitted")
+    assert (1, seq) not in checkpoints(ckpt, "read_committed")
 
 
 def test_lease_kept_while_kafka_is_away(outbox_db, topics, relays, tmp_path):
