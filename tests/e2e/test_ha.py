@@ -317,25 +317,55 @@ def test_poison_row_dead_letter(outbox_db, topics, relays, tmp_path, opts):
     assert by_id[missing_id].value() == b"lost?"
 
 
+def transaction_sizes(tp):
+    """Records per Kafka transaction in a one-partition topic, in order: a
+    transaction's records sit at consecutive offsets, and its commit marker
+    takes the next offset."""
+    sizes, last = [], None
+    for m in sorted(read_all([tp]), key=lambda m: m.offset()):
+        if last is None or m.offset() != last + 1:
+            sizes.append(0)
+        sizes[-1] += 1
+        last = m.offset()
+    return sizes
+
+
 def test_sighup_reload(outbox_db, topics, relays, tmp_path):
-    topics(1)
+    """SIGHUP: an invalid file keeps the running configuration, a valid one
+    changes batch.max_rows for the batches that follow (read from the
+    transactions in Kafka), and a non-reloadable change waits for a restart."""
+    (tp,) = topics(1)
+    conn = connect(outbox_db)
     cfg = write_config(tmp_path / "relay.conf", outbox_db, "r-hup")
     relay = relays(cfg)
     relay.wait_log("publishing")
     good = cfg.read_text()
+    assert "max_rows" not in good  # the default, 10000
+
+    def relay_one_transaction(start, n):
+        insert_rows(conn, [tp], start, n, per_txn=n)
+        wait_for(drained(conn), 30, f"rows {start}..{start + n - 1}")
+
+    relay_one_transaction(0, 1000)
+    assert transaction_sizes(tp) == [1000]
 
     cfg.write_text(good.replace("batch = {", "batch = {\n  max_rows = 0;"))
     relay.proc.send_signal(signal.SIGHUP)
     relay.wait_log("could not reload configuration, keeping the running one: .*"
                    "batch.max_rows: 0 is out of range")
     assert relay.proc.poll() is None
+    relay_one_transaction(1000, 300)
+    assert transaction_sizes(tp) == [1000, 300]  # still the default
 
     cfg.write_text(good.replace("batch = {", "batch = {\n  max_rows = 77;")
                    .replace('bootstrap_servers = "', 'bootstrap_servers = "127.0.0.2:1,'))
     relay.proc.send_signal(signal.SIGHUP)
-    relay.wait_log("configuration option batch.max_rows reloaded")
     relay.wait_log("kafka.bootstrap_servers changed: it takes effect at the next start")
+    relay.wait_log("configuration option batch.max_rows reloaded")
+    relay_one_transaction(1300, 1000)
+    assert transaction_sizes(tp) == [1000, 300] + [77] * 12 + [76]
     assert relay.stop() == 0
+    check_exactly_once(read_all([tp]), range(2300))
 
 
 def test_sd_notify(outbox_db, topics, relays, tmp_path):
