@@ -324,6 +324,41 @@ def test_check_and_status_commands(outbox_db, topics, relays, tmp_path):
     assert st["advanced_at"] != "(null)"
 
 
+def test_notify_wakes_the_relay_else_it_polls(outbox_db, topics, relays, tmp_path):
+    """With NOTIFY off the relay finds rows only at its poll (every
+    batch.poll_interval_ms): rows committed one by one within a second land
+    in at most two transactions. With the trigger on, each row wakes it: each
+    arrives long before the next poll, in a transaction of its own. The
+    transactions are read back from Kafka (consecutive offsets, then a
+    marker), so the proof is what was published, not a silence."""
+    from test_ha import transaction_sizes
+    (tp,) = topics(1)
+    conn = connect(outbox_db)
+    poll_s = 8
+    relay = relays(write_config(tmp_path / "relay.conf", outbox_db, "r-notify-wake",
+                                **{"batch.poll_interval_ms": poll_s * 1000,
+                                   "relay.lease_ttl_ms": 60000}))
+    relay.wait_log("publishing")
+    assert scalar(conn, "SELECT outbox.notify_enabled()") is False
+
+    for n in range(4):  # NOTIFY off: four commits within 1.2 s
+        insert_rows(conn, [tp], n, 1, per_txn=1)
+        time.sleep(0.4)
+    wait_for(drained(conn), 2 * poll_s + 10, "the rows at the next poll")
+    polled = transaction_sizes(tp)
+    assert sum(polled) == 4 and len(polled) <= 2, polled
+
+    assert scalar(conn, "SELECT outbox.notify_enable()") is True
+    for n in range(4, 8):  # NOTIFY on: each row arrives well before a poll would
+        t0 = time.monotonic()
+        insert_rows(conn, [tp], n, 1, per_txn=1)
+        wait_for(drained(conn), poll_s / 2, f"row {n} woken by NOTIFY", interval=0.02)
+        assert time.monotonic() - t0 < poll_s / 2
+    assert transaction_sizes(tp) == polled + [1, 1, 1, 1]
+    assert relay.stop() == 0, relay.text()
+    check_exactly_once(read_all([tp]), range(8))
+
+
 def test_json_logs(outbox_db, topics, relays, tmp_path):
     (tp,) = topics(1)
     cfg = write_config(tmp_path / "relay.conf", outbox_db, "r-json",
