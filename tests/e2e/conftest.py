@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -140,6 +141,45 @@ def header(msg, name):
     return None
 
 
+# Exit codes of a sanitizer finding, distinct from every code the relay
+# uses (0-5) and from ASan's default 1, so that a memory error can never
+# pass for an expected exit status.
+ASAN_EXIT, UBSAN_EXIT = 86, 87
+
+
+def relay_env(env=None):
+    """The environment for any run of the relay binary (run, check, status):
+    the caller's additions, and under the sanitizer build the sanitizers'
+    distinct exit codes."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    if SANITIZED:
+        full_env.setdefault("ASAN_OPTIONS", f"detect_leaks=1:abort_on_error=0:exitcode={ASAN_EXIT}")
+        full_env.setdefault("UBSAN_OPTIONS",
+                            f"print_stacktrace=1:halt_on_error=1:exitcode={UBSAN_EXIT}")
+    return full_env
+
+
+def relay_cmd(*args, env=None, timeout=120):
+    """Run the relay binary to completion (check, status, usage errors);
+    returns the CompletedProcess with text stdout and stderr."""
+    return subprocess.run([RELAY_BIN, *map(str, args)], capture_output=True, text=True,
+                          env=relay_env(env), timeout=timeout)
+
+
+LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z (.*)$", re.M)
+
+
+def log_time(text, pattern, after=None):
+    """Unix time (s) of the first relay log line (text format, "<UTC time>Z
+    <level> <src>: <message>") matching pattern, at or after `after`."""
+    for ts, rest in LOG_LINE.findall(text):
+        t = datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=timezone.utc).timestamp()
+        if (after is None or t >= after) and re.search(pattern, rest):
+            return t
+    return None
+
+
 class Relay:
     """The relay binary as a subprocess, its stderr in a log file."""
 
@@ -147,16 +187,17 @@ class Relay:
         self.config = config
         self.log_path = log_path
         self.log = open(log_path, "ab")
-        full_env = dict(os.environ)
-        full_env.update(env or {})
-        if SANITIZED:
-            full_env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0:exitcode=86")
-            full_env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1:exitcode=87")
         self.proc = subprocess.Popen([RELAY_BIN, "run", "-c", str(config)], stdout=self.log,
-                                     stderr=self.log, env=full_env)
+                                     stderr=self.log, env=relay_env(env))
 
     def text(self):
         return Path(self.log_path).read_text(errors="replace")
+
+    def log_time(self, pattern, after=None):
+        """Unix time (s) of the first log line matching pattern (after the
+        line time `after`, if given), from the line's own timestamp; None
+        when there is none. Text-format logs only."""
+        return log_time(self.text(), pattern, after)
 
     def wait_log(self, pattern, timeout=60):
         deadline = time.monotonic() + timeout

@@ -8,7 +8,7 @@ import time
 import psycopg2
 import pytest
 
-from conftest import create_topics, header, read_all, wait_for, write_config
+from conftest import ckpt_topic, create_topics, header, read_all, wait_for, write_config
 from test_relay import (assert_positions_agree, check_exactly_once, connect, drained, insert_rows,
                         scalar)
 
@@ -36,31 +36,83 @@ class Writer(threading.Thread):
         return self.count
 
 
+def checkpoints(topic, isolation):
+    """(generation, batch sequence) of every checkpoint record in topic."""
+    out = []
+    for m in read_all([topic], isolation):
+        f = dict(kv.split("=", 1) for kv in m.value().decode().split()[1:])
+        out.append((int(f["gen"]), int(f["seq"])))
+    return out
+
+
+def freeze_inside_transaction(relay, ckpt, tries=30):
+    """SIGSTOP the relay while a transaction of its is open on the broker:
+    produced (its checkpoint record is in the log, read_uncommitted) and
+    not committed (read_committed does not show it). The relay logs "read N
+    rows ahead ... while batch S travels" between producing batch S and
+    committing it (full batches); stop it at once on that line and check.
+    A miss (already committed, or records not yet sent) is let go and the
+    next batch tried. Returns S."""
+    seen = 0
+    for attempt in range(1, tries + 1):
+        deadline = time.monotonic() + 30
+        while True:
+            assert time.monotonic() < deadline and relay.proc.poll() is None, relay.text()
+            m = None
+            for m in re.finditer(r"while batch (\d+) travels", relay.text()[seen:]):
+                pass
+            if m:
+                break
+            time.sleep(0.002)
+        relay.proc.send_signal(signal.SIGSTOP)
+        seq = int(m.group(1))
+        seen = len(relay.text())
+        produced = (1, seq) in checkpoints(ckpt, "read_uncommitted")
+        committed = (1, seq) in checkpoints(ckpt, "read_committed")
+        if produced and not committed and f"batch {seq}: " not in relay.text():
+            print(f"frozen inside the transaction of batch {seq} at attempt {attempt}")
+            return seq
+        relay.proc.send_signal(signal.SIGCONT)
+    raise AssertionError(f"never caught the relay inside a transaction in {tries} tries")
+
+
 def test_zombie_is_fenced(outbox_db, topics, relays, tmp_path):
+    """A leader frozen (SIGSTOP) inside a Kafka transaction, with its batch
+    produced and not committed, loses the lease; when it wakes it must exit
+    3 and its open transaction must never become visible."""
     tps = topics(3, partitions=2)
     conn = connect(outbox_db)
-    cfg = write_config(tmp_path / "relay.conf", outbox_db, "r-zombie", **{"batch.max_rows": 200})
+    ckpt = ckpt_topic(outbox_db, "r-zombie")
+    cfg = write_config(tmp_path / "relay.conf", outbox_db, "r-zombie",
+                       **{"batch.max_rows": 2000, "relay.lease_ttl_ms": 4000,
+                          "log.level": "debug"})
+    backlog = 60000  # full batches: each is read ahead while the one before travels
+    insert_rows(conn, tps, 0, backlog, per_txn=2000)
     a = relays(cfg)
     a.wait_log("publishing")
-    writer = Writer(outbox_db, tps)
-    writer.start()
     b = relays(cfg)
     b.wait_log("standby")
-    time.sleep(1.0)
+    writer = Writer(outbox_db, tps)
+    writer.count = backlog
+    writer.start()
 
-    a.proc.send_signal(signal.SIGSTOP)
+    seq = freeze_inside_transaction(a, ckpt)
     b.wait_log("publishing", timeout=30)  # the lease expired: B took over
     time.sleep(1.0)
     a.proc.send_signal(signal.SIGCONT)
     rc = a.wait_exit(60)
     assert rc == 3, f"zombie exit code {rc}:\n{a.text()}"
     assert re.search(r"fenced|lease of relay \"r-zombie\" lost", a.text()), a.text()
+    assert f"batch {seq}: " not in a.text(), a.text()
 
     total = writer.finish()
     wait_for(drained(conn), 120, "the outbox to drain")
     assert b.stop() == 0, b.text()
     check_exactly_once(read_all(tps), range(total))
     assert_positions_agree(conn, "r-zombie")
+    # the frozen transaction reached the log and was aborted, never committed
+    assert (1, seq) in checkpoints(ckpt, "read_uncommitted")
+    assert (1, seq) not in checkpoints(ckpt, "read_committed")
 
 
 def test_lease_kept_while_kafka_is_away(outbox_db, topics, relays, tmp_path):
@@ -82,7 +134,10 @@ def test_lease_kept_while_kafka_is_away(outbox_db, topics, relays, tmp_path):
     assert "publishing" not in b.text(), b.text()
     assert a.text().count("could not initialize transactions") >= 3, a.text()
 
-    assert a.stop() == 0, a.text()  # releases the lease: B takes over at once
+    # a clean stop releases the lease (test_clean_stop_releases_the_lease
+    # bounds that handover); here B must then publish what A could not
+    assert a.stop() == 0, a.text()
+    assert "lease released" in a.text(), a.text()
     b.wait_log("publishing", timeout=30)
     wait_for(drained(conn), 60, "the outbox to drain")
     assert b.stop() == 0, b.text()
@@ -90,12 +145,29 @@ def test_lease_kept_while_kafka_is_away(outbox_db, topics, relays, tmp_path):
     assert_positions_agree(conn, "r-away")
 
 
+def wait_generation(conn, name, generation, timeout):
+    """Poll the lease until it reaches generation; returns the time.time()
+    it was first seen there (within 20 ms)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if scalar(conn, "SELECT generation FROM outbox.relay_state WHERE name = %s",
+                  (name,)) >= generation:
+            return time.time()
+        time.sleep(0.02)
+    raise AssertionError(f"lease of {name} not at generation {generation} after {timeout}s")
+
+
 def test_leader_killed_standby_takes_over(outbox_db, topics, relays, tmp_path):
+    """README: a standby takes over at most lease_ttl_ms after the leader
+    stopped renewing, plus one poll (at most half the TTL) and its producer
+    start. Measured from the kill to the lease's new generation in the
+    database (the lease part, bounded both ways) and from there to the
+    standby's "publishing" line (the producer start, reported)."""
     tps = topics(3, partitions=2)
     conn = connect(outbox_db)
-    ttl = 2000
+    ttl = 2.0
     cfg = write_config(tmp_path / "relay.conf", outbox_db, "r-failover",
-                       **{"batch.max_rows": 300, "relay.lease_ttl_ms": ttl})
+                       **{"batch.max_rows": 300, "relay.lease_ttl_ms": int(ttl * 1000)})
     a = relays(cfg)
     a.wait_log("publishing")
     b = relays(cfg)
@@ -104,14 +176,22 @@ def test_leader_killed_standby_takes_over(outbox_db, topics, relays, tmp_path):
     writer.start()
     time.sleep(1.5)
 
+    killed = time.time()
     a.proc.kill()
-    killed = time.monotonic()
+    taken = wait_generation(conn, "r-failover", 2, 30)
     a.wait_exit(10)
     b.wait_log("publishing", timeout=30)
-    took = time.monotonic() - killed
-    # The bound: the lease TTL, plus the standby's poll and the producer's
-    # init_transactions (generous for a shared machine).
-    assert took < ttl / 1000 + 8, f"takeover took {took:.1f}s"
+    publishing = b.log_time(r'relay "r-failover" publishing', after=taken - 0.05)
+    assert publishing is not None, b.text()
+    # A renewed at least every TTL/3, so its lease ran at least 2/3 TTL past
+    # the kill: an earlier takeover would not be an expiry. The latest: the
+    # expiry (at most one TTL after the kill), then the standby's next poll
+    # (at most TTL/2), plus 1 s for a query on a loaded machine.
+    lease_part = taken - killed
+    assert 2 * ttl / 3 - 0.1 <= lease_part <= ttl + ttl / 2 + 1.0, \
+        f"lease taken {lease_part:.2f}s after the kill (TTL {ttl}s)\n{b.text()}"
+    producer_start = publishing - taken
+    print(f"takeover: lease {lease_part:.2f}s after the kill, producer start {producer_start:.2f}s")
 
     time.sleep(1.0)
     total = writer.finish()
@@ -119,6 +199,36 @@ def test_leader_killed_standby_takes_over(outbox_db, topics, relays, tmp_path):
     assert b.stop() == 0, b.text()
     check_exactly_once(read_all(tps), range(total))
     assert_positions_agree(conn, "r-failover")
+
+
+def test_clean_stop_releases_the_lease(outbox_db, topics, relays, tmp_path):
+    """SIGTERM releases the lease, so a standby takes it without waiting for
+    the expiry. With a 30 s TTL the expiry would come at least 20 s after the
+    stop (the leader renews every TTL/3); the standby polls at least every
+    TTL/2 (15 s), so a takeover within TTL/2 + 2 s of the release can only
+    be the release."""
+    tps = topics(1)
+    conn = connect(outbox_db)
+    ttl = 30.0
+    cfg = write_config(tmp_path / "relay.conf", outbox_db, "r-release",
+                       **{"relay.lease_ttl_ms": int(ttl * 1000)})
+    a = relays(cfg)
+    a.wait_log("publishing")
+    b = relays(cfg)
+    b.wait_log("standby")
+    insert_rows(conn, tps, 0, 100, per_txn=100)
+    wait_for(drained(conn), 30, "the first rows")
+
+    signalled = time.time()  # the release comes after this, the expiry 2/3 TTL after at least
+    assert a.stop() == 0, a.text()
+    taken = wait_generation(conn, "r-release", 2, ttl / 2 + 5)
+    assert taken - signalled <= ttl / 2 + 2.0, f"taken {taken - signalled:.2f}s after SIGTERM"
+    b.wait_log("publishing", timeout=30)
+    insert_rows(conn, tps, 100, 100, per_txn=100)
+    wait_for(drained(conn), 30, "rows after the handover")
+    assert b.stop() == 0, b.text()
+    check_exactly_once(read_all(tps), range(200))
+    assert_positions_agree(conn, "r-release")
 
 
 def test_second_relay_name_refused(outbox_db, topics, relays, tmp_path):
@@ -161,9 +271,14 @@ READ_AHEAD = [pytest.param({}, id="default"),
               pytest.param({"batch.max_rows": 2, "log.level": "debug"}, id="read-ahead")]
 
 
-def _assert_read_ahead(relay, opts):
+def _assert_read_ahead(relay, opts, poison_id):
+    """With 2-row batches, the batch holding the poison row was read ahead:
+    some "read N rows ahead (after_id X)" read the rows after X, which are
+    consecutive ids here (one inserting transaction), poison_id among them."""
     if opts:
-        assert re.search(r"read \d+ rows ahead", relay.text()), relay.text()
+        ahead = [(int(n), int(x)) for n, x in
+                 re.findall(r"read (\d+) rows ahead \(after_id (\d+)\)", relay.text())]
+        assert any(x < poison_id <= x + n for n, x in ahead), (poison_id, ahead, relay.text())
 
 
 @pytest.mark.sanitizer
@@ -186,7 +301,7 @@ def test_poison_row_stop_then_fixed(outbox_db, topics, relays, tmp_path, opts):
     relay.wait_log(f"outbox row {poison_id} no longer blocks publishing")
     assert [int(header(m, "n")) for m in read_all([small])] == [0, 1, 2, 3, 4, 6, 7, 8, 9]
     assert relay.stop() == 0
-    _assert_read_ahead(relay, opts)
+    _assert_read_ahead(relay, opts, poison_id)
 
 
 @pytest.mark.sanitizer
@@ -204,7 +319,7 @@ def test_poison_row_dead_letter(outbox_db, topics, relays, tmp_path, opts):
     relay = relays(cfg)
     wait_for(drained(conn), 60, "the outbox to drain")
     assert relay.stop() == 0, relay.text()
-    _assert_read_ahead(relay, opts)
+    _assert_read_ahead(relay, opts, poison_id)
     assert [int(header(m, "n")) for m in read_all([small])] == [0, 1, 2, 3, 4, 6, 7, 8, 9]
     dead = read_all([dlq])
     assert sorted(int(header(m, "outbox-id")) for m in dead) == [poison_id, missing_id]
@@ -216,25 +331,55 @@ def test_poison_row_dead_letter(outbox_db, topics, relays, tmp_path, opts):
     assert by_id[missing_id].value() == b"lost?"
 
 
+def transaction_sizes(tp):
+    """Records per Kafka transaction in a one-partition topic, in order: a
+    transaction's records sit at consecutive offsets, and its commit marker
+    takes the next offset."""
+    sizes, last = [], None
+    for m in sorted(read_all([tp]), key=lambda m: m.offset()):
+        if last is None or m.offset() != last + 1:
+            sizes.append(0)
+        sizes[-1] += 1
+        last = m.offset()
+    return sizes
+
+
 def test_sighup_reload(outbox_db, topics, relays, tmp_path):
-    topics(1)
+    """SIGHUP: an invalid file keeps the running configuration, a valid one
+    changes batch.max_rows for the batches that follow (read from the
+    transactions in Kafka), and a non-reloadable change waits for a restart."""
+    (tp,) = topics(1)
+    conn = connect(outbox_db)
     cfg = write_config(tmp_path / "relay.conf", outbox_db, "r-hup")
     relay = relays(cfg)
     relay.wait_log("publishing")
     good = cfg.read_text()
+    assert "max_rows" not in good  # the default, 10000
+
+    def relay_one_transaction(start, n):
+        insert_rows(conn, [tp], start, n, per_txn=n)
+        wait_for(drained(conn), 30, f"rows {start}..{start + n - 1}")
+
+    relay_one_transaction(0, 1000)
+    assert transaction_sizes(tp) == [1000]
 
     cfg.write_text(good.replace("batch = {", "batch = {\n  max_rows = 0;"))
     relay.proc.send_signal(signal.SIGHUP)
     relay.wait_log("could not reload configuration, keeping the running one: .*"
                    "batch.max_rows: 0 is out of range")
     assert relay.proc.poll() is None
+    relay_one_transaction(1000, 300)
+    assert transaction_sizes(tp) == [1000, 300]  # still the default
 
     cfg.write_text(good.replace("batch = {", "batch = {\n  max_rows = 77;")
                    .replace('bootstrap_servers = "', 'bootstrap_servers = "127.0.0.2:1,'))
     relay.proc.send_signal(signal.SIGHUP)
-    relay.wait_log("configuration option batch.max_rows reloaded")
     relay.wait_log("kafka.bootstrap_servers changed: it takes effect at the next start")
+    relay.wait_log("configuration option batch.max_rows reloaded")
+    relay_one_transaction(1300, 1000)
+    assert transaction_sizes(tp) == [1000, 300] + [77] * 12 + [76]
     assert relay.stop() == 0
+    check_exactly_once(read_all([tp]), range(2300))
 
 
 def test_sd_notify(outbox_db, topics, relays, tmp_path):

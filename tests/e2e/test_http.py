@@ -197,3 +197,47 @@ def test_garbage_requests_do_not_stall(outbox_db, topics, relays, tmp_path):
     assert get(port, "/readyz")[0] == 200
     assert relay.proc.poll() is None
     assert relay.stop() == 0, relay.text()
+
+
+def test_connection_limit_reached_then_freed(outbox_db, topics, relays, tmp_path):
+    """http.max_connections idle or half-sent connections take every slot:
+    the next request is not served (refused, or queued behind them) until
+    http.timeout_s closes them; one slot fewer and requests are served."""
+    topics(1)
+    limit, timeout_s = 4, 4
+    relay, port = start(relays, tmp_path, outbox_db, "r-http5",
+                        **{"http.max_connections": limit, "http.timeout_s": timeout_s})
+    relay.wait_log("publishing")
+
+    def served(timeout):
+        try:
+            return get(port, "/healthz", timeout=timeout)[0] == 200
+        except (OSError, http.client.HTTPException):
+            return False
+
+    idle = []
+    opened = time.monotonic()
+    for i in range(limit - 1):
+        s = socket.create_connection(("127.0.0.1", port))
+        if i % 2:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # half a request
+        idle.append(s)
+    # one slot left: served (the kernel hands connections over in order,
+    # so the idle ones hold their slots by now)
+    assert served(3), "a request with one slot left was not served"
+    idle.append(socket.create_connection(("127.0.0.1", port)))
+    # every slot taken: the next request waits or is refused
+    assert not served(1.5), f"a request beyond {limit} connections was served"
+    assert time.monotonic() - opened < timeout_s, "the check came after the timeout"
+
+    # the server closes the idle connections after http.timeout_s...
+    for s in idle:
+        s.settimeout(timeout_s + 5)
+        data = s.recv(100)
+        assert data == b"" or data.startswith(b"HTTP/1.1 408"), data
+        s.close()
+    closed = time.monotonic() - opened
+    assert timeout_s - 1 <= closed <= timeout_s + 3, f"idle connections closed after {closed:.1f}s"
+    # ...and the slots are free again
+    assert served(3), "requests not served after the idle connections were closed"
+    assert relay.stop() == 0, relay.text()

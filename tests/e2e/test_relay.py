@@ -11,8 +11,8 @@ import psycopg2
 import pytest
 from confluent_kafka import TIMESTAMP_CREATE_TIME
 
-from conftest import (SANITIZED, ckpt_topic, header, java_partition, read_all, wait_for,
-                      write_config)
+from conftest import (SANITIZED, ckpt_topic, header, java_partition, read_all, relay_cmd,
+                      wait_for, write_config)
 
 
 def connect(url):
@@ -130,21 +130,34 @@ def test_backlog_exactly_once_in_order_with_contents(outbox_db, topics, relays, 
 
 
 def test_stop_and_start_mid_stream(outbox_db, topics, relays, tmp_path):
+    """SIGTERM while a backlog is being relayed, three times, with rows
+    still arriving: each stop comes after the run published some batches and
+    while committed rows still wait in the outbox; nothing is lost or
+    repeated across the restarts."""
     tps = topics(3, partitions=2)
     conn = connect(outbox_db)
     cfg = write_config(tmp_path / "relay.conf", outbox_db, "r-restart", **{"batch.max_rows": 500})
-    total = 30000
+    backlog, total = 20000, 30000
+    insert_rows(conn, tps, 0, backlog, per_txn=1000)
     writer_conn = connect(outbox_db)
-    writer = threading.Thread(target=insert_rows, args=(writer_conn, tps, 0, total),
+    writer = threading.Thread(target=insert_rows, args=(writer_conn, tps, backlog, total - backlog),
                               kwargs={"per_txn": 100})
     writer.start()
+    seq = 0
     for round_ in range(3):
         relay = relays(cfg)
         relay.wait_log("publishing")
-        time.sleep(1.0)
+        # some batches of this run committed and advanced...
+        wait_for(lambda: db_position(conn, "r-restart")[0] >= seq + 2, 60,
+                 f"round {round_}: two batches", interval=0.02)
+        waiting = scalar(conn, "SELECT count(*) FROM outbox.event")
         started = time.monotonic()
         assert relay.stop() == 0, relay.text()
         assert time.monotonic() - started < 15
+        # ...and rows were still waiting when the signal went
+        assert waiting > 0, f"round {round_}: the outbox was empty at the stop"
+        seq = db_position(conn, "r-restart")[0]
+        assert scalar(conn, "SELECT count(*) FROM outbox.event") > 0
     writer.join()
     relay = relays(cfg)
     wait_for(drained(conn), 180, "the outbox to drain")
@@ -154,6 +167,31 @@ def test_stop_and_start_mid_stream(outbox_db, topics, relays, tmp_path):
 
 
 CRASH_POINTS = ["after-fetch", "after-produce", "during-commit", "after-commit", "after-advance"]
+# Where the crash finds the next batch already read (held in memory, read
+# while the crashing batch travelled): from the end of the produce on.
+HOLDS_READ_AHEAD = {"during-commit", "after-commit", "after-advance"}
+
+
+def assert_read_ahead_at_crash(text, point):
+    """What the crashing relay held when it died, from its debug log. Full
+    batches of 1000: every batch after the first is read ahead while the one
+    before travels ("read N rows ahead (after_id X) while batch S travels").
+    The crashing batch C is the one after the last committed batch. At
+    during-commit, after-commit and after-advance the batch after C was read
+    ahead while C travelled, and is held at the crash; at after-fetch and
+    after-produce nothing is held yet, but C itself was read ahead while
+    C - 1 travelled."""
+    head = text[:text.index(f'crash point "{point}" reached')]
+    committed = [int(s) for s in re.findall(r"batch (\d+): \d+ rows committed", head)]
+    ahead = [(int(n), int(s)) for n, s in
+             re.findall(r"read (\d+) rows ahead \(after_id \d+\) while batch (\d+) travels", head)]
+    assert committed and ahead, text
+    crashing = committed[-1] + 1
+    assert crashing >= 3, f"the crash came at batch {crashing}, not the third:\n{text}"
+    want = crashing if point in HOLDS_READ_AHEAD else crashing - 1
+    assert ahead[-1] == (1000, want), (
+        f"at {point} the last batch read ahead should be 1000 rows read while batch {want} "
+        f"travelled, got {ahead[-1]}:\n{text}")
 
 
 @pytest.mark.parametrize("point", CRASH_POINTS)
@@ -168,8 +206,7 @@ def test_crash_point_repaired(point, outbox_db, topics, relays, tmp_path):
     rc = crashing.wait_exit(120)
     assert rc == -9, f"expected SIGKILL at {point}, got {rc}:\n{crashing.text()}"
     assert f'crash point "{point}" reached' in crashing.text()
-    # full batches: the next batch was read ahead before the crash
-    assert re.search(r"read 1000 rows ahead", crashing.text()), crashing.text()
+    assert_read_ahead_at_crash(crashing.text(), point)
     before = scalar(conn, "SELECT count(*) FROM outbox.event")
     assert 0 < before < 6000, "the crash should come mid-stream"
 
@@ -231,21 +268,95 @@ def test_out_of_order_commit_with_long_open_transaction(outbox_db, topics, relay
     t1.close()
 
 
+def status_fields(out):
+    """`status` prints one "name value" line per field of outbox.status()."""
+    return dict(line.split(None, 1) if " " in line.strip() else (line.strip(), "")
+                for line in out.splitlines() if line.strip())
+
+
 @pytest.mark.sanitizer
-def test_check_and_status_commands(outbox_db, tmp_path):
-    import subprocess
-    from conftest import RELAY_BIN
+def test_check_and_status_commands(outbox_db, topics, relays, tmp_path):
+    """check and status as an operator runs them; under the sanitizer build
+    relay_cmd gives ASan and UBSan their own exit codes (86, 87), so an
+    expected exit 1 cannot be a memory error."""
+    tps = topics(1)
     cfg = write_config(tmp_path / "relay.conf", outbox_db, "r-check")
-    out = subprocess.run([RELAY_BIN, "check", "-c", str(cfg)], capture_output=True, text=True)
+    out = relay_cmd("check", "-c", cfg)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "postgresql: ok" in out.stdout and "kafka: ok" in out.stdout
     bad = tmp_path / "bad.conf"
     bad.write_text(cfg.read_text().replace("lease_ttl_ms", "lease_tll_ms"))
-    out = subprocess.run([RELAY_BIN, "check", "-c", str(bad)], capture_output=True, text=True)
-    assert out.returncode == 1
+    out = relay_cmd("check", "-c", bad)
+    assert out.returncode == 1, out.stdout + out.stderr
     assert "relay.lease_tll_ms: unknown option" in out.stderr and "bad.conf:3" in out.stderr
-    out = subprocess.run([RELAY_BIN, "bogus"], capture_output=True, text=True)
-    assert out.returncode == 2
+    out = relay_cmd("bogus")
+    assert out.returncode == 2, out.stdout + out.stderr
+
+    # status before the relay ever ran: its state does not exist yet
+    out = relay_cmd("status", "-c", cfg)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert 'relay "r-check" does not exist' in out.stderr, out.stderr
+
+    # after a run that relayed three batches and stopped cleanly
+    conn = connect(outbox_db)
+    insert_rows(conn, tps, 0, 30, per_txn=10)
+    relay = relays(write_config(tmp_path / "run.conf", outbox_db, "r-check",
+                                **{"batch.max_rows": 10}))
+    wait_for(drained(conn), 60, "the rows to be relayed")
+    assert relay.stop() == 0, relay.text()
+    owner = re.search(r'lease of relay "r-check" taken by "([^"]+)": generation 1',
+                      relay.text()).group(1)
+    insert_rows(conn, tps, 30, 7, per_txn=7)  # committed, not relayed: the lag
+    seq, done, nxt, after = db_position(conn, "r-check")
+    out = relay_cmd("status", "-c", cfg)
+    assert out.returncode == 0, out.stdout + out.stderr
+    st = status_fields(out.stdout)
+    assert set(st) == {"name", "owner", "generation", "lease_expires_at", "lease_expires_in_ms",
+                       "batch_seq", "pos_done", "pos_next", "pos_after_id", "created_at",
+                       "updated_at", "advanced_at", "lag_rows", "lag_oldest_age_ms"}, out.stdout
+    assert st["name"] == "r-check" and st["owner"] == owner
+    assert st["generation"] == "1"
+    assert int(st["lease_expires_in_ms"]) <= 0  # released at the clean stop
+    assert int(st["batch_seq"]) == seq >= 3
+    assert (st["pos_done"], st["pos_next"], int(st["pos_after_id"])) == \
+        (done, nxt if nxt is not None else "(null)", after)
+    assert st["lag_rows"] == "7" and int(st["lag_oldest_age_ms"]) >= 0
+    assert st["advanced_at"] != "(null)"
+
+
+def test_notify_wakes_the_relay_else_it_polls(outbox_db, topics, relays, tmp_path):
+    """With NOTIFY off the relay finds rows only at its poll (every
+    batch.poll_interval_ms): rows committed one by one within a second land
+    in at most two transactions. With the trigger on, each row wakes it: each
+    arrives long before the next poll, in a transaction of its own. The
+    transactions are read back from Kafka (consecutive offsets, then a
+    marker), so the proof is what was published, not a silence."""
+    from test_ha import transaction_sizes
+    (tp,) = topics(1)
+    conn = connect(outbox_db)
+    poll_s = 8
+    relay = relays(write_config(tmp_path / "relay.conf", outbox_db, "r-notify-wake",
+                                **{"batch.poll_interval_ms": poll_s * 1000,
+                                   "relay.lease_ttl_ms": 60000}))
+    relay.wait_log("publishing")
+    assert scalar(conn, "SELECT outbox.notify_enabled()") is False
+
+    for n in range(4):  # NOTIFY off: four commits within 1.2 s
+        insert_rows(conn, [tp], n, 1, per_txn=1)
+        time.sleep(0.4)
+    wait_for(drained(conn), 2 * poll_s + 10, "the rows at the next poll")
+    polled = transaction_sizes(tp)
+    assert sum(polled) == 4 and len(polled) <= 2, polled
+
+    assert scalar(conn, "SELECT outbox.notify_enable()") is True
+    for n in range(4, 8):  # NOTIFY on: each row arrives well before a poll would
+        t0 = time.monotonic()
+        insert_rows(conn, [tp], n, 1, per_txn=1)
+        wait_for(drained(conn), poll_s / 2, f"row {n} woken by NOTIFY", interval=0.02)
+        assert time.monotonic() - t0 < poll_s / 2
+    assert transaction_sizes(tp) == polled + [1, 1, 1, 1]
+    assert relay.stop() == 0, relay.text()
+    check_exactly_once(read_all([tp]), range(8))
 
 
 def test_json_logs(outbox_db, topics, relays, tmp_path):

@@ -1,26 +1,34 @@
 -- 70_notify.sql: the optional NOTIFY trigger. A second session listens
 -- (dblink) while this one inserts in autocommit. Leaves NOTIFY off.
+-- Counting needs no silence as proof: after each step a third session sends
+-- a marker on the same channel, and PostgreSQL delivers notifications of
+-- different transactions in commit order, so what the listener received
+-- before the marker is exactly what the step sent.
 \ir lib/dblink.sql
 SELECT plan(14);
 
--- outbox_event notifications the listener has received, waiting up to
--- p_wait_ms for the first one and then 100 ms for more (a notification
--- reaches another session shortly after the commit, not at once).
-CREATE FUNCTION pg_temp.notifications(p_conn text, p_wait_ms int) RETURNS int LANGUAGE plpgsql AS $$
+-- outbox_event notifications the listener received before a marker that
+-- the 'marker' session sends now (committed after every earlier statement
+-- of this session). NULL when the marker does not arrive within 10 s.
+CREATE FUNCTION pg_temp.notifications(p_conn text) RETURNS int LANGUAGE plpgsql AS $$
 DECLARE
+    v_marker text := 'marker-' || clock_timestamp()::text;
     v_n int := 0;
-    v_deadline timestamptz := clock_timestamp() + p_wait_ms * interval '1 millisecond';
+    v_deadline timestamptz := clock_timestamp() + interval '10 seconds';
+    v_note record;
 BEGIN
+    PERFORM dblink_exec('marker', format('NOTIFY outbox_event, %L', v_marker));
     LOOP
-        v_n := v_n + (SELECT count(*) FROM dblink_get_notify(p_conn) WHERE notify_name = 'outbox_event');
-        EXIT WHEN v_n > 0 OR clock_timestamp() > v_deadline;
+        FOR v_note IN SELECT * FROM dblink_get_notify(p_conn) LOOP
+            IF v_note.notify_name = 'outbox_event' AND v_note.extra = v_marker THEN
+                RETURN v_n;
+            END IF;
+            v_n := v_n + (v_note.notify_name = 'outbox_event')::int;
+        END LOOP;
+        EXIT WHEN clock_timestamp() > v_deadline;
         PERFORM pg_sleep(0.01);
     END LOOP;
-    IF v_n > 0 THEN
-        PERFORM pg_sleep(0.1);
-        v_n := v_n + (SELECT count(*) FROM dblink_get_notify(p_conn) WHERE notify_name = 'outbox_event');
-    END IF;
-    RETURN v_n;
+    RETURN NULL;
 END
 $$;
 
@@ -28,10 +36,11 @@ SELECT outbox.notify_disable();
 DELETE FROM outbox.event;
 SELECT pg_temp.connect('listener');
 SELECT pg_temp.exec('listener', 'LISTEN outbox_event');
+SELECT pg_temp.connect('marker');
 
 SELECT is(outbox.notify_enabled(), false, 'NOTIFY starts off');
 INSERT INTO outbox.event (topic) VALUES ('n');
-SELECT is(pg_temp.notifications('listener', 300), 0, 'with NOTIFY off, an insert notifies nobody');
+SELECT is(pg_temp.notifications('listener'), 0, 'with NOTIFY off, an insert notifies nobody');
 
 SELECT is(outbox.notify_enable(), true, 'notify_enable() creates the trigger');
 SELECT is(outbox.notify_enable(), false, 'notify_enable() again changes nothing');
@@ -43,30 +52,31 @@ SELECT results_eq(
 SELECT is(outbox.notify_enabled(), true, 'notify_enabled() says so');
 
 INSERT INTO outbox.event (topic) SELECT 'n' FROM generate_series(1, 50);
-SELECT is(pg_temp.notifications('listener', 5000), 1,
+SELECT is(pg_temp.notifications('listener'), 1,
           'a committed 50-row insert sends one notification on channel outbox_event');
 BEGIN;
 INSERT INTO outbox.event (topic) VALUES ('n');
 INSERT INTO outbox.event (topic) VALUES ('n');
 SELECT outbox.publish('n', 'k', 'v');
 COMMIT;
-SELECT is(pg_temp.notifications('listener', 5000), 1,
+SELECT is(pg_temp.notifications('listener'), 1,
           'three inserting statements in one transaction: still one notification');
 BEGIN;
 INSERT INTO outbox.event (topic) VALUES ('n');
 ROLLBACK;
-SELECT is(pg_temp.notifications('listener', 300), 0, 'a rolled-back insert notifies nobody');
+SELECT is(pg_temp.notifications('listener'), 0, 'a rolled-back insert notifies nobody');
 UPDATE outbox.event SET topic = 'm';
 DELETE FROM outbox.event;
-SELECT is(pg_temp.notifications('listener', 300), 0, 'updates and deletes (the relay''s) notify nobody');
+SELECT is(pg_temp.notifications('listener'), 0, 'updates and deletes (the relay''s) notify nobody');
 
 SELECT is(outbox.notify_disable(), true, 'notify_disable() drops the trigger');
 SELECT is(outbox.notify_disable(), false, 'notify_disable() again changes nothing');
 INSERT INTO outbox.event (topic) VALUES ('n');
-SELECT is(pg_temp.notifications('listener', 300), 0, 'NOTIFY is off again');
+SELECT is(pg_temp.notifications('listener'), 0, 'NOTIFY is off again');
 SELECT is_empty($$SELECT FROM pg_trigger WHERE tgrelid = 'outbox.event'::regclass AND NOT tgisinternal$$,
                 'no trigger left on outbox.event');
 
 SELECT dblink_disconnect('listener');
+SELECT dblink_disconnect('marker');
 DELETE FROM outbox.event;
 SELECT * FROM finish();

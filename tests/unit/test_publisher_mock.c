@@ -156,15 +156,47 @@ static void test_clean_transaction(void **state)
 	assert_false(publisher_needs_recreate(fx->pub));
 }
 
+/*
+ * The "retriable" tests aim their errors at one broker (broker errors take
+ * precedence over cluster-wide ones) so that they can check the broker's
+ * error stack is empty afterwards: the errors were served and retried, not
+ * left unused by requests that never came.
+ */
+static void push_errors(struct fx *fx, int32_t broker, int16_t api, rd_kafka_resp_err_t e1,
+			rd_kafka_resp_err_t e2)
+{
+	assert_int_equal(rd_kafka_mock_broker_push_request_error_rtts(fx->mc, broker, api, 2, e1,
+								      0, e2, 0),
+			 0);
+}
+
+static void assert_errors_served(struct fx *fx, int32_t broker, int16_t api)
+{
+	size_t left = 99;
+
+	assert_int_equal(rd_kafka_mock_broker_error_stack_cnt(fx->mc, broker, api, &left), 0);
+	if (left != 0)
+		fail_msg("%zu injected error(s) for ApiKey %d never reached broker %d", left, api,
+			 broker);
+}
+
+/* The transaction coordinator is broker 1, where the errors are aimed. */
+static void coordinator_on_1(struct fx *fx)
+{
+	assert_int_equal(
+		rd_kafka_mock_coordinator_set(fx->mc, "transaction", fx->cfg->relay_name, 1), 0);
+}
+
 /* InitProducerId: retriable errors are retried inside init_transactions */
 static void test_init_retriable(void **state)
 {
 	struct fx *fx = *state;
 
-	rd_kafka_mock_push_request_errors(fx->mc, API_INIT_PRODUCER_ID, 2,
-					  RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS,
-					  RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE);
+	coordinator_on_1(fx);
+	push_errors(fx, 1, API_INIT_PRODUCER_ID, RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS,
+		    RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE);
 	init_ok(fx);
+	assert_errors_served(fx, 1, API_INIT_PRODUCER_ID);
 	expect(fx, send_batch(fx), PUB_OK);
 }
 
@@ -205,11 +237,12 @@ static void test_add_partitions_retriable(void **state)
 {
 	struct fx *fx = *state;
 
+	coordinator_on_1(fx);
 	init_ok(fx);
-	rd_kafka_mock_push_request_errors(fx->mc, API_ADD_PARTITIONS_TO_TXN, 2,
-					  RD_KAFKA_RESP_ERR_CONCURRENT_TRANSACTIONS,
-					  RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS);
+	push_errors(fx, 1, API_ADD_PARTITIONS_TO_TXN, RD_KAFKA_RESP_ERR_CONCURRENT_TRANSACTIONS,
+		    RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS);
 	expect(fx, send_batch(fx), PUB_OK);
+	assert_errors_served(fx, 1, API_ADD_PARTITIONS_TO_TXN);
 }
 
 /* AddPartitionsToTxn: an abortable error aborts; the same batch is re-sent
@@ -231,10 +264,11 @@ static void test_produce_retriable(void **state)
 	struct fx *fx = *state;
 
 	init_ok(fx);
-	rd_kafka_mock_push_request_errors(fx->mc, API_PRODUCE, 2,
-					  RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
-					  RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION);
+	/* broker 1 leads the rows' partitions */
+	push_errors(fx, 1, API_PRODUCE, RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+		    RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION);
 	expect(fx, send_batch(fx), PUB_OK);
+	assert_errors_served(fx, 1, API_PRODUCE);
 }
 
 /* Produce: the broker refuses a record for good: a poison row, named */
@@ -293,11 +327,12 @@ static void test_end_txn_retriable(void **state)
 {
 	struct fx *fx = *state;
 
+	coordinator_on_1(fx);
 	init_ok(fx);
-	rd_kafka_mock_push_request_errors(fx->mc, API_END_TXN, 2,
-					  RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE,
-					  RD_KAFKA_RESP_ERR_CONCURRENT_TRANSACTIONS);
+	push_errors(fx, 1, API_END_TXN, RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE,
+		    RD_KAFKA_RESP_ERR_CONCURRENT_TRANSACTIONS);
 	expect(fx, send_batch(fx), PUB_OK);
+	assert_errors_served(fx, 1, API_END_TXN);
 }
 
 /* EndTxn answered after commit_timeout_ms: the commit times out, is called
