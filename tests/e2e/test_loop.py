@@ -117,10 +117,8 @@ def test_trust_database_and_an_unknown_commit_outcome(outbox_db, topics, relays,
     mode means the transaction did not commit, so the relay sends the batch
     again and goes on (before: exit 5, "another writer used relay name")."""
     import sys
-    from confluent_kafka.admin import AdminClient
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fault"))
     from run import DelayProxy  # noqa: E402
-    from conftest import BOOTSTRAP, QUIET, ckpt_topic
 
     names = topics(3)
     proxied = os.environ.get("OUTBOX_KAFKA_PROXIED", "127.0.0.1:19094")
