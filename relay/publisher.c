@@ -603,7 +603,7 @@ static enum pub_status txn_fatal_status(struct publisher *pub)
 	snprintf(cause, sizeof(cause), "%s", pub->errstr);
 	snprintf(pub->errstr, sizeof(pub->errstr),
 		 "the transaction was open %" PRId64 " ms, longer than transaction.timeout.ms (%d): "
-		 "the broker aborted it and fenced this producer's epoch (%s)",
+		 "the broker aborted it and fenced this producer's epoch (%.300s)",
 		 age, pub->cfg->transaction_timeout_ms, cause);
 	return PUB_UNKNOWN;
 }
