@@ -583,14 +583,15 @@ static enum err_class err_class(rd_kafka_resp_err_t err)
 	}
 }
 
-/* A fatal error inside a transaction. Fencing (PRODUCER_FENCED or
- * INVALID_PRODUCER_EPOCH, which librdkafka 2.0.2 both reports as __FENCED)
- * also comes from the broker itself: when a transaction outlives
- * transaction.timeout.ms, the coordinator aborts it and bumps the epoch, and
- * the next request of the stalled producer is refused as fenced though no
- * other relay exists. Such a transaction is settled by a new producer
- * (PUB_UNKNOWN), whose start re-checks the lease: a relay that truly took
- * over holds it, and this one then stops. */
+/* A fatal error inside a transaction. When a transaction outlives
+ * transaction.timeout.ms (the relay was paused, the host stalled), the
+ * coordinator aborts it and bumps the producer's epoch, and librdkafka 2.0.2
+ * turns the stalled producer's next request into a fatal error: "fenced"
+ * (PRODUCER_FENCED and INVALID_PRODUCER_EPOCH both become __FENCED) or
+ * INVALID_TXN_STATE from EndTxn, though no other relay exists. Such a
+ * transaction is settled by a new producer (PUB_UNKNOWN), whose start
+ * re-checks the lease first: a relay that truly took over holds the lease,
+ * and this one then stops; any other fatal cause fails again there. */
 static enum pub_status txn_fatal_status(struct publisher *pub)
 {
 	enum pub_status st = fatal_status(pub);
@@ -598,12 +599,12 @@ static enum pub_status txn_fatal_status(struct publisher *pub)
 	char cause[512];
 
 	pub->needs_recreate = true;
-	if (st != PUB_FENCED || !pub->txn_begin_ms || age < pub->cfg->transaction_timeout_ms)
+	if (!pub->txn_begin_ms || age < pub->cfg->transaction_timeout_ms)
 		return st;
 	snprintf(cause, sizeof(cause), "%s", pub->errstr);
 	snprintf(pub->errstr, sizeof(pub->errstr),
 		 "the transaction was open %" PRId64 " ms, longer than transaction.timeout.ms (%d): "
-		 "the broker aborted it and fenced this producer's epoch (%.300s)",
+		 "the broker has aborted it and fenced this producer's epoch (%.300s)",
 		 age, pub->cfg->transaction_timeout_ms, cause);
 	return PUB_UNKNOWN;
 }
