@@ -6,10 +6,13 @@ import signal
 import time
 import uuid
 
+import pytest
+
 from conftest import create_topics, header, read_all, wait_for, write_config
 from test_relay import connect, drained, insert_rows, scalar
 
 
+@pytest.mark.sanitizer
 def test_compressed_record_over_topic_limit_is_published(outbox_db, relays, tmp_path):
     """A record larger than the topic's max.message.bytes uncompressed but
     far smaller compressed is accepted by the broker (it judges the batch as
@@ -33,6 +36,7 @@ def test_compressed_record_over_topic_limit_is_published(outbox_db, relays, tmp_
     assert len(msgs) == 1 and msgs[0].value() == b"z" * 200000 and header(msgs[0], "n") == b"1"
 
 
+@pytest.mark.sanitizer
 def test_uncompressed_record_over_topic_limit_is_poison(outbox_db, relays, tmp_path):
     """Without compression the pre-check still names the row (the other
     side of the test above)."""
