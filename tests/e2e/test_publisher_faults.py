@@ -93,3 +93,34 @@ def test_broker_aborted_transaction_is_not_fenced(outbox_db, topics, relays, tmp
     msgs = read_all(tps)
     ns = [int(header(m, "n")) for m in msgs]
     assert sorted(ns) == list(range(total)), "lost or duplicated rows"
+
+
+def test_record_batch_over_topic_limit_blames_no_row(outbox_db, relays, tmp_path):
+    """Rows of 1 KB each to a topic whose max.message.bytes is 20000: each
+    row fits, but librdkafka packs many into one record batch (batch.size,
+    1 MB by default) and the broker refuses the batch as a whole. No row is
+    to blame (the old code poisoned the first row of the request, a healthy
+    one): the relay stops and says to lower batch.size; with batch.size
+    below the limit every row is published exactly once."""
+    topic = f"e2e-{uuid.uuid4().hex[:8]}-small"
+    create_topics([topic], config={"max.message.bytes": "20000"})
+    conn = connect(outbox_db)
+    with conn.cursor() as cur:
+        cur.execute("INSERT INTO outbox.event(topic, key, payload, headers) "
+                    "SELECT %s, convert_to('k' || n, 'UTF8'), "
+                    "       decode(repeat(md5(n::text), 32), 'hex'), "
+                    "       jsonb_build_object('n', n::text) "
+                    "FROM generate_series(0, 199) AS n", (topic,))
+    relay = relays(write_config(tmp_path / "relay.conf", outbox_db, "r-batch-size"))
+    wait_for(lambda: relay.proc.poll() is not None or "stopped on outbox row" in relay.text(), 60,
+             "the relay to stop or to halt on a row")
+    assert "stopped on outbox row" not in relay.text(), relay.text()
+    assert relay.wait_exit(60) == 1, relay.text()
+    assert re.search(r"refused a record batch of \d+ rows for size .*batch\.size", relay.text()), \
+        relay.text()
+    relay = relays(write_config(tmp_path / "relay2.conf", outbox_db, "r-batch-size",
+                                **{"kafka.properties": ["batch.size=15000"]}))
+    wait_for(drained(conn), 60, "the rows to be published")
+    assert relay.stop() == 0, relay.text()
+    ns = sorted(int(header(m, "n")) for m in read_all([topic]))
+    assert ns == list(range(200))
