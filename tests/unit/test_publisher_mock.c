@@ -317,6 +317,10 @@ static void test_end_txn_timeout_recreates(void **state)
 {
 	struct fx *fx = *state;
 
+	/* the coordinator where the delay is (else it depends on the name's hash) */
+	assert_int_equal(rd_kafka_mock_coordinator_set(fx->mc, "transaction",
+						       fx->cfg->relay_name, 1),
+			 0);
 	init_ok(fx);
 	assert_int_equal(rd_kafka_mock_broker_push_request_error_rtts(
 				 fx->mc, 1, API_END_TXN, 1, RD_KAFKA_RESP_ERR_NO_ERROR, 2500),
@@ -597,6 +601,34 @@ static int setup_linger(void **state)
 	return setup_with(state, ", \"linger.ms=200\"", "", "");
 }
 
+/* A commit waiting for a slow EndTxn blocks in the waiter's slices: the
+ * tick runs meanwhile (heartbeat, lease), and a stop ends the wait with the
+ * outcome left to the next producer (the old commit blocked for
+ * commit_timeout_ms and then retried, blind to a stop) */
+static void test_commit_stops_on_waiter(void **state)
+{
+	struct fx *fx = *state;
+	struct ticks t = {0, 3};
+	struct waiter w = {count_tick, &t, 100};
+	int64_t t0;
+
+	/* the transaction coordinator on broker 1, where EndTxn is delayed */
+	assert_int_equal(rd_kafka_mock_coordinator_set(fx->mc, "transaction",
+						       fx->cfg->relay_name, 1),
+			 0);
+	init_ok(fx);
+	publisher_set_waiter(fx->pub, &w);
+	assert_int_equal(rd_kafka_mock_broker_push_request_error_rtts(
+				 fx->mc, 1, API_END_TXN, 1, RD_KAFKA_RESP_ERR_NO_ERROR, 5000),
+			 0);
+	t0 = now_ms();
+	expect(fx, send_batch(fx), PUB_UNKNOWN);
+	assert_true(now_ms() - t0 < 1500);
+	assert_int_equal(t.n, 3);
+	assert_true(publisher_needs_recreate(fx->pub));
+	assert_non_null(strstr(publisher_errstr(fx->pub), "stopped while committing"));
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
@@ -623,6 +655,7 @@ int main(void)
 						teardown),
 		cmocka_unit_test(test_secret_not_echoed),
 		T(test_permanent_produce_errors),
+		T(test_commit_stops_on_waiter),
 		cmocka_unit_test_setup_teardown(test_batch_refused_for_size_blames_no_row,
 						setup_linger, teardown),
 	};
