@@ -11,23 +11,35 @@
 #include "log.h"
 #include "publisher.h"
 
+/* After a metadata lookup failed (the broker could not be asked), every
+ * lookup answers "could not ask" at once for this long: one failure answers
+ * for a whole batch instead of one wait per row. */
+#define LOOKUP_RETRY_MS 5000
+
 /* A topic the relay produces to, and what it last learned of it. */
 struct topic_handle {
 	char *name;
 	rd_kafka_topic_t *rkt;
 	bool exists;
+	bool denied;        /* TOPIC_AUTHORIZATION_FAILED */
 	int64_t checked_ms; /* 0 = never */
 	int64_t max_bytes;  /* the topic's max.message.bytes; 0 = unknown */
 };
 
 struct publisher {
 	const struct config *cfg;
+	const struct waiter *w; /* borrowed; NULL: plain timeouts */
 	rd_kafka_t *rk;
 	struct topic_handle *topics;
 	size_t ntopics;
 	rd_kafka_topic_t *ckpt_rkt;
 	rd_kafka_topic_t *dlq_rkt;
 	int64_t client_max_bytes; /* the producer's message.max.bytes */
+	int64_t queue_max_bytes;  /* queue.buffering.max.kbytes, in bytes */
+	bool compressed;          /* compression.type is not "none" */
+	int64_t lookup_retry_ms;  /* no metadata lookup before this (now_ms) */
+	int64_t txn_begin_ms;     /* when the current transaction began */
+	const struct batch *cur;  /* the current transaction's batch */
 	bool needs_recreate;
 	char errstr[512];
 
@@ -36,6 +48,10 @@ struct publisher {
 	rd_kafka_resp_err_t dr_err;
 	int64_t dr_id;
 	int64_t poison_id;
+	/* Every row refused for size in the current transaction: a produce
+	 * request carries many rows, and the broker refuses it as a whole. */
+	int64_t *size_ids;
+	size_t nsize_ids, cap_size_ids;
 };
 
 const char *pub_status_str(enum pub_status st)
@@ -61,20 +77,58 @@ static void kafka_reader_log_cb(const rd_kafka_t *rk, int level, const char *fac
 	kafka_log_cb(rk, level, fac, buf);
 }
 
+/* librdkafka's own error text may quote the refused value ("Invalid value
+ * \"...\" for configuration property ..."), and the value may be a secret
+ * (sasl.password): every occurrence of the value is cut out of msg, whatever
+ * the property, so no value ever reaches a log line or an error string. */
+static void redact_value(char *msg, size_t msglen, const char *value)
+{
+	char out[512];
+	size_t n = 0, vlen = strlen(value);
+	const char *p = msg;
+
+	if (vlen == 0)
+		return;
+	while (*p && n + 1 < sizeof(out)) {
+		if (strncmp(p, value, vlen) == 0) {
+			n += (size_t)snprintf(out + n, sizeof(out) - n, "%s", "(value hidden)");
+			if (n >= sizeof(out))
+				n = sizeof(out) - 1;
+			p += vlen;
+		} else {
+			out[n++] = *p++;
+		}
+	}
+	out[n] = '\0';
+	snprintf(msg, msglen, "%s", out);
+}
+
+/* Set one property; on refusal errbuf names the property, never its value. */
+static int prop_set(rd_kafka_conf_t *conf, const char *name, const char *value,
+		    const char *where, char *errbuf, size_t errlen)
+{
+	char rderr[512];
+
+	if (rd_kafka_conf_set(conf, name, value, rderr, sizeof(rderr)) == RD_KAFKA_CONF_OK)
+		return 0;
+	redact_value(rderr, sizeof(rderr), value);
+	snprintf(errbuf, errlen, "%s \"%s\": %s", where, name, rderr);
+	return -1;
+}
+
 rd_kafka_conf_t *kafka_conf_new(const struct config *cfg, bool reader, char *errbuf, size_t errlen)
 {
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
-	char rderr[512];
+	char where[512];
 
 	rd_kafka_conf_set_log_cb(conf, reader ? kafka_reader_log_cb : kafka_log_cb);
-	if (rd_kafka_conf_set(conf, "bootstrap.servers", cfg->kafka_bootstrap, rderr,
-			      sizeof(rderr)) != RD_KAFKA_CONF_OK ||
-	    rd_kafka_conf_set(conf, "client.id", "outbox-relay", rderr, sizeof(rderr)) !=
-		    RD_KAFKA_CONF_OK) {
-		snprintf(errbuf, errlen, "%s: kafka.bootstrap_servers: %s", cfg->path, rderr);
+	snprintf(where, sizeof(where), "%s: kafka.bootstrap_servers:", cfg->path);
+	if (prop_set(conf, "bootstrap.servers", cfg->kafka_bootstrap, where, errbuf, errlen) < 0 ||
+	    prop_set(conf, "client.id", "outbox-relay", where, errbuf, errlen) < 0) {
 		rd_kafka_conf_destroy(conf);
 		return NULL;
 	}
+	snprintf(where, sizeof(where), "%s: kafka.properties:", cfg->path);
 	for (int i = 0; i < cfg->n_kafka_props; i++) {
 		char *kv = xstrdup(cfg->kafka_props[i]);
 		char *eq = strchr(kv, '=');
@@ -89,9 +143,7 @@ rd_kafka_conf_t *kafka_conf_new(const struct config *cfg, bool reader, char *err
 			rd_kafka_conf_destroy(conf);
 			return NULL;
 		}
-		if (rd_kafka_conf_set(conf, kv, eq + 1, rderr, sizeof(rderr)) != RD_KAFKA_CONF_OK) {
-			snprintf(errbuf, errlen, "%s: kafka.properties: \"%s\": %s", cfg->path,
-				 cfg->kafka_props[i], rderr);
+		if (prop_set(conf, kv, eq + 1, where, errbuf, errlen) < 0) {
 			free(kv);
 			rd_kafka_conf_destroy(conf);
 			return NULL;
@@ -101,32 +153,41 @@ rd_kafka_conf_t *kafka_conf_new(const struct config *cfg, bool reader, char *err
 	return conf;
 }
 
+static bool is_size_error(rd_kafka_resp_err_t err)
+{
+	return err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE ||
+	       err == RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE;
+}
+
 static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
 	struct publisher *pub = opaque;
+	int64_t id = (int64_t)(intptr_t)m->_private;
 
 	(void)rk;
 	/* Purged records only echo the abort; keep the first real cause. */
-	if (m->err && !pub->dr_err && m->err != RD_KAFKA_RESP_ERR__PURGE_QUEUE &&
-	    m->err != RD_KAFKA_RESP_ERR__PURGE_INFLIGHT) {
+	if (!m->err || m->err == RD_KAFKA_RESP_ERR__PURGE_QUEUE ||
+	    m->err == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT)
+		return;
+	if (!pub->dr_err) {
 		pub->dr_err = m->err;
-		pub->dr_id = (int64_t)(intptr_t)m->_private;
+		pub->dr_id = id;
+	}
+	if (is_size_error(m->err) && id >= 0) {
+		if (pub->nsize_ids == pub->cap_size_ids) {
+			pub->cap_size_ids = pub->cap_size_ids ? 2 * pub->cap_size_ids : 16;
+			pub->size_ids = xrealloc(pub->size_ids,
+						 pub->cap_size_ids * sizeof(*pub->size_ids));
+		}
+		pub->size_ids[pub->nsize_ids++] = id;
 	}
 }
 
-/* Set a property the relay derives; the user's kafka.properties were applied
- * first, so an explicit user value is kept where `only_default` says so. */
+/* Set a property the relay derives (after the user's kafka.properties). */
 static int conf_set(rd_kafka_conf_t *conf, const char *name, const char *value, char *errbuf,
 		    size_t errlen)
 {
-	char rderr[512];
-
-	if (rd_kafka_conf_set(conf, name, value, rderr, sizeof(rderr)) != RD_KAFKA_CONF_OK) {
-		snprintf(errbuf, errlen, "could not set producer property %s=%s: %s", name, value,
-			 rderr);
-		return -1;
-	}
-	return 0;
+	return prop_set(conf, name, value, "could not set producer property", errbuf, errlen);
 }
 
 static bool user_set(const struct config *cfg, const char *name)
@@ -162,6 +223,7 @@ struct publisher *publisher_new(const struct config *cfg, char *errbuf, size_t e
 	snprintf(v, sizeof(v), "%lld", kb);
 	if (conf_set(conf, "queue.buffering.max.kbytes", v, errbuf, errlen) < 0)
 		goto fail;
+	pub->queue_max_bytes = kb * 1024;
 	snprintf(v, sizeof(v), "%d", cfg->transaction_timeout_ms);
 	if (conf_set(conf, "transactional.id", cfg->relay_name, errbuf, errlen) < 0 ||
 	    conf_set(conf, "transaction.timeout.ms", v, errbuf, errlen) < 0 ||
@@ -186,6 +248,10 @@ struct publisher *publisher_new(const struct config *cfg, char *errbuf, size_t e
 		if (rd_kafka_conf_get(rd_kafka_conf(pub->rk), "message.max.bytes", buf, &sz) ==
 		    RD_KAFKA_CONF_OK)
 			pub->client_max_bytes = strtoll(buf, NULL, 10);
+		sz = sizeof(buf);
+		pub->compressed = rd_kafka_conf_get(rd_kafka_conf(pub->rk), "compression.codec",
+						    buf, &sz) == RD_KAFKA_CONF_OK &&
+				  strcmp(buf, "none") != 0;
 	}
 	return pub;
 fail:
@@ -261,16 +327,59 @@ static struct topic_handle *topic_get(struct publisher *pub, const char *name)
 	return th;
 }
 
-/* The topic's max.message.bytes, or 0 when the broker will not say. */
-static int64_t topic_max_bytes(struct publisher *pub, const char *name)
+void publisher_set_waiter(struct publisher *pub, const struct waiter *w)
+{
+	pub->w = w;
+}
+
+/* A metadata request for one topic (or none: rkt NULL), in slices of the
+ * waiter until deadline_ms. Each slice is a request of its own; a broker
+ * that cannot be reached answers __TRANSPORT at the end of a slice. Returns
+ * __INTR when the waiter said stop, __TIMED_OUT (or the last error) when the
+ * deadline passed. */
+static rd_kafka_resp_err_t metadata_wait(struct publisher *pub, rd_kafka_topic_t *rkt,
+					 const struct rd_kafka_metadata **md, int64_t deadline_ms)
+{
+	rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR__TIMED_OUT;
+
+	for (;;) {
+		int ms;
+
+		if (!wait_tick(pub->w))
+			return RD_KAFKA_RESP_ERR__INTR;
+		ms = wait_slice(pub->w, deadline_ms);
+		if (ms <= 0)
+			return err;
+		err = rd_kafka_metadata(pub->rk, 0, rkt, md, ms);
+		if (err != RD_KAFKA_RESP_ERR__TIMED_OUT && err != RD_KAFKA_RESP_ERR__TRANSPORT)
+			return err;
+	}
+}
+
+/* The topic's max.message.bytes, or 0 when the broker will not say before
+ * deadline_ms. */
+static int64_t topic_max_bytes(struct publisher *pub, const char *name, int64_t deadline_ms)
 {
 	rd_kafka_ConfigResource_t *res = rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_TOPIC, name);
 	rd_kafka_queue_t *q = rd_kafka_queue_new(pub->rk);
-	rd_kafka_event_t *ev;
+	rd_kafka_AdminOptions_t *opts =
+		rd_kafka_AdminOptions_new(pub->rk, RD_KAFKA_ADMIN_OP_DESCRIBECONFIGS);
+	rd_kafka_event_t *ev = NULL;
 	int64_t max = 0;
+	int left = wait_slice(NULL, deadline_ms);
 
-	rd_kafka_DescribeConfigs(pub->rk, &res, 1, NULL, q);
-	ev = rd_kafka_queue_poll(q, 10000);
+	if (left <= 0)
+		goto out;
+	(void)rd_kafka_AdminOptions_set_request_timeout(opts, left, NULL, 0);
+	rd_kafka_DescribeConfigs(pub->rk, &res, 1, opts, q);
+	/* The request's own timeout ends it; until then poll in slices. */
+	while (!ev) {
+		int ms = wait_slice(pub->w, deadline_ms + 1000);
+
+		if (ms <= 0 || !wait_tick(pub->w))
+			break;
+		ev = rd_kafka_queue_poll(q, ms);
+	}
 	if (ev && !rd_kafka_event_error(ev)) {
 		size_t nres, ncfg;
 		const rd_kafka_ConfigResource_t **rs = rd_kafka_DescribeConfigs_result_resources(
@@ -283,38 +392,72 @@ static int64_t topic_max_bytes(struct publisher *pub, const char *name)
 					max = strtoll(rd_kafka_ConfigEntry_value(ce[k]), NULL, 10);
 		}
 	}
+out:
 	if (ev)
 		rd_kafka_event_destroy(ev);
+	rd_kafka_AdminOptions_destroy(opts);
 	rd_kafka_queue_destroy(q);
 	rd_kafka_ConfigResource_destroy(res);
 	return max;
 }
 
-/* Learn whether a topic exists and its size limit; a known topic is looked
- * at again every five minutes, a missing one every time it is needed.
- * Returns -1 when the broker could not be asked. */
-static int topic_refresh(struct publisher *pub, struct topic_handle *th)
+/* Learn whether a topic exists, whether we may write to it and its size
+ * limit. A known topic is looked at again every five minutes, a missing one
+ * every time it is needed. Only two answers are the row's fault: the topic
+ * is unknown (asked twice, so that a broker still learning of a new topic
+ * does not decide) and writing to it is not allowed. Any other topic error
+ * (LEADER_NOT_AVAILABLE during an election or an auto-creation, ...) and a
+ * broker that cannot be asked return -1: "could not ask". A failed lookup
+ * is remembered for LOOKUP_RETRY_MS, so that the rows after it do not wait
+ * again. */
+static int topic_refresh(struct publisher *pub, struct topic_handle *th, int64_t deadline_ms)
 {
-	const struct rd_kafka_metadata *md;
-	rd_kafka_resp_err_t err;
-
 	if (th->checked_ms && th->exists && now_ms() - th->checked_ms < 300000)
 		return 0;
-	err = rd_kafka_metadata(pub->rk, 0, th->rkt, &md, 10000);
-	if (err)
+	if (now_ms() < pub->lookup_retry_ms)
 		return -1;
-	th->exists = md->topic_cnt == 1 && md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR &&
-		     md->topics[0].partition_cnt > 0;
-	rd_kafka_metadata_destroy(md);
+	for (int attempt = 0;; attempt++) {
+		const struct rd_kafka_metadata *md;
+		rd_kafka_resp_err_t err = metadata_wait(pub, th->rkt, &md, deadline_ms);
+		int partitions;
+
+		if (err) {
+			if (err != RD_KAFKA_RESP_ERR__INTR)
+				pub->lookup_retry_ms = now_ms() + LOOKUP_RETRY_MS;
+			snprintf(pub->errstr, sizeof(pub->errstr),
+				 "could not look up topic \"%s\": %s", th->name, rd_kafka_err2str(err));
+			return -1;
+		}
+		err = md->topic_cnt == 1 ? md->topics[0].err : RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC;
+		partitions = md->topic_cnt == 1 ? md->topics[0].partition_cnt : 0;
+		rd_kafka_metadata_destroy(md);
+		if (err == RD_KAFKA_RESP_ERR_NO_ERROR && partitions > 0) {
+			th->exists = true;
+			th->denied = false;
+			break;
+		}
+		if (err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART && attempt == 0)
+			continue; /* once more, a request of its own, before concluding */
+		if (err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
+		    err == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED) {
+			th->exists = false;
+			th->denied = err == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED;
+			th->checked_ms = now_ms();
+			return 0;
+		}
+		snprintf(pub->errstr, sizeof(pub->errstr), "could not look up topic \"%s\": %s",
+			 th->name, err ? rd_kafka_err2str(err) : "no partitions");
+		return -1;
+	}
 	th->checked_ms = now_ms();
-	if (th->exists)
-		th->max_bytes = topic_max_bytes(pub, th->name);
+	th->max_bytes = topic_max_bytes(pub, th->name, deadline_ms);
 	return 0;
 }
 
 /* What the broker will count against max.message.bytes for a batch holding
- * only this record: the payload, key and headers, plus the record and batch
- * framing (generous, so a row is never let through to fail in the commit). */
+ * only this record, uncompressed: the payload, key and headers, plus the
+ * record and batch framing (generous, so a row is never let through to fail
+ * in the commit). */
 static int64_t record_wire_size(const struct batch *b, const struct record *r)
 {
 	int64_t n = 128 + (int64_t)(r->key_len + r->payload_len);
@@ -324,54 +467,155 @@ static int64_t record_wire_size(const struct batch *b, const struct record *r)
 	return n + 32; /* the outbox-id header */
 }
 
-int publisher_check(struct publisher *pub, const struct batch *b, size_t i, char *why,
-		    size_t whylen)
+/* Why record r can never be published by its size alone, or NULL. The
+ * producer's message.max.bytes and its queue (queue.buffering.max.kbytes,
+ * which counts payloads) are checked by librdkafka before any compression,
+ * so they are exact. The topic's max.message.bytes is checked by the broker
+ * against the batch as sent: compressed when compression.type is set, so a
+ * record larger than the limit may still fit, and only the broker can tell
+ * (a refusal then names the row, see size_culprit). */
+static const char *size_refusal(struct publisher *pub, const struct batch *b,
+				const struct record *r, const struct topic_handle *th, char *why,
+				size_t whylen)
 {
-	const struct record *r = &b->recs[i];
-	struct topic_handle *th = topic_get(pub, r->topic);
 	int64_t size = record_wire_size(b, r);
 
 	if (pub->client_max_bytes && size > pub->client_max_bytes) {
 		snprintf(why, whylen,
 			 "record of about %" PRId64 " bytes exceeds the producer's message.max.bytes (%" PRId64 ")",
 			 size, pub->client_max_bytes);
-		return 1;
+		return why;
 	}
-	if (topic_refresh(pub, th) < 0)
-		return -1;
-	if (!th->exists) {
-		snprintf(why, whylen, "topic \"%s\" does not exist", r->topic);
-		return 1;
+	if (pub->queue_max_bytes && (int64_t)r->payload_len > pub->queue_max_bytes) {
+		snprintf(why, whylen,
+			 "record of %zu bytes exceeds the producer queue (queue.buffering.max.kbytes = %" PRId64 "); raise batch.max_bytes",
+			 r->payload_len, pub->queue_max_bytes / 1024);
+		return why;
 	}
-	if (th->max_bytes && size > th->max_bytes) {
+	if (th && th->max_bytes && size > th->max_bytes && !pub->compressed) {
 		snprintf(why, whylen,
 			 "record of about %" PRId64 " bytes exceeds max.message.bytes of topic \"%s\" (%" PRId64 ")",
 			 size, r->topic, th->max_bytes);
-		return 1;
+		return why;
 	}
-	return 0;
+	return NULL;
 }
 
-/* Errors that no retry can cure: the row itself cannot be published. */
-static bool is_poison(rd_kafka_resp_err_t err)
+int publisher_check(struct publisher *pub, const struct batch *b, size_t i, int64_t deadline_ms,
+		    char *why, size_t whylen)
+{
+	const struct record *r = &b->recs[i];
+	struct topic_handle *th;
+
+	/* Rows that would wedge the relay's own topics: a record of ours in
+	 * the checkpoint topic decides every later start. */
+	if (strcmp(r->topic, pub->cfg->checkpoint_topic) == 0) {
+		snprintf(why, whylen,
+			 "topic \"%s\" is the relay's checkpoint topic; outbox rows may not target it",
+			 r->topic);
+		return 1;
+	}
+	if (pub->cfg->dead_letter_topic[0] && strcmp(r->topic, pub->cfg->dead_letter_topic) == 0) {
+		snprintf(why, whylen,
+			 "topic \"%s\" is the relay's dead-letter topic; outbox rows may not target it",
+			 r->topic);
+		return 1;
+	}
+	if (size_refusal(pub, b, r, NULL, why, whylen))
+		return 1;
+	th = topic_get(pub, r->topic);
+	if (!th->rkt) {
+		snprintf(why, whylen, "\"%s\" is not a valid topic name", r->topic);
+		return 1;
+	}
+	if (topic_refresh(pub, th, deadline_ms) < 0)
+		return -1;
+	if (!th->exists) {
+		snprintf(why, whylen,
+			 th->denied ? "writing to topic \"%s\" is not allowed (TOPIC_AUTHORIZATION_FAILED)"
+				    : "topic \"%s\" does not exist",
+			 r->topic);
+		return 1;
+	}
+	return size_refusal(pub, b, r, th, why, whylen) ? 1 : 0;
+}
+
+/* What a refused record means. librdkafka sorts transaction errors into
+ * fatal / abortable / retriable, but a record refused by the broker only
+ * makes the transaction abortable: whether a re-send can ever succeed is
+ * ours to decide, from the error code. */
+enum err_class {
+	ERR_RETRY, /* transient (or not known to be permanent): abort, send again */
+	ERR_ROW,   /* the row can never be published as it is: a poison row */
+	ERR_RELAY, /* no row is to blame and no retry helps: the relay's
+		    * configuration or the cluster's must change */
+};
+
+static enum err_class err_class(rd_kafka_resp_err_t err)
 {
 	switch (err) {
 	case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
 	case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
 	case RD_KAFKA_RESP_ERR_INVALID_RECORD:
 	case RD_KAFKA_RESP_ERR_INVALID_MSG:
+	case RD_KAFKA_RESP_ERR_INVALID_TIMESTAMP:
+	case RD_KAFKA_RESP_ERR_POLICY_VIOLATION:
 	case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
 	case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:
 	case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
 	case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:
-		return true;
+	case RD_KAFKA_RESP_ERR__INVALID_ARG: /* a topic name librdkafka refuses */
+	/* the row's topic keeps a message format older than transactions */
+	case RD_KAFKA_RESP_ERR_UNSUPPORTED_FOR_MESSAGE_FORMAT:
+		return ERR_ROW;
+	case RD_KAFKA_RESP_ERR_INVALID_REQUIRED_ACKS:
+	case RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED:
+	case RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
+	case RD_KAFKA_RESP_ERR_UNSUPPORTED_VERSION:
+	case RD_KAFKA_RESP_ERR_UNSUPPORTED_COMPRESSION_TYPE:
+	case RD_KAFKA_RESP_ERR_SECURITY_DISABLED:
+	case RD_KAFKA_RESP_ERR_INVALID_CONFIG:
+	case RD_KAFKA_RESP_ERR_INVALID_TRANSACTION_TIMEOUT:
+	case RD_KAFKA_RESP_ERR__NOT_IMPLEMENTED:
+	case RD_KAFKA_RESP_ERR__UNSUPPORTED_FEATURE:
+		return ERR_RELAY;
 	default:
-		return false;
+		return ERR_RETRY;
 	}
 }
 
-/* Produce one message, waiting out a full local queue; the queue is sized
- * for a whole batch so that only happens while deliveries drain. msgflags:
+/* A fatal error inside a transaction. When a transaction outlives
+ * transaction.timeout.ms (the relay was paused, the host stalled), the
+ * coordinator aborts it and bumps the producer's epoch, and librdkafka 2.0.2
+ * turns the stalled producer's next request into a fatal error: "fenced"
+ * (PRODUCER_FENCED and INVALID_PRODUCER_EPOCH both become __FENCED) or
+ * INVALID_TXN_STATE from EndTxn, though no other relay exists. Such a
+ * transaction is settled by a new producer (PUB_UNKNOWN), whose start
+ * re-checks the lease first: a relay that truly took over holds the lease,
+ * and this one then stops; any other fatal cause fails again there. */
+static enum pub_status txn_fatal_status(struct publisher *pub)
+{
+	enum pub_status st = fatal_status(pub);
+	int64_t age = now_ms() - pub->txn_begin_ms;
+	char cause[512];
+
+	pub->needs_recreate = true;
+	if (!pub->txn_begin_ms || age < pub->cfg->transaction_timeout_ms)
+		return st;
+	snprintf(cause, sizeof(cause), "%s", pub->errstr);
+	snprintf(pub->errstr, sizeof(pub->errstr),
+		 "the transaction was open %" PRId64 " ms, longer than transaction.timeout.ms (%d): "
+		 "the broker has aborted it and fenced this producer's epoch (%.300s)",
+		 age, pub->cfg->transaction_timeout_ms, cause);
+	return PUB_UNKNOWN;
+}
+
+/* Produce one message, waiting out a full local queue (the queue is sized
+ * for a whole batch, so that only happens while deliveries drain) for at
+ * most commit_timeout_ms, in the waiter's slices. A payload larger than the
+ * whole queue would wait for ever (librdkafka counts it against
+ * queue.buffering.max.kbytes and answers QUEUE_FULL however empty the queue
+ * is): __QUEUE_FULL at once. __INTR when the waiter said stop. msgflags:
  * RD_KAFKA_MSG_F_COPY, or 0 to lend val to librdkafka until the message is
  * delivered or purged. */
 static rd_kafka_resp_err_t produce_to(struct publisher *pub, rd_kafka_topic_t *rkt,
@@ -379,11 +623,16 @@ static rd_kafka_resp_err_t produce_to(struct publisher *pub, rd_kafka_topic_t *r
 				      size_t klen, const void *val, size_t vlen, int64_t ts,
 				      rd_kafka_headers_t *hdrs, int64_t id)
 {
+	int64_t deadline = now_ms() + pub->cfg->commit_timeout_ms;
 	rd_kafka_resp_err_t err;
 
 	if (!rkt) /* rd_kafka_topic_new refused the name */
 		return RD_KAFKA_RESP_ERR__INVALID_ARG;
+	if (pub->queue_max_bytes && (int64_t)vlen > pub->queue_max_bytes)
+		return RD_KAFKA_RESP_ERR__QUEUE_FULL;
 	for (;;) {
+		int ms;
+
 		err = rd_kafka_producev(pub->rk, RD_KAFKA_V_RKT(rkt),
 					RD_KAFKA_V_PARTITION(partition),
 					RD_KAFKA_V_MSGFLAGS(msgflags),
@@ -392,7 +641,12 @@ static rd_kafka_resp_err_t produce_to(struct publisher *pub, rd_kafka_topic_t *r
 					RD_KAFKA_V_OPAQUE((void *)(intptr_t)id), RD_KAFKA_V_END);
 		if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
 			return err;
-		rd_kafka_poll(pub->rk, 50);
+		if (!wait_tick(pub->w))
+			return RD_KAFKA_RESP_ERR__INTR;
+		ms = wait_slice(pub->w, deadline);
+		if (ms <= 0)
+			return err;
+		rd_kafka_poll(pub->rk, ms < 50 ? ms : 50);
 	}
 }
 
@@ -407,23 +661,35 @@ static rd_kafka_resp_err_t produce(struct publisher *pub, rd_kafka_topic_t *rkt,
 	return produce_to(pub, rkt, RD_KAFKA_PARTITION_UA, 0, key, klen, val, vlen, ts, hdrs, id);
 }
 
-/* Abort after a failure before commit; any trouble makes the outcome the
- * next producer's to settle. */
+/* Abort after a failure before commit, in the waiter's slices for at most
+ * commit_timeout_ms (a timed-out abort_transaction resumes when called
+ * again); any other trouble makes the outcome the next producer's to
+ * settle. */
 static enum pub_status abort_txn(struct publisher *pub, enum pub_status want)
 {
-	rd_kafka_error_t *error = rd_kafka_abort_transaction(pub->rk, pub->cfg->commit_timeout_ms);
+	int64_t deadline = now_ms() + pub->cfg->commit_timeout_ms;
 
-	if (!error)
-		return want;
-	pub->needs_recreate = true;
-	if (rd_kafka_error_is_fatal(error)) {
-		set_err(pub, "could not abort transaction", error);
+	for (;;) {
+		int ms = wait_slice(pub->w, deadline);
+		rd_kafka_error_t *error = rd_kafka_abort_transaction(pub->rk, ms > 0 ? ms : 1);
+
+		if (!error)
+			return want;
+		if (rd_kafka_error_is_fatal(error)) {
+			set_err(pub, "could not abort transaction", error);
+			rd_kafka_error_destroy(error);
+			return txn_fatal_status(pub);
+		}
+		if (rd_kafka_error_code(error) == RD_KAFKA_RESP_ERR__TIMED_OUT && now_ms() < deadline &&
+		    wait_tick(pub->w)) {
+			rd_kafka_error_destroy(error);
+			continue; /* only a slice ended */
+		}
+		pub->needs_recreate = true;
+		log_warning("could not abort transaction: %s", rd_kafka_error_string(error));
 		rd_kafka_error_destroy(error);
-		return fatal_status(pub);
+		return PUB_UNKNOWN;
 	}
-	log_warning("could not abort transaction: %s", rd_kafka_error_string(error));
-	rd_kafka_error_destroy(error);
-	return PUB_UNKNOWN;
 }
 
 /* The row as a dead letter: its key, payload (when it fits) and headers,
@@ -437,7 +703,8 @@ static rd_kafka_resp_err_t produce_dead_letter(struct publisher *pub, const stru
 
 	rd_kafka_header_add(hdrs, "outbox-error", -1, r->dead_reason, -1);
 	rd_kafka_header_add(hdrs, "outbox-topic", -1, r->topic, -1);
-	if (pub->client_max_bytes && record_wire_size(b, r) + 512 > pub->client_max_bytes) {
+	if ((pub->client_max_bytes && record_wire_size(b, r) + 512 > pub->client_max_bytes) ||
+	    (pub->queue_max_bytes && (int64_t)r->payload_len > pub->queue_max_bytes)) {
 		/* Too large for any topic: the dead letter says so instead. */
 		snprintf(num, sizeof(num), "%zu", r->payload_len);
 		rd_kafka_header_add(hdrs, "outbox-payload-omitted-bytes", -1, num, -1);
@@ -456,9 +723,19 @@ static enum pub_status produce_all(struct publisher *pub, const struct batch *b,
 
 	for (size_t i = 0; i < b->nrecs; i++) {
 		const struct record *r = &b->recs[i];
-		rd_kafka_headers_t *hdrs = rd_kafka_headers_new(r->hdr_count + 4);
-		char idbuf[24];
+		rd_kafka_headers_t *hdrs;
+		bool dead = r->dead_reason && pub->cfg->dead_letter_topic[0];
+		char idbuf[24], why[256];
 
+		if (!dead && size_refusal(pub, b, r, NULL, why, sizeof(why))) {
+			/* librdkafka would refuse it (or, for the queue, wait
+			 * for ever): name the row before anything waits */
+			snprintf(pub->errstr, sizeof(pub->errstr), "outbox row %" PRId64 ": %s", r->id,
+				 why);
+			pub->poison_id = r->id;
+			return abort_txn(pub, PUB_POISON);
+		}
+		hdrs = rd_kafka_headers_new(r->hdr_count + 4);
 		for (size_t h = 0; h < r->hdr_count; h++) {
 			const struct record_header *rh = &b->hdrs[r->hdr_off + h];
 			rd_kafka_header_add(hdrs, rh->name, (ssize_t)rh->name_len, rh->value,
@@ -466,25 +743,28 @@ static enum pub_status produce_all(struct publisher *pub, const struct batch *b,
 		}
 		snprintf(idbuf, sizeof(idbuf), "%" PRId64, r->id);
 		rd_kafka_header_add(hdrs, "outbox-id", -1, idbuf, -1);
-		if (r->dead_reason && pub->cfg->dead_letter_topic[0])
+		if (dead)
 			err = produce_dead_letter(pub, b, r, hdrs);
 		else
 			err = produce(pub, topic_get(pub, r->topic)->rkt, r->key, r->key_len,
 				      r->payload, r->payload_len, r->timestamp_ms, hdrs, r->id);
 		if (err) {
+			enum err_class ec = err_class(err);
+
 			rd_kafka_headers_destroy(hdrs);
 			snprintf(pub->errstr, sizeof(pub->errstr),
 				 "could not produce outbox row %" PRId64 " to topic \"%s\": %s", r->id,
-				 r->dead_reason ? pub->cfg->dead_letter_topic : r->topic,
-				 rd_kafka_err2str(err));
-			if (is_poison(err) && !r->dead_reason) {
+				 dead ? pub->cfg->dead_letter_topic : r->topic,
+				 err == RD_KAFKA_RESP_ERR__INTR ? "stopped while waiting for room in the producer queue"
+								: rd_kafka_err2str(err));
+			if (ec == ERR_ROW && !dead) {
 				pub->poison_id = r->id;
 				return abort_txn(pub, PUB_POISON);
 			}
 			if (rd_kafka_fatal_error(pub->rk, NULL, 0))
-				return fatal_status(pub);
+				return txn_fatal_status(pub);
 			/* a dead letter that cannot be written is not the row's fault */
-			return abort_txn(pub, is_poison(err) ? PUB_FATAL : PUB_RESEND);
+			return abort_txn(pub, ec != ERR_RETRY ? PUB_FATAL : PUB_RESEND);
 		}
 	}
 	/* Partition 0, always: it is where checkpoint_read_last looks, whatever
@@ -502,29 +782,93 @@ static enum pub_status produce_all(struct publisher *pub, const struct batch *b,
 		snprintf(pub->errstr, sizeof(pub->errstr), "could not produce checkpoint: %s",
 			 rd_kafka_err2str(err));
 		if (rd_kafka_fatal_error(pub->rk, NULL, 0))
-			return fatal_status(pub);
-		return abort_txn(pub, PUB_RESEND);
+			return txn_fatal_status(pub);
+		return abort_txn(pub, err_class(err) != ERR_RETRY ? PUB_FATAL : PUB_RESEND);
 	}
 	return PUB_OK;
 }
 
+static int cmp_id(const void *a, const void *b)
+{
+	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+	return (x > y) - (x < y);
+}
+
+/* Rows were refused for size. The broker judges a whole record batch (one
+ * partition's share of a produce request, many rows) against the topic's
+ * max.message.bytes and refuses every row in it, so the first refused row
+ * is not necessarily the guilty one. Blame a row only when it was alone in
+ * its request, or when it alone exceeds the topic's limit; otherwise no row
+ * is to blame: librdkafka's batches are larger than the topic accepts. */
+static enum pub_status size_culprit(struct publisher *pub)
+{
+	const struct batch *b = pub->cur;
+	const struct record *worst = NULL;
+	int64_t worst_size = 0, limit = 0;
+	const char *topic = "";
+
+	if (pub->nsize_ids == 1 || !b) {
+		pub->poison_id = pub->nsize_ids ? pub->size_ids[0] : pub->dr_id;
+		snprintf(pub->errstr, sizeof(pub->errstr), "could not deliver outbox row %" PRId64 ": %s",
+			 pub->poison_id, rd_kafka_err2str(pub->dr_err));
+		return PUB_POISON;
+	}
+	qsort(pub->size_ids, pub->nsize_ids, sizeof(*pub->size_ids), cmp_id);
+	for (size_t i = 0; i < b->nrecs; i++) {
+		const struct record *r = &b->recs[i];
+		int64_t size = record_wire_size(b, r);
+
+		if (!bsearch(&r->id, pub->size_ids, pub->nsize_ids, sizeof(*pub->size_ids), cmp_id))
+			continue;
+		if (size > worst_size) {
+			struct topic_handle *th = topic_get(pub, r->dead_reason && pub->cfg->dead_letter_topic[0]
+							    ? pub->cfg->dead_letter_topic : r->topic);
+			worst = r;
+			worst_size = size;
+			limit = th->max_bytes;
+			topic = th->name;
+		}
+	}
+	if (worst && limit && worst_size > limit) {
+		pub->poison_id = worst->id;
+		snprintf(pub->errstr, sizeof(pub->errstr),
+			 "could not deliver outbox row %" PRId64 ": %s (about %" PRId64 " bytes; max.message.bytes of topic \"%s\" is %" PRId64 ")",
+			 worst->id, rd_kafka_err2str(pub->dr_err), worst_size, topic, limit);
+		return PUB_POISON;
+	}
+	snprintf(pub->errstr, sizeof(pub->errstr),
+		 "the broker refused a record batch of %zu rows for size (%s) though no row alone %s "
+		 "topic's max.message.bytes: set kafka.properties \"batch.size\" below the smallest "
+		 "max.message.bytes of the outbox topics",
+		 pub->nsize_ids, rd_kafka_err2str(pub->dr_err),
+		 limit ? "exceeds its" : "is known to exceed its");
+	return PUB_FATAL;
+}
+
 /* Commit; a retriable failure (a timeout among them) is retried with the
  * same call, which resumes the commit in progress, until the transaction
- * timeout has passed. Any retry marks the producer for recreation. */
+ * timeout has passed. The call blocks in the waiter's slices; a slice that
+ * ends is resumed at once, a commit_timeout_ms that ends or any other retry
+ * marks the producer for recreation. When the waiter says stop, the outcome
+ * is left unknown (the next producer settles it). */
 static enum pub_status commit(struct publisher *pub)
 {
 	int64_t deadline = now_ms() + pub->cfg->transaction_timeout_ms;
-	int timeout = pub->cfg->commit_timeout_ms;
+	int64_t call_deadline = now_ms() + pub->cfg->commit_timeout_ms;
 #ifdef OUTBOX_CRASH_POINTS
 	/* "during-commit": send EndTxn, then die before its answer. */
 	bool die = crash_point_due("during-commit");
-	if (die)
-		timeout = 1;
 #endif
 	for (;;) {
-		rd_kafka_error_t *error = rd_kafka_commit_transaction(pub->rk, timeout);
+		int timeout = wait_slice(pub->w, call_deadline);
+		rd_kafka_error_t *error;
 		enum pub_status st;
 
+#ifdef OUTBOX_CRASH_POINTS
+		if (die)
+			timeout = 1;
+#endif
+		error = rd_kafka_commit_transaction(pub->rk, timeout > 0 ? timeout : 1);
 #ifdef OUTBOX_CRASH_POINTS
 		if (die)
 			crash_now("during-commit");
@@ -534,15 +878,27 @@ static enum pub_status commit(struct publisher *pub)
 		set_err(pub, "could not commit transaction", error);
 		if (rd_kafka_error_is_fatal(error)) {
 			rd_kafka_error_destroy(error);
-			return fatal_status(pub);
+			return txn_fatal_status(pub);
 		}
 		if (rd_kafka_error_txn_requires_abort(error)) {
 			rd_kafka_error_destroy(error);
 			st = abort_txn(pub, PUB_RESEND);
 			/* The failed records' delivery reports say why. */
 			rd_kafka_poll(pub->rk, 0);
-			if (st != PUB_RESEND || !pub->dr_err || !is_poison(pub->dr_err))
+			if (st != PUB_RESEND || !pub->dr_err)
 				return st;
+			switch (err_class(pub->dr_err)) {
+			case ERR_RETRY:
+				return st;
+			case ERR_RELAY:
+				snprintf(pub->errstr, sizeof(pub->errstr),
+					 "the broker refused %s for a reason no retry can cure: %s (%s)",
+					 pub->dr_id < 0 ? "the checkpoint record" : "the transaction's records",
+					 rd_kafka_err2str(pub->dr_err), rd_kafka_err2name(pub->dr_err));
+				return PUB_FATAL;
+			case ERR_ROW:
+				break;
+			}
 			if (pub->dr_id < 0) {
 				/* The checkpoint record itself was refused: no row
 				 * is to blame and no retry can help. */
@@ -551,19 +907,36 @@ static enum pub_status commit(struct publisher *pub)
 					 pub->cfg->checkpoint_topic, rd_kafka_err2str(pub->dr_err));
 				return PUB_FATAL;
 			}
+			if (is_size_error(pub->dr_err))
+				return size_culprit(pub);
 			pub->poison_id = pub->dr_id;
 			snprintf(pub->errstr, sizeof(pub->errstr),
-				 "could not deliver outbox row %" PRId64 ": %s", pub->dr_id,
-				 rd_kafka_err2str(pub->dr_err));
+				 "could not deliver outbox row %" PRId64 ": %s (%s)", pub->dr_id,
+				 rd_kafka_err2str(pub->dr_err), rd_kafka_err2name(pub->dr_err));
 			return PUB_POISON;
 		}
+		if (rd_kafka_error_code(error) == RD_KAFKA_RESP_ERR__TIMED_OUT &&
+		    now_ms() < call_deadline) {
+			/* only a slice ended: the same commit goes on */
+			rd_kafka_error_destroy(error);
+			if (!wait_tick(pub->w)) {
+				pub->needs_recreate = true;
+				snprintf(pub->errstr, sizeof(pub->errstr),
+					 "stopped while committing: the outcome is left to the next "
+					 "producer");
+				return PUB_UNKNOWN;
+			}
+			continue;
+		}
 		pub->needs_recreate = true;
-		st = rd_kafka_error_is_retriable(error) && now_ms() < deadline ? PUB_OK : PUB_UNKNOWN;
+		st = rd_kafka_error_is_retriable(error) && now_ms() < deadline && wait_tick(pub->w)
+			     ? PUB_OK
+			     : PUB_UNKNOWN;
 		log_warning("%s%s", pub->errstr, st == PUB_OK ? "; retrying the commit" : "");
 		rd_kafka_error_destroy(error);
 		if (st != PUB_OK)
 			return PUB_UNKNOWN;
-		timeout = pub->cfg->commit_timeout_ms;
+		call_deadline = now_ms() + pub->cfg->commit_timeout_ms;
 	}
 }
 
@@ -574,8 +947,11 @@ enum pub_status publisher_produce(struct publisher *pub, const struct batch *b,
 	enum pub_status st;
 
 	pub->dr_err = RD_KAFKA_RESP_ERR_NO_ERROR;
+	pub->nsize_ids = 0;
 	pub->poison_id = 0;
 	pub->errstr[0] = '\0';
+	pub->cur = b;
+	pub->txn_begin_ms = now_ms();
 	error = rd_kafka_begin_transaction(pub->rk);
 	if (error) {
 		set_err(pub, "could not begin transaction", error);
@@ -638,6 +1014,7 @@ void publisher_free(struct publisher *pub)
 		free(pub->topics[i].name);
 	}
 	free(pub->topics);
+	free(pub->size_ids);
 	if (pub->ckpt_rkt)
 		rd_kafka_topic_destroy(pub->ckpt_rkt);
 	if (pub->dlq_rkt)
@@ -646,13 +1023,12 @@ void publisher_free(struct publisher *pub)
 	free(pub);
 }
 
-int publisher_ping(struct publisher *pub)
+int publisher_ping(struct publisher *pub, int timeout_ms)
 {
 	const struct rd_kafka_metadata *md;
 
-	if (!pub || rd_kafka_metadata(pub->rk, 0,
-				      fixed_topic(pub, &pub->ckpt_rkt, pub->cfg->checkpoint_topic),
-				      &md, 2000))
+	if (!pub || metadata_wait(pub, fixed_topic(pub, &pub->ckpt_rkt, pub->cfg->checkpoint_topic),
+				  &md, now_ms() + timeout_ms))
 		return -1;
 	rd_kafka_metadata_destroy(md);
 	return 0;

@@ -11,16 +11,26 @@
 #include "batch.h"
 #include "common.h"
 #include "config.h"
+#include "wait.h"
 
 /* What a transaction attempt came to, and what the caller must do next. */
 enum pub_status {
 	PUB_OK,      /* committed */
-	PUB_RESEND,  /* aborted cleanly: nothing visible; send the same batch again */
-	PUB_UNKNOWN, /* outcome unknown (timeouts, broker gone): recreate the
-		      * producer, then read the checkpoint to learn the outcome */
+	PUB_RESEND,  /* aborted cleanly: nothing visible; send the same batch
+		      * again (every error not known to be permanent: the
+		      * caller counts these in a row to show no progress) */
+	PUB_UNKNOWN, /* outcome unknown (timeouts, broker gone, the waiter said
+		      * stop mid-commit, or "fenced" after the transaction outlived
+		      * transaction.timeout.ms, which the broker's own abort gives):
+		      * recreate the producer, then read the checkpoint to learn
+		      * the outcome */
 	PUB_FENCED,  /* another producer took our transactional.id: stop */
-	PUB_POISON,  /* a record can never be published: see publisher_poison() */
-	PUB_FATAL,   /* any other fatal producer error: stop */
+	PUB_POISON,  /* a record can never be published (too large, unknown or
+		      * forbidden topic, INVALID_TIMESTAMP, POLICY_VIOLATION, ...):
+		      * see publisher_poison_id() */
+	PUB_FATAL,   /* any other fatal producer error, or an error no row is
+		      * to blame for and no retry can cure (INVALID_REQUIRED_ACKS,
+		      * CLUSTER_AUTHORIZATION_FAILED, ...): stop */
 };
 
 const char *pub_status_str(enum pub_status st);
@@ -38,6 +48,13 @@ rd_kafka_conf_t *kafka_conf_new(const struct config *cfg, bool reader, char *err
 /* Create the transactional producer (transactional.id = relay name). cfg is
  * borrowed and must outlive it. Returns NULL with errbuf on a config error. */
 struct publisher *publisher_new(const struct config *cfg, char *errbuf, size_t errlen) MUSTCHECK;
+
+/* Every blocking call of the publisher after this (metadata lookups,
+ * DescribeConfigs, waiting for room in the producer queue, commit, abort)
+ * blocks in w's slices and calls its tick between them; when the tick says
+ * stop, the call gives up with an error that says so. w is borrowed and must
+ * outlive pub; NULL (tests, CLI): plain timeouts. */
+void publisher_set_waiter(struct publisher *pub, const struct waiter *w);
 
 /* rd_kafka_init_transactions: fences older producers with our
  * transactional.id and settles their open transaction. PUB_OK, PUB_UNKNOWN
@@ -65,12 +82,21 @@ enum pub_status publisher_produce(struct publisher *pub, const struct batch *b,
 enum pub_status publisher_commit(struct publisher *pub) MUSTCHECK;
 
 /* Look at record i of b before its transaction: 1 when it can never be
- * published (its topic does not exist, or it is larger than the producer's
- * message.max.bytes or the topic's max.message.bytes), with the reason in
- * why; 0 when it looks fine; -1 when the broker could not be asked (the
- * transaction will tell). Topic facts are cached. */
-int publisher_check(struct publisher *pub, const struct batch *b, size_t i, char *why,
-		    size_t whylen) MUSTCHECK;
+ * published, with the reason in why: its topic is the relay's checkpoint or
+ * dead-letter topic, does not exist (UNKNOWN_TOPIC_OR_PART twice in a row),
+ * may not be written (TOPIC_AUTHORIZATION_FAILED), or the record is larger
+ * than the producer's message.max.bytes, the producer queue
+ * (queue.buffering.max.kbytes, which librdkafka would otherwise answer with
+ * QUEUE_FULL for ever) or, without compression, the topic's
+ * max.message.bytes (with compression.type set only the broker can tell).
+ * 0 when it looks fine; -1 when the broker could not be asked or answered
+ * with a transient topic error (LEADER_NOT_AVAILABLE, ...): the transaction
+ * will tell. Lookups block until deadline_ms at most (monotonic, now_ms()),
+ * in the waiter's slices. Topic facts are cached; a failed lookup answers
+ * -1 at once for the next 5 s, so one unreachable broker costs one lookup
+ * per batch, not one per row. */
+int publisher_check(struct publisher *pub, const struct batch *b, size_t i, int64_t deadline_ms,
+		    char *why, size_t whylen) MUSTCHECK;
 
 /* True once a commit or abort timed out or was retried: the producer must be
  * destroyed and a new one created before the next transaction, so that a
@@ -86,8 +112,9 @@ int64_t publisher_poison_id(const struct publisher *pub);
 /* The client handle, for admin calls (checkpoint topic). Borrowed. */
 rd_kafka_t *publisher_handle(struct publisher *pub);
 
-/* A metadata round trip (at most 2 s): 0 when the cluster answers. */
-int publisher_ping(struct publisher *pub);
+/* A metadata round trip of at most timeout_ms (in the waiter's slices): 0
+ * when the cluster answers. */
+int publisher_ping(struct publisher *pub, int timeout_ms);
 
 /* Destroy without waiting for the broker; an open transaction is left to
  * the next producer's init_transactions to abort. NULL is a no-op. */

@@ -442,6 +442,7 @@ static enum step producer_start(struct relay *r)
 				log_error("%s", err);
 				return step_exit(r, EXIT_STARTUP);
 			}
+			publisher_set_waiter(r->pub, &r->w);
 		}
 		/* In short calls (librdkafka resumes the same initialization),
 		 * renewing the lease between them: while the broker is away the
@@ -780,13 +781,14 @@ static enum step poison(struct relay *r, size_t i, const char *why)
 static enum step vet_batch(struct relay *r)
 {
 	char why[512];
+	int64_t deadline = now_ms() + r->cfg->commit_timeout_ms;
 
 	for (size_t i = 0; i < r->batch.nrecs; i++) {
 		if (r->batch.recs[i].dead_reason)
 			continue;
 		if (!wait_tick(&r->w))
 			return step_stopped(r);
-		if (publisher_check(r->pub, &r->batch, i, why, sizeof(why)) == 1 &&
+		if (publisher_check(r->pub, &r->batch, i, deadline, why, sizeof(why)) == 1 &&
 		    poison(r, i, why) == STEP_REFILL)
 			return STEP_REFILL;
 	}
@@ -989,7 +991,7 @@ static void probe(struct relay *r)
 		return;
 	r->last_probe_ms = now_ms();
 	purge_kept(r);
-	kafka_ok = publisher_ping(r->pub) == 0;
+	kafka_ok = publisher_ping(r->pub, 2000) == 0;
 	metrics_lock()->kafka_ok = kafka_ok;
 	metrics_unlock();
 }

@@ -16,8 +16,10 @@
 #include <librdkafka/rdkafka_mock.h>
 
 #include "batch.h"
+#include "common.h"
 #include "config.h"
 #include "publisher.h"
+#include "wait.h"
 
 /* Kafka protocol ApiKeys */
 #define API_PRODUCE 0
@@ -62,21 +64,23 @@ static void wait_for_leaders(struct fx *fx)
 	fail_msg("the producer never saw the partition leaders the test set");
 }
 
-static int setup(void **state)
+/* props: more kafka.properties entries (each quoted, comma first); extra:
+ * more config text (other groups). */
+static int setup_with(void **state, const char *props, const char *kafka, const char *extra)
 {
 	static int n;
 	rd_kafka_resp_err_t err_code;
-	char text[1024], err[512];
+	char text[2048], err[512];
 	struct fx *fx = calloc(1, sizeof(*fx));
 
 	/* commit_timeout_ms is at its minimum so the timeout case stays short */
 	snprintf(text, sizeof(text),
 		 "relay = { name = \"mock-%d\"; };\n"
 		 "kafka = { bootstrap_servers = \"unused:9092\"; commit_timeout_ms = 1000;\n"
-		 "  transaction_timeout_ms = 10000;\n"
-		 "  properties = [\"test.mock.num.brokers=2\", \"retry.backoff.ms=10\"]; };\n"
-		 "log = { level = \"error\"; };\n",
-		 n++);
+		 "  transaction_timeout_ms = 10000; %s\n"
+		 "  properties = [\"test.mock.num.brokers=2\", \"retry.backoff.ms=10\"%s]; };\n"
+		 "log = { level = \"error\"; };\n%s",
+		 n++, kafka, props, extra);
 	fx->cfg = config_load_string(text, "mock.conf", err, sizeof(err));
 	if (!fx->cfg)
 		fail_msg("%s", err);
@@ -112,6 +116,11 @@ static int setup(void **state)
 	}
 	*state = fx;
 	return 0;
+}
+
+static int setup(void **state)
+{
+	return setup_with(state, "", "", "");
 }
 
 static int teardown(void **state)
@@ -271,17 +280,19 @@ static void test_produce_retriable(void **state)
 	assert_errors_served(fx, 1, API_PRODUCE);
 }
 
-/* Produce: the broker refuses a record for good: a poison row, named */
+/* Produce: the broker refuses a record for good: a poison row, named. The
+ * row is alone in its produce request, so it is the one to blame (see
+ * test_batch_refused_for_size_blames_no_row for a request of many). */
 static void test_produce_poison(void **state)
 {
 	struct fx *fx = *state;
 
 	init_ok(fx);
+	fx->b.nrecs = 1;
 	assert_int_equal(rd_kafka_mock_broker_push_request_error_rtts(
 				 fx->mc, 1, API_PRODUCE, 1, RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE, 0),
 			 0);
 	expect(fx, send_batch(fx), PUB_POISON);
-	/* all three rows share key "k", so one partition and one request */
 	assert_int_equal(publisher_poison_id(fx->pub), 100);
 }
 
@@ -341,12 +352,316 @@ static void test_end_txn_timeout_recreates(void **state)
 {
 	struct fx *fx = *state;
 
+	/* the coordinator where the delay is (else it depends on the name's hash) */
+	assert_int_equal(rd_kafka_mock_coordinator_set(fx->mc, "transaction",
+						       fx->cfg->relay_name, 1),
+			 0);
 	init_ok(fx);
 	assert_int_equal(rd_kafka_mock_broker_push_request_error_rtts(
 				 fx->mc, 1, API_END_TXN, 1, RD_KAFKA_RESP_ERR_NO_ERROR, 2500),
 			 0);
 	expect(fx, send_batch(fx), PUB_OK);
 	assert_true(publisher_needs_recreate(fx->pub));
+}
+
+
+/* ---- issue 12 ---- */
+
+/* A waiter that counts its ticks and says stop after `stop_after`. */
+struct ticks {
+	int n, stop_after;
+};
+
+static bool count_tick(void *arg)
+{
+	struct ticks *t = arg;
+	return ++t->n < t->stop_after;
+}
+
+/* A publisher for a broker that is not there (nothing listens on port 1). */
+static struct publisher *unreachable_publisher(struct config **cfgp)
+{
+	char err[512];
+	struct publisher *pub;
+
+	*cfgp = config_load_string("relay = { name = \"unreachable\"; };\n"
+				   "kafka = { bootstrap_servers = \"127.0.0.1:1\"; };\n"
+				   "log = { level = \"error\"; };\n",
+				   "unreachable.conf", err, sizeof(err));
+	if (!*cfgp)
+		fail_msg("%s", err);
+	log_setup(LOG_FATAL, LOG_TEXT);
+	pub = publisher_new(*cfgp, err, sizeof(err));
+	if (!pub)
+		fail_msg("%s", err);
+	return pub;
+}
+
+/* 12.4: a fresh producer meeting an unreachable broker waits for one
+ * lookup per batch, not one per row (the old code spent 10 s on each of
+ * the 50 rows: 500 s with no heartbeat, lease renewal or stop check). */
+static void test_unreachable_broker_one_lookup(void **state)
+{
+	struct config *cfg;
+	struct publisher *pub = unreachable_publisher(&cfg);
+	struct ticks t = {0, 1 << 30};
+	struct waiter w = {count_tick, &t, 200};
+	struct batch b = {0};
+	char names[50][32], why[256];
+	int64_t t0 = now_ms(), deadline = t0 + 3000;
+
+	(void)state;
+	publisher_set_waiter(pub, &w);
+	for (int i = 0; i < 50; i++) {
+		struct record *r = batch_add_record(&b);
+		snprintf(names[i], sizeof(names[i]), "unknown-state-%d", i);
+		r->id = i + 1;
+		r->topic = names[i];
+		r->payload = "x";
+		r->payload_len = 1;
+	}
+	for (size_t i = 0; i < b.nrecs; i++) {
+		int rc = publisher_check(pub, &b, i, deadline, why, sizeof(why));
+		int64_t took = now_ms() - t0;
+
+		if (rc != -1)
+			fail_msg("row %zu: expected -1 (could not ask), got %d (%s)", i, rc, why);
+		/* one lookup bounded by the caller's 3 s deadline, then none */
+		if (took > 6000)
+			fail_msg("row %zu: %lld ms spent on lookups so far", i, (long long)took);
+	}
+	/* the lookup blocked in the waiter's slices, ticking between them */
+	assert_true(t.n >= 5);
+	publisher_free(pub);
+	batch_free(&b);
+	config_free(cfg);
+}
+
+/* 12.4: a lookup gives up as soon as the waiter says stop */
+static void test_lookup_stops_on_waiter(void **state)
+{
+	struct config *cfg;
+	struct publisher *pub = unreachable_publisher(&cfg);
+	struct ticks t = {0, 3};
+	struct waiter w = {count_tick, &t, 200};
+	struct batch b = {0};
+	struct record *r = batch_add_record(&b);
+	char why[256];
+	int64_t t0 = now_ms();
+
+	(void)state;
+	r->id = 1;
+	r->topic = "stop-me";
+	publisher_set_waiter(pub, &w);
+	assert_int_equal(publisher_check(pub, &b, 0, now_ms() + 30000, why, sizeof(why)), -1);
+	assert_int_equal(t.n, 3);
+	assert_true(now_ms() - t0 < 2000);
+	/* the ping takes a caller's timeout, and the waiter too */
+	t.n = 0;
+	t0 = now_ms();
+	assert_int_equal(publisher_ping(pub, 30000), -1);
+	assert_true(now_ms() - t0 < 2000);
+	publisher_free(pub);
+	batch_free(&b);
+	config_free(cfg);
+}
+
+/* 12.5: LEADER_NOT_AVAILABLE (an election, an auto-creation) is not "the
+ * topic does not exist": the row is not poison, it is asked about again */
+static void test_leader_not_available_is_transient(void **state)
+{
+	struct fx *fx = *state;
+	char why[256] = "";
+
+	rd_kafka_mock_topic_set_error(fx->mc, "events", RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE);
+	if (publisher_check(fx->pub, &fx->b, 0, now_ms() + 5000, why, sizeof(why)) != -1)
+		fail_msg("LEADER_NOT_AVAILABLE taken as the row's fault: %s", why);
+	rd_kafka_mock_topic_set_error(fx->mc, "events", RD_KAFKA_RESP_ERR_NO_ERROR);
+	assert_int_equal(publisher_check(fx->pub, &fx->b, 0, now_ms() + 5000, why, sizeof(why)), 0);
+}
+
+/* 12.5: an unknown topic (asked twice) and a forbidden one are the row's */
+static void test_unknown_or_denied_topic_is_poison(void **state)
+{
+	struct fx *fx = *state;
+	char why[256] = "";
+
+	rd_kafka_mock_topic_set_error(fx->mc, "events", RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART);
+	assert_int_equal(publisher_check(fx->pub, &fx->b, 0, now_ms() + 5000, why, sizeof(why)), 1);
+	assert_non_null(strstr(why, "does not exist"));
+	fx->b.recs[1].topic = "secret-events";
+	assert_int_equal(rd_kafka_mock_topic_create(fx->mc, "secret-events", 1, 1), 0);
+	rd_kafka_mock_topic_set_error(fx->mc, "secret-events",
+				      RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED);
+	assert_int_equal(publisher_check(fx->pub, &fx->b, 1, now_ms() + 5000, why, sizeof(why)), 1);
+	assert_non_null(strstr(why, "not allowed"));
+}
+
+/* 12.3: a row aimed at the relay's own checkpoint or dead-letter topic is
+ * refused before anything is asked or sent */
+static void test_relay_topics_refused(void **state)
+{
+	struct fx *fx = *state;
+	char why[256] = "", want[256];
+
+	fx->b.recs[0].topic = fx->cfg->checkpoint_topic;
+	assert_int_equal(publisher_check(fx->pub, &fx->b, 0, now_ms() + 5000, why, sizeof(why)), 1);
+	snprintf(want, sizeof(want),
+		 "topic \"%s\" is the relay's checkpoint topic; outbox rows may not target it",
+		 fx->cfg->checkpoint_topic);
+	assert_string_equal(why, want);
+	fx->b.recs[1].topic = "the-dlq";
+	assert_int_equal(publisher_check(fx->pub, &fx->b, 1, now_ms() + 5000, why, sizeof(why)), 1);
+	assert_string_equal(why,
+			    "topic \"the-dlq\" is the relay's dead-letter topic; outbox rows may not target it");
+}
+
+static int setup_dlq(void **state)
+{
+	return setup_with(state, "", "dead_letter_topic = \"the-dlq\";", "");
+}
+
+/* 12.9: a row larger than the producer queue but within a raised
+ * message.max.bytes: the old code spun on QUEUE_FULL for ever. */
+static void test_row_larger_than_queue(void **state)
+{
+	struct fx *fx = *state;
+	static char big[5 << 20]; /* the queue: 2 KB * 2 + 4096 KB */
+	char why[256] = "";
+
+	alarm(60); /* the old code never returns: fail instead of hanging */
+	init_ok(fx);
+	fx->b.recs[2].payload = big;
+	fx->b.recs[2].payload_len = sizeof(big);
+	assert_int_equal(publisher_check(fx->pub, &fx->b, 2, now_ms() + 5000, why, sizeof(why)), 1);
+	assert_string_equal(why, "record of 5242880 bytes exceeds the producer queue "
+				 "(queue.buffering.max.kbytes = 4098); raise batch.max_bytes");
+	/* and unchecked, the transaction names it instead of waiting */
+	expect(fx, send_batch(fx), PUB_POISON);
+	assert_int_equal(publisher_poison_id(fx->pub), 102);
+	assert_non_null(strstr(publisher_errstr(fx->pub), "exceeds the producer queue"));
+	alarm(0);
+	expect(fx, publisher_send(fx->pub, &fx->b, "v1"), PUB_POISON); /* no leftovers */
+}
+
+static int setup_small_queue(void **state)
+{
+	return setup_with(state, ", \"message.max.bytes=10000000\"", "",
+			  "batch = { max_bytes = 1024; };\n");
+}
+
+/* 12.12: a refused property is named, its value never shown, even where
+ * librdkafka's own message quotes it */
+static void test_secret_not_echoed(void **state)
+{
+	static const char *const props[] = {
+		"sasl.pasword=hunter2secret",          /* misspelled name */
+		"security.protocol=hunter2secret",     /* a secret in an enum property */
+		"ssl.key.password=hunter2secret\", \"acks=hunter2secret", /* refused after it */
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(props) / sizeof(props[0]); i++) {
+		char text[512], err[512];
+		struct config *cfg;
+		rd_kafka_conf_t *conf;
+
+		snprintf(text, sizeof(text),
+			 "relay = { name = \"secret\"; };\n"
+			 "kafka = { bootstrap_servers = \"unused:9092\"; properties = [\"%s\"]; };\n",
+			 props[i]);
+		cfg = config_load_string(text, "secret.conf", err, sizeof(err));
+		if (!cfg)
+			fail_msg("%s", err);
+		conf = kafka_conf_new(cfg, false, err, sizeof(err));
+		assert_null(conf);
+		if (strstr(err, "hunter2"))
+			fail_msg("case %zu: the value leaked: %s", i, err);
+		assert_non_null(strstr(err, "secret.conf: kafka.properties: \""));
+		config_free(cfg);
+	}
+}
+
+/* 12.15: permanent broker errors outside the old poison list: the row's
+ * fault (POLICY_VIOLATION, INVALID_TIMESTAMP) or the relay's
+ * (INVALID_REQUIRED_ACKS), never "aborted, send again" for ever */
+static void test_permanent_produce_errors(void **state)
+{
+	struct fx *fx = *state;
+	static const struct {
+		rd_kafka_resp_err_t err;
+		enum pub_status want;
+	} cases[] = {
+		{RD_KAFKA_RESP_ERR_POLICY_VIOLATION, PUB_POISON},
+		{RD_KAFKA_RESP_ERR_INVALID_TIMESTAMP, PUB_POISON},
+		{RD_KAFKA_RESP_ERR_INVALID_REQUIRED_ACKS, PUB_FATAL},
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		if (i > 0) {
+			teardown(state);
+			setup(state);
+			fx = *state;
+		}
+		init_ok(fx);
+		assert_int_equal(rd_kafka_mock_broker_push_request_error_rtts(
+					 fx->mc, 1, API_PRODUCE, 1, cases[i].err, 0),
+				 0);
+		expect(fx, send_batch(fx), cases[i].want);
+		if (cases[i].want == PUB_POISON)
+			assert_int_equal(publisher_poison_id(fx->pub), 100);
+		assert_non_null(strstr(publisher_errstr(fx->pub), rd_kafka_err2name(cases[i].err)));
+	}
+}
+
+/* Suspicion (a): one produce request carrying all three rows refused for
+ * size: no row alone exceeds any limit, so none is blamed (the old code
+ * poisoned row 100, the first of the request) */
+static void test_batch_refused_for_size_blames_no_row(void **state)
+{
+	struct fx *fx = *state;
+
+	init_ok(fx);
+	assert_int_equal(rd_kafka_mock_broker_push_request_error_rtts(
+				 fx->mc, 1, API_PRODUCE, 1, RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE, 0),
+			 0);
+	expect(fx, send_batch(fx), PUB_FATAL);
+	assert_non_null(strstr(publisher_errstr(fx->pub), "refused a record batch of 3 rows"));
+	assert_non_null(strstr(publisher_errstr(fx->pub), "batch.size"));
+}
+
+static int setup_linger(void **state)
+{
+	/* a long linger puts the three rows in one produce request */
+	return setup_with(state, ", \"linger.ms=200\"", "", "");
+}
+
+/* A commit waiting for a slow EndTxn blocks in the waiter's slices: the
+ * tick runs meanwhile (heartbeat, lease), and a stop ends the wait with the
+ * outcome left to the next producer (the old commit blocked for
+ * commit_timeout_ms and then retried, blind to a stop) */
+static void test_commit_stops_on_waiter(void **state)
+{
+	struct fx *fx = *state;
+	struct ticks t = {0, 3};
+	struct waiter w = {count_tick, &t, 100};
+	int64_t t0;
+
+	/* the transaction coordinator on broker 1, where EndTxn is delayed */
+	assert_int_equal(rd_kafka_mock_coordinator_set(fx->mc, "transaction",
+						       fx->cfg->relay_name, 1),
+			 0);
+	init_ok(fx);
+	publisher_set_waiter(fx->pub, &w);
+	assert_int_equal(rd_kafka_mock_broker_push_request_error_rtts(
+				 fx->mc, 1, API_END_TXN, 1, RD_KAFKA_RESP_ERR_NO_ERROR, 5000),
+			 0);
+	t0 = now_ms();
+	expect(fx, send_batch(fx), PUB_UNKNOWN);
+	assert_true(now_ms() - t0 < 1500);
+	assert_int_equal(t.n, 3);
+	assert_true(publisher_needs_recreate(fx->pub));
+	assert_non_null(strstr(publisher_errstr(fx->pub), "stopped while committing"));
 }
 
 int main(void)
@@ -366,6 +681,18 @@ int main(void)
 		T(test_end_txn_fenced),
 		T(test_end_txn_retriable),
 		T(test_end_txn_timeout_recreates),
+		cmocka_unit_test(test_unreachable_broker_one_lookup),
+		cmocka_unit_test(test_lookup_stops_on_waiter),
+		T(test_leader_not_available_is_transient),
+		T(test_unknown_or_denied_topic_is_poison),
+		cmocka_unit_test_setup_teardown(test_relay_topics_refused, setup_dlq, teardown),
+		cmocka_unit_test_setup_teardown(test_row_larger_than_queue, setup_small_queue,
+						teardown),
+		cmocka_unit_test(test_secret_not_echoed),
+		T(test_permanent_produce_errors),
+		T(test_commit_stops_on_waiter),
+		cmocka_unit_test_setup_teardown(test_batch_refused_for_size_blames_no_row,
+						setup_linger, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
