@@ -30,6 +30,7 @@ struct relay {
 	 * heartbeat, renews the lease when due and says stop. */
 	struct waiter w;
 	bool in_tick;
+	bool committing; /* a stop request waits for the commit to end */
 	bool lease_lost; /* a renewal in a tick found the lease taken */
 	int exit_code;   /* with STEP_EXIT */
 	struct outbox *ob;
@@ -110,7 +111,9 @@ static bool relay_tick(void *arg)
 	bool held;
 
 	metrics_heartbeat();
-	if (relay_stop_requested || r->lease_lost)
+	/* A commit under way is finished, not abandoned, on a stop request
+	 * (SIGTERM drains); it is bounded by the transaction timeout. */
+	if ((relay_stop_requested && !r->committing) || r->lease_lost)
 		return false;
 	if (r->in_tick || !r->generation || !r->ob || !outbox_connected(r->ob) ||
 	    now_ms() - r->last_renew_ms < r->cfg->lease_ttl_ms / 3)
@@ -858,7 +861,9 @@ static enum step publish_batch(struct relay *r)
 		st = publisher_produce(r->pub, &r->batch, value);
 		if (st == PUB_OK) {
 			read_ahead(r);
+			r->committing = true;
 			st = publisher_commit(r->pub);
+			r->committing = false;
 		}
 		if (st == PUB_OK) {
 			count_commit(r, now_ms() - t0);
