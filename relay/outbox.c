@@ -143,7 +143,7 @@ struct outbox *outbox_connect(const struct config *cfg, char *errbuf, size_t err
 	const char *keys[] = {"fallback_application_name", "connect_timeout", "keepalives_idle",
 			      "keepalives_interval", "keepalives_count", "options", "dbname", NULL};
 	const char *vals[] = {"outbox-relay", "10", "10", "5", "3", opts, cfg->pg_conninfo, NULL};
-	const char *hs;
+	const char *hs, *ro;
 	struct outbox *ob;
 	char *secret;
 
@@ -164,12 +164,15 @@ struct outbox *outbox_connect(const struct config *cfg, char *errbuf, size_t err
 		return NULL;
 	}
 	PQsetNoticeProcessor(ob->conn, notice_processor, NULL);
-	/* Reported by servers since PostgreSQL 14 at connection start: a hot
-	 * standby says so before any statement fails. */
+	/* Reported by servers since PostgreSQL 14 at connection start: a
+	 * read-only server says so before any statement fails (25006). */
 	hs = PQparameterStatus(ob->conn, "in_hot_standby");
-	if (hs && strcmp(hs, "on") == 0)
-		log_warning("connected to a read-only server (a hot standby): the relay cannot take "
-			    "its lease or advance there; postgres.conninfo should point at the primary");
+	ro = PQparameterStatus(ob->conn, "default_transaction_read_only");
+	if ((hs && strcmp(hs, "on") == 0) || (ro && strcmp(ro, "on") == 0))
+		log_warning("connected to a read-only server (%s): the relay cannot take its lease or "
+			    "advance there; postgres.conninfo must name the primary",
+			    hs && strcmp(hs, "on") == 0 ? "a hot standby"
+							: "default_transaction_read_only is on");
 	return ob;
 }
 
