@@ -190,6 +190,14 @@ const char *outbox_errstr(const struct outbox *ob)
 	return ob->errstr;
 }
 
+bool outbox_read_only(const struct outbox *ob)
+{
+	const char *hs = PQparameterStatus(ob->conn, "in_hot_standby");
+	const char *ro = PQparameterStatus(ob->conn, "default_transaction_read_only");
+
+	return (hs && strcmp(hs, "on") == 0) || (ro && strcmp(ro, "on") == 0);
+}
+
 bool outbox_connected(const struct outbox *ob)
 {
 	return ob && PQstatus(ob->conn) == CONNECTION_OK;

@@ -53,6 +53,10 @@ void outbox_free(struct outbox *ob);
 /* The last error's text; borrowed until the next call. */
 const char *outbox_errstr(const struct outbox *ob);
 bool outbox_connected(const struct outbox *ob);
+/* Whether the server said at connection start (PostgreSQL 14+) that it is a
+ * hot standby or has default_transaction_read_only on: every write will fail
+ * with OB_READ_ONLY. For `check` and the relay's back-off. */
+bool outbox_read_only(const struct outbox *ob);
 
 int outbox_schema_version(struct outbox *ob, int *version) MUSTCHECK;
 int outbox_lease_acquire(struct outbox *ob, const char *owner, struct lease *lease) MUSTCHECK;
