@@ -21,6 +21,9 @@ q() { psql -X -q -v ON_ERROR_STOP=1 "$@"; }
 q -d "$url" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
 trap 'q -d "$url" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)"' EXIT
 q -d "$dburl" -f "$root/sql/install.sql" >/dev/null
+# Time spent inside the trigger function, per call: a figure that the noise
+# of a shared machine moves less than throughput does.
+q -d "$url" -c "ALTER DATABASE $db SET track_functions = 'pl'"
 q -d "$dburl" -c "SELECT acquired FROM outbox.lease_acquire('bench', 'me', 3600000)" \
   -c "SELECT outbox.reserve_topics('bench', 1, ARRAY['bench.checkpoints', 'bench.dead-letters'])" >/dev/null
 script=$(mktemp)
@@ -44,5 +47,10 @@ for r in $(seq 1 "$rounds"); do
     best_on=$(echo "$on $best_on" | awk '{print ($1 > $2) ? $1 : $2}')
 done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+q -d "$dburl" -At -F ' ' -c "SELECT pg_stat_force_next_flush()" -c "SELECT pg_sleep(1)" >/dev/null
+q -d "$dburl" -At -F ' ' -c "
+    SELECT format('trigger function: %s calls, %s us per call (total, incl. its query)',
+                  calls, round((total_time * 1000 / greatest(calls, 1))::numeric, 1))
+    FROM pg_stat_user_functions WHERE funcname = 'event_refuse_reserved'"
 echo "best: without $best_off tps, with $best_on tps, ratio $(echo "$best_on $best_off" | awk '{printf "%.3f", $1 / $2}')"
 rm -f "$script"

@@ -136,7 +136,7 @@ SELECT results_eq(
 SELECT results_eq(
     $$SELECT p.proname::text COLLATE "default" FROM pg_proc AS p
       WHERE p.pronamespace = 'outbox'::regnamespace AND p.prosecdef ORDER BY 1$$,
-    $$VALUES ('advance'), ('event_refuse_reserved'), ('lag'), ('lease_acquire'), ('lease_release'), ('lease_renew'),
+    $$VALUES ('advance'), ('lag'), ('lease_acquire'), ('lease_release'), ('lease_renew'),
              ('notify_disable'), ('notify_enable'), ('position_get'), ('position_reset'),
              ('purge'), ('relay_forget'), ('reserve_topics'), ('status'), ('window_open')$$,
     'exactly the state-writing and state-reading functions are SECURITY DEFINER'

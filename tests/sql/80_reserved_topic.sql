@@ -3,7 +3,7 @@
 -- reserved topic are refused (OR006) by INSERT, publish() and UPDATE, in
 -- any statement, whatever the topic is called.
 BEGIN;
-SELECT plan(25);
+SELECT plan(28);
 
 -- Run a statement as a role (as in 60_privileges.sql).
 CREATE FUNCTION pg_temp.as_role(p_role text, p_sql text) RETURNS void LANGUAGE plpgsql AS $$
@@ -62,6 +62,15 @@ SELECT throws_ok($$UPDATE outbox.event SET topic = 'my.checkpoints' WHERE topic 
                  'an UPDATE that moves a row onto a reserved topic is refused');
 SELECT is((SELECT count(*)::int FROM outbox.event WHERE topic IN ('my.checkpoints', 'my.dead')), 0,
           'no row reached a reserved topic');
+
+SELECT table_privs_are('outbox', 'reserved_topic', 'public', ARRAY['SELECT'],
+                       'PUBLIC may only read reserved_topic (the trigger runs with the inserter''s rights)');
+SELECT throws_ok(format('SELECT pg_temp.as_role(%L, %L)', 'outbox_writer',
+                        $$DELETE FROM outbox.reserved_topic$$),
+                 '42501', NULL, 'a writer cannot free a reserved topic');
+SELECT throws_ok(format('SELECT pg_temp.as_role(%L, %L)', 'outbox_relay',
+                        $$INSERT INTO outbox.reserved_topic (topic, relay_name) VALUES ('x', 'r1')$$),
+                 '42501', NULL, 'the relay reserves only through reserve_topics() (fenced)');
 
 -- A row written before the reservation stays updatable (position_reset
 -- re-stamps txids with an UPDATE).
