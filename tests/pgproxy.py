@@ -8,10 +8,10 @@ for tests that need a reply to get lost after the server has acted on it.
     assert proxy.fired == 1
     proxy.stop()
 
-Armed, the proxy follows each connection's client->server messages: it
-remembers which prepared statements' Parse text names the function, and
-marks the connection when a Bind of such a statement, or a simple Query
-naming it, goes by. The server's answer to a marked request is held back;
+The proxy follows each connection's client->server messages: it remembers
+every prepared statement's Parse text (armed or not), and, once armed, marks
+the connection when a Bind of a statement whose text names the function, or
+a simple Query naming it, goes by. The server's answer to a marked request is held back;
 when it ends in ReadyForQuery with transaction status 'I' (idle: the server
 has committed), the proxy closes both sockets without forwarding any of it,
 disarms (after `times` drops) and counts the drop in .fired. Any other
@@ -73,7 +73,7 @@ class _Conn:
         self.proxy = proxy
         self.client = client
         self.server = server
-        self.marked_stmts = set()  # prepared statement names whose text names the function
+        self.stmt_text = {}        # prepared statement name -> its Parse text
         self.pending = False       # a request naming the function awaits its answer
         self.lock = threading.Lock()
         self.closed = False
@@ -114,24 +114,24 @@ class _Conn:
             self.close()
 
     def inspect(self, typ, body):
-        name = self.proxy.function_name
-        if not name:
-            return
+        # Parse texts are kept whether armed or not: the relay prepares its
+        # statements once per connection, possibly long before the arming.
         if typ == b"P":  # Parse: statement name, query text, ...
             stmt, query = _cstrings(body, 2)
-            if name in query:
-                self.marked_stmts.add(stmt)
-            else:
-                self.marked_stmts.discard(stmt)
-        elif typ == b"B":  # Bind: portal name, statement name, ...
-            _portal, stmt = _cstrings(body, 2)
-            if stmt in self.marked_stmts and self.proxy.armed():
-                self.pending = True
-        elif typ == b"Q":  # simple Query: the text
-            if name in body and self.proxy.armed():
-                self.pending = True
+            self.stmt_text[stmt] = query
         elif typ == b"C" and body[:1] == b"S":  # Close statement
-            self.marked_stmts.discard(_cstrings(body[1:], 1)[0])
+            self.stmt_text.pop(_cstrings(body[1:], 1)[0], None)
+        elif typ in (b"B", b"Q"):
+            name = self.proxy.function_name
+            if not name or not self.proxy.armed():
+                return
+            if typ == b"B":  # Bind: portal name, statement name, ...
+                _portal, stmt = _cstrings(body, 2)
+                text = self.stmt_text.get(stmt, b"")
+            else:  # simple Query: the text
+                text = body
+            if name in text:
+                self.pending = True
 
     # server -> client ------------------------------------------------------
     def server_to_client(self):
