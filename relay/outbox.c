@@ -97,13 +97,15 @@ static void redact_quoted(char *dst, size_t dstlen, const char *src)
 	dst[strcspn(dst, "\n")] = '\0';
 }
 
-/* Overwrite each occurrence of secret in s with '*' (same length, in place). */
+/* Overwrite each occurrence of secret in s with '*' (same length, in place).
+ * Passwords shorter than 4 characters are left alone: starring every "ab"
+ * of a message would hide more than it protects. */
 static void scrub(char *s, const char *secret)
 {
 	size_t len;
 	char *p;
 
-	if (!secret || !*secret)
+	if (!secret || strlen(secret) < 4)
 		return;
 	len = strlen(secret);
 	for (p = strstr(s, secret); p; p = strstr(p + len, secret))
@@ -119,9 +121,15 @@ static void scrub(char *s, const char *secret)
 static int conninfo_check(const char *conninfo, char **secret, char *errbuf, size_t errlen)
 {
 	char *msg = NULL, red[512];
-	PQconninfoOption *opts = PQconninfoParse(conninfo, &msg);
+	PQconninfoOption *opts;
 
 	*secret = NULL;
+	/* libpq expands only what looks like a connection string (a URI, or
+	 * anything with '='); the rest is a plain database name. */
+	if (strncmp(conninfo, "postgresql://", 13) != 0 && strncmp(conninfo, "postgres://", 11) != 0 &&
+	    !strchr(conninfo, '='))
+		return 0;
+	opts = PQconninfoParse(conninfo, &msg);
 	if (!opts) {
 		redact_quoted(red, sizeof(red), msg ? msg : "out of memory");
 		snprintf(errbuf, errlen, "invalid postgres.conninfo: %s", red);

@@ -11,6 +11,7 @@
   "cannot execute LISTEN during recovery" is not reproduced: it carries the
   same SQLSTATE, 25006, and goes through the same classification)."""
 import json
+import os
 import subprocess
 from urllib.parse import urlsplit
 
@@ -58,3 +59,14 @@ def test_read_only_server_is_named(outbox_db, relays, tmp_path):
     relay.wait_log(r"the relay points at a read-only server", 30)
     assert "cannot execute" in relay.text(), relay.text()
     relay.stop()
+
+
+def test_plain_database_name_is_not_parsed_as_conninfo(outbox_db, tmp_path):
+    """A conninfo without '=' and not a URI is a database name to libpq: the
+    parse check in front of the connection must let it through."""
+    url = urlsplit(outbox_db)
+    cfg = write_config(tmp_path / "relay.conf", url.path.lstrip("/"), "r-plain")
+    env = {"PGHOST": url.hostname, "PGPORT": str(url.port or 5432), "PGUSER": url.username or ""}
+    out = subprocess.run([RELAY_BIN, "check", "-c", str(cfg)], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, **env})
+    assert "postgresql: ok" in out.stdout, out.stdout + out.stderr
