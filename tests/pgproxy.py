@@ -11,11 +11,15 @@ for tests that need a reply to get lost after the server has acted on it.
 The proxy follows each connection's client->server messages: it remembers
 every prepared statement's Parse text (armed or not), and, once armed, marks
 the connection when a Bind of a statement whose text names the function, or
-a simple Query naming it, goes by. The server's answer to a marked request is held back;
-when it ends in ReadyForQuery with transaction status 'I' (idle: the server
-has committed), the proxy closes both sockets without forwarding any of it,
-disarms (after `times` drops) and counts the drop in .fired. Any other
-answer (an error, or a transaction still open) is forwarded unchanged.
+a simple Query naming it, goes by. From then on the server's answers are
+held back until a ReadyForQuery ('Z'):
+- status 'I' (idle: the server has committed): the proxy closes both
+  sockets without forwarding any of the held answer, counts the drop in
+  .fired and disarms after `times` drops;
+- status 'T' (inside a transaction block): forwarded, and the mark stays,
+  so the answer to the later COMMIT is the one lost;
+- status 'E' (failed transaction), or 'I' after an ErrorResponse or a
+  ROLLBACK: forwarded, mark cleared; nothing was committed.
 
 Framing: every message is a 1-byte type and a 4-byte big-endian length that
 counts itself; the client's first message (startup, SSLRequest,
@@ -146,8 +150,18 @@ class _Conn:
                 if typ != b"Z":
                     continue
                 status = msg[5:6]
+                if status == b"T":
+                    # Inside a transaction block: the commit is yet to come
+                    # (a later COMMIT's answer is the one to lose).
+                    self.client.sendall(b"".join(held))
+                    held = []
+                    continue
                 self.pending = False
-                if status == b"I" and self.proxy.take_shot():
+                # 'I' also follows an error outside a transaction block (the
+                # implicit transaction was rolled back) and a ROLLBACK.
+                failed = any(m[:1] == b"E" or (m[:1] == b"C" and m[5:].rstrip(b"\0") == b"ROLLBACK")
+                             for m in held)
+                if status == b"I" and not failed and self.proxy.take_shot():
                     return  # committed: the client never hears of it
                 self.client.sendall(b"".join(held))
                 held = []
