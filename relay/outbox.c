@@ -7,10 +7,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/select.h>
+#include <poll.h>
 
 #include "log.h"
 #include "outbox.h"
+#include "wait.h"
 
 /* The statements of the relay's hot loop, prepared once per connection
  * when postgres.prepared_statements is on: no parse and plan per call. */
@@ -34,6 +35,9 @@ struct outbox {
 	const struct config *cfg;
 	PGconn *conn;
 	bool prepared[HOT_COUNT];
+	/* The conninfo's password, if it has one: scrubbed from every message
+	 * we keep (a misplaced value can end up quoted by libpq). */
+	char *secret;
 	char errstr[1024];
 };
 
@@ -56,6 +60,10 @@ const char *ob_status_str(int st)
 		return "other-name";
 	case OB_UNKNOWN_RELAY:
 		return "unknown-relay";
+	case OB_READ_ONLY:
+		return "read-only";
+	case OB_STOPPED:
+		return "stopped";
 	}
 	return "?";
 }
@@ -66,6 +74,75 @@ static void notice_processor(void *arg, const char *message)
 	log_write(LOG_INFO, "libpq", "%s", message);
 }
 
+/* Replace every double-quoted part of a libpq message with "***": its
+ * conninfo parse errors quote fragments of the string, which may be a
+ * password. */
+static void redact_quoted(char *dst, size_t dstlen, const char *src)
+{
+	size_t n = 0;
+	bool quoted = false;
+
+	for (; *src && n + 1 < dstlen; src++) {
+		if (*src == '"') {
+			if (!quoted && n + 5 < dstlen) {
+				memcpy(dst + n, "\"***\"", 5);
+				n += 5;
+			}
+			quoted = !quoted;
+		} else if (!quoted) {
+			dst[n++] = *src;
+		}
+	}
+	dst[n] = '\0';
+	dst[strcspn(dst, "\n")] = '\0';
+}
+
+/* Overwrite each occurrence of secret in s with '*' (same length, in place).
+ * Passwords shorter than 4 characters are left alone: starring every "ab"
+ * of a message would hide more than it protects. */
+static void scrub(char *s, const char *secret)
+{
+	size_t len;
+	char *p;
+
+	if (!secret || strlen(secret) < 4)
+		return;
+	len = strlen(secret);
+	for (p = strstr(s, secret); p; p = strstr(p + len, secret))
+		memset(p, '*', len);
+}
+
+/*
+ * Parse the conninfo before connecting: libpq's parse errors quote parts of
+ * the string ('missing "=" after "..."', 'invalid percent-encoded token:
+ * "..."'), so they are reported with every quoted part redacted. On success
+ * *secret gets a copy of the password (NULL when there is none).
+ */
+static int conninfo_check(const char *conninfo, char **secret, char *errbuf, size_t errlen)
+{
+	char *msg = NULL, red[512];
+	PQconninfoOption *opts;
+
+	*secret = NULL;
+	/* libpq expands only what looks like a connection string (a URI, or
+	 * anything with '='); the rest is a plain database name. */
+	if (strncmp(conninfo, "postgresql://", 13) != 0 && strncmp(conninfo, "postgres://", 11) != 0 &&
+	    !strchr(conninfo, '='))
+		return 0;
+	opts = PQconninfoParse(conninfo, &msg);
+	if (!opts) {
+		redact_quoted(red, sizeof(red), msg ? msg : "out of memory");
+		snprintf(errbuf, errlen, "invalid postgres.conninfo: %s", red);
+		PQfreemem(msg);
+		return -1;
+	}
+	for (PQconninfoOption *o = opts; o->keyword; o++)
+		if (strcmp(o->keyword, "password") == 0 && o->val && *o->val)
+			*secret = xstrdup(o->val);
+	PQconninfoFree(opts);
+	return 0;
+}
+
 struct outbox *outbox_connect(const struct config *cfg, char *errbuf, size_t errlen)
 {
 	char opts[64];
@@ -74,21 +151,36 @@ struct outbox *outbox_connect(const struct config *cfg, char *errbuf, size_t err
 	const char *keys[] = {"fallback_application_name", "connect_timeout", "keepalives_idle",
 			      "keepalives_interval", "keepalives_count", "options", "dbname", NULL};
 	const char *vals[] = {"outbox-relay", "10", "10", "5", "3", opts, cfg->pg_conninfo, NULL};
+	const char *hs, *ro;
 	struct outbox *ob;
+	char *secret;
 
+	if (conninfo_check(cfg->pg_conninfo, &secret, errbuf, errlen) < 0)
+		return NULL;
 	snprintf(opts, sizeof(opts), "-c statement_timeout=%d", cfg->pg_statement_timeout_ms);
 	ob = xcalloc(1, sizeof(*ob));
 	ob->cfg = cfg;
+	ob->secret = secret;
 	ob->conn = PQconnectdbParams(keys, vals, 1);
 	if (PQstatus(ob->conn) != CONNECTION_OK) {
 		snprintf(errbuf, errlen, "could not connect to PostgreSQL: %s",
 			 PQerrorMessage(ob->conn));
 		/* libpq's message ends with a newline */
 		errbuf[strcspn(errbuf, "\n")] = '\0';
+		scrub(errbuf, ob->secret);
 		outbox_free(ob);
 		return NULL;
 	}
 	PQsetNoticeProcessor(ob->conn, notice_processor, NULL);
+	/* Reported by servers since PostgreSQL 14 at connection start: a
+	 * read-only server says so before any statement fails (25006). */
+	hs = PQparameterStatus(ob->conn, "in_hot_standby");
+	ro = PQparameterStatus(ob->conn, "default_transaction_read_only");
+	if ((hs && strcmp(hs, "on") == 0) || (ro && strcmp(ro, "on") == 0))
+		log_warning("connected to a read-only server (%s): the relay cannot take its lease or "
+			    "advance there; postgres.conninfo must name the primary",
+			    hs && strcmp(hs, "on") == 0 ? "a hot standby"
+							: "default_transaction_read_only is on");
 	return ob;
 }
 
@@ -97,12 +189,21 @@ void outbox_free(struct outbox *ob)
 	if (!ob)
 		return;
 	PQfinish(ob->conn);
+	free(ob->secret);
 	free(ob);
 }
 
 const char *outbox_errstr(const struct outbox *ob)
 {
 	return ob->errstr;
+}
+
+bool outbox_read_only(const struct outbox *ob)
+{
+	const char *hs = PQparameterStatus(ob->conn, "in_hot_standby");
+	const char *ro = PQparameterStatus(ob->conn, "default_transaction_read_only");
+
+	return (hs && strcmp(hs, "on") == 0) || (ro && strcmp(ro, "on") == 0);
 }
 
 bool outbox_connected(const struct outbox *ob)
@@ -124,6 +225,7 @@ static int classify(struct outbox *ob, PGresult *res, const char *what)
 	if (hint)
 		strncat(ob->errstr, ")", sizeof(ob->errstr) - strlen(ob->errstr) - 1);
 	ob->errstr[strcspn(ob->errstr, "\n")] = '\0';
+	scrub(ob->errstr, ob->secret);
 
 	if (PQstatus(ob->conn) != CONNECTION_OK || !state)
 		return OB_TRANSIENT;
@@ -137,6 +239,18 @@ static int classify(struct outbox *ob, PGresult *res, const char *what)
 		return OB_OTHER_NAME;
 	if (strcmp(state, "OR005") == 0)
 		return OB_UNKNOWN_RELAY;
+	if (strcmp(state, "25006") == 0) {
+		/* read_only_sql_transaction: a hot standby ("cannot execute LISTEN
+		 * during recovery", "... in a read-only transaction") or a server
+		 * with default_transaction_read_only on. No retry on this server
+		 * will cure it; a failover or a fixed conninfo will. */
+		size_t len = strlen(ob->errstr);
+		snprintf(ob->errstr + len, sizeof(ob->errstr) - len,
+			 ": the relay points at a read-only server (a standby, or "
+			 "default_transaction_read_only is on); postgres.conninfo must name the "
+			 "primary");
+		return OB_READ_ONLY;
+	}
 	/* connection exceptions, shutdown, resources, serialization, timeouts */
 	if (strncmp(state, "08", 2) == 0 || strncmp(state, "57P", 3) == 0 ||
 	    strncmp(state, "53", 2) == 0 || strcmp(state, "40001") == 0 ||
@@ -449,7 +563,7 @@ int outbox_fetch_page(struct outbox *ob, const struct position *pos, int max_row
 }
 
 int outbox_advance(struct outbox *ob, int64_t generation, const struct position *pos,
-		   int64_t *deleted)
+		   int64_t *deleted, bool *already)
 {
 	char gen[24], seq[24], after[24], keep[24];
 	const char *p[7] = {ob->cfg->relay_name, gen, seq, pos->done, pos->next, after, keep};
@@ -463,9 +577,52 @@ int outbox_advance(struct outbox *ob, int64_t generation, const struct position 
 	rc = call_hot(ob, HOT_ADVANCE, p, 0, &res);
 	if (rc != OB_OK)
 		return rc;
+	/* NULL: this exact position was stored by an earlier call whose reply
+	 * never arrived (the connection dropped after the commit). */
+	if (already)
+		*already = PQgetisnull(res, 0, 0);
+	if (PQgetisnull(res, 0, 0))
+		log_info("advance of relay \"%s\" to batch %" PRId64 " was already applied (the reply "
+			 "to an earlier try was lost)",
+			 ob->cfg->relay_name, pos->batch_seq);
 	*deleted = text_i64(res, 0, 0);
 	PQclear(res);
 	return OB_OK;
+}
+
+int outbox_reserve_topics(struct outbox *ob, int64_t generation, const char *const *topics, int n)
+{
+	char gen[24];
+	const char *p[3] = {ob->cfg->relay_name, gen, NULL};
+	size_t cap = 3, len = 0;
+	char *arr;
+	PGresult *res;
+	int rc;
+
+	for (int i = 0; i < n; i++)
+		cap += 2 * strlen(topics[i]) + 3;
+	arr = xcalloc(1, cap);
+	/* An array literal: each element quoted, " and \ escaped. */
+	arr[len++] = '{';
+	for (int i = 0; i < n; i++) {
+		if (i)
+			arr[len++] = ',';
+		arr[len++] = '"';
+		for (const char *c = topics[i]; *c; c++) {
+			if (*c == '"' || *c == '\\')
+				arr[len++] = '\\';
+			arr[len++] = *c;
+		}
+		arr[len++] = '"';
+	}
+	arr[len++] = '}';
+	p[2] = arr;
+	snprintf(gen, sizeof(gen), "%" PRId64, generation);
+	rc = call(ob, "SELECT outbox.reserve_topics($1, $2, $3)", 3, p, 0, &res);
+	free(arr);
+	if (rc == OB_OK)
+		PQclear(res);
+	return rc;
 }
 
 int outbox_purge(struct outbox *ob, int max_rows, int64_t *deleted)
@@ -525,24 +682,11 @@ int outbox_listen(struct outbox *ob)
 	return rc;
 }
 
-int outbox_wait(struct outbox *ob, int timeout_ms, bool *notified)
+/* Take what arrived on the socket; true when a notification is among it. */
+static int drain_notifies(struct outbox *ob, bool *notified)
 {
-	int sock = PQsocket(ob->conn);
-	fd_set rfds;
-	struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
 	PGnotify *n;
 
-	*notified = false;
-	if (sock < 0) {
-		snprintf(ob->errstr, sizeof(ob->errstr), "connection to PostgreSQL lost");
-		return OB_TRANSIENT;
-	}
-	FD_ZERO(&rfds);
-	FD_SET(sock, &rfds);
-	if (select(sock + 1, &rfds, NULL, NULL, &tv) < 0 && errno != EINTR) {
-		snprintf(ob->errstr, sizeof(ob->errstr), "select: %s", strerror(errno));
-		return OB_TRANSIENT;
-	}
 	if (!PQconsumeInput(ob->conn)) {
 		classify(ob, NULL, "waiting for notifications");
 		return OB_TRANSIENT;
@@ -552,4 +696,46 @@ int outbox_wait(struct outbox *ob, int timeout_ms, bool *notified)
 		PQfreemem(n);
 	}
 	return OB_OK;
+}
+
+int outbox_wait(struct outbox *ob, const struct waiter *w, int timeout_ms, bool *notified)
+{
+	int64_t deadline = now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
+
+	*notified = false;
+	for (;;) {
+		struct pollfd pfd;
+		int ms, rc;
+
+		/* The tick may renew the lease on this connection: a query reads
+		 * notifications that arrive meanwhile into libpq's queue, hence
+		 * the drain before every poll. */
+		if (!wait_tick(w)) {
+			snprintf(ob->errstr, sizeof(ob->errstr),
+				 "waiting for notifications: stopped");
+			return OB_STOPPED;
+		}
+		pfd.fd = PQsocket(ob->conn);
+		pfd.events = POLLIN;
+		pfd.revents = 0;
+		if (pfd.fd < 0) {
+			snprintf(ob->errstr, sizeof(ob->errstr), "connection to PostgreSQL lost");
+			return OB_TRANSIENT;
+		}
+		rc = drain_notifies(ob, notified);
+		if (rc != OB_OK || *notified)
+			return rc;
+		ms = wait_slice(w, deadline);
+		if (ms <= 0)
+			return OB_OK;
+		if (poll(&pfd, 1, ms) < 0 && errno != EINTR) {
+			snprintf(ob->errstr, sizeof(ob->errstr), "poll: %s", strerror(errno));
+			return OB_TRANSIENT;
+		}
+		if (pfd.revents) {
+			rc = drain_notifies(ob, notified);
+			if (rc != OB_OK || *notified)
+				return rc;
+		}
+	}
 }

@@ -24,11 +24,17 @@ enum ob_status {
 	OB_REGRESSION = -5,    /* OR003: transaction ids behind the position */
 	OB_OTHER_NAME = -6,    /* OR004: another relay name owns this outbox */
 	OB_UNKNOWN_RELAY = -7, /* OR005 */
+	/* 25006: the server is read-only (a hot standby, or
+	 * default_transaction_read_only on). Not cured by retrying on the same
+	 * server: back off long, and say the conninfo is wrong. */
+	OB_READ_ONLY = -8,
+	OB_STOPPED = -9, /* outbox_wait: the waiter's tick said stop */
 };
 
 const char *ob_status_str(int st);
 
 struct outbox;
+struct waiter;
 
 struct lease {
 	bool acquired;
@@ -38,12 +44,19 @@ struct lease {
 };
 
 /* Connect with cfg->postgres (borrowed; must outlive the result). Returns
- * NULL with errbuf set when the server cannot be reached. */
+ * NULL with errbuf set when the conninfo does not parse or the server cannot
+ * be reached; the message never holds the conninfo's password (libpq's parse
+ * errors are reported with every quoted fragment redacted). Logs a warning
+ * when the server says it is a hot standby. */
 struct outbox *outbox_connect(const struct config *cfg, char *errbuf, size_t errlen) MUSTCHECK;
 void outbox_free(struct outbox *ob);
 /* The last error's text; borrowed until the next call. */
 const char *outbox_errstr(const struct outbox *ob);
 bool outbox_connected(const struct outbox *ob);
+/* Whether the server said at connection start (PostgreSQL 14+) that it is a
+ * hot standby or has default_transaction_read_only on: every write will fail
+ * with OB_READ_ONLY. For `check` and the relay's back-off. */
+bool outbox_read_only(const struct outbox *ob);
 
 int outbox_schema_version(struct outbox *ob, int *version) MUSTCHECK;
 int outbox_lease_acquire(struct outbox *ob, const char *owner, struct lease *lease) MUSTCHECK;
@@ -59,9 +72,19 @@ int outbox_window_open(struct outbox *ob, char **next) MUSTCHECK;
 int outbox_fetch_page(struct outbox *ob, const struct position *pos, int max_rows,
 		      int64_t max_bytes, struct batch *b, int *nrows) MUSTCHECK;
 /* Fenced, monotone advance to pos; deletes the relayed rows unless
- * postgres.retention_ms keeps them (then outbox_purge does later). */
+ * postgres.retention_ms keeps them (then outbox_purge does later).
+ * Idempotent: when exactly this position (generation, batch, snapshots,
+ * after_id) is already stored, as after a reply lost to a dropped
+ * connection, it succeeds with *deleted 0, logs it at info and sets
+ * *already (may be NULL). Any other move back is OB_BACKWARDS. */
 int outbox_advance(struct outbox *ob, int64_t generation, const struct position *pos,
-		   int64_t *deleted) MUSTCHECK;
+		   int64_t *deleted, bool *already) MUSTCHECK;
+/* Register the topics this relay writes itself (checkpoint, dead letters):
+ * the database then refuses outbox rows aimed at them (OR006). Replaces the
+ * relay's earlier set; fenced by generation (OB_FENCED). Call after taking
+ * the lease. topics: n borrowed strings. */
+int outbox_reserve_topics(struct outbox *ob, int64_t generation, const char *const *topics,
+			  int n) MUSTCHECK;
 /* Delete up to max_rows relayed rows older than postgres.retention_ms. */
 int outbox_purge(struct outbox *ob, int max_rows, int64_t *deleted) MUSTCHECK;
 int outbox_lag(struct outbox *ob, int64_t *rows, int64_t *oldest_age_ms) MUSTCHECK;
@@ -70,7 +93,11 @@ int outbox_status_print(struct outbox *ob, FILE *out) MUSTCHECK;
 
 /* LISTEN on the channel of outbox.notify_enable(). */
 int outbox_listen(struct outbox *ob) MUSTCHECK;
-/* Sleep up to timeout_ms or until a NOTIFY arrives (or a signal). */
-int outbox_wait(struct outbox *ob, int timeout_ms, bool *notified) MUSTCHECK;
+/* Wait up to timeout_ms for a NOTIFY, in poll() slices of the waiter w
+ * (NULL: one slice), ticking it between slices. OB_OK when a notification
+ * arrived (*notified) or the time is up; OB_STOPPED when the tick said stop;
+ * OB_TRANSIENT when the connection failed. Main thread only. */
+int outbox_wait(struct outbox *ob, const struct waiter *w, int timeout_ms,
+		bool *notified) MUSTCHECK;
 
 #endif

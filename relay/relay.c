@@ -356,7 +356,7 @@ static enum step db_advance(struct relay *r, const struct position *pos)
 	int64_t deleted, give_up = 0;
 
 	for (;;) {
-		int st = outbox_advance(r->ob, r->generation, pos, &deleted);
+		int st = outbox_advance(r->ob, r->generation, pos, &deleted, NULL);
 		if (st == OB_OK)
 			break;
 		if (db_trouble(r, st, "could not advance the database position") == STEP_EXIT) {
@@ -633,8 +633,10 @@ static enum step fill_batch(struct relay *r)
 		if (now_ms() - start >= cfg->batch_max_wait_ms)
 			return STEP_OK;
 		wait = cfg->batch_max_wait_ms - (int)(now_ms() - start);
-		st = outbox_wait(r->ob, wait < cfg->poll_interval_ms ? wait : cfg->poll_interval_ms,
-				 &notified);
+		st = outbox_wait(r->ob, &r->w,
+				 wait < cfg->poll_interval_ms ? wait : cfg->poll_interval_ms, &notified);
+		if (st == OB_STOPPED)
+			return step_stopped(r);
 		if (st != OB_OK)
 			break;
 		if (!wait_tick(&r->w))
@@ -1026,7 +1028,11 @@ static enum step loop(struct relay *r)
 			bool notified;
 
 			probe(r);
-			if (outbox_wait(r->ob, r->cfg->poll_interval_ms, &notified) != OB_OK &&
+			int st = outbox_wait(r->ob, &r->w, r->cfg->poll_interval_ms, &notified);
+
+			if (st == OB_STOPPED)
+				return step_stopped(r);
+			if (st != OB_OK &&
 			    db_trouble(r, OB_TRANSIENT, "waiting for outbox rows") == STEP_EXIT)
 				return STEP_EXIT;
 			continue;

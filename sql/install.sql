@@ -22,6 +22,10 @@ SET client_min_messages = warning;
 \set description 'outbox.event, relay_state, lease, windows, position, roles'
 \ir lib/apply.sql
 
+\set migration 0002_advance_idempotent_reserved_topics
+\set description 'advance() idempotent for the stored position; reserved topics (OR006)'
+\ir lib/apply.sql
+
 \unset migration
 \unset description
 SELECT format('outbox schema at version %s', outbox.version()) AS installed;

@@ -75,6 +75,7 @@ SELECT results_eq(
       ORDER BY 1$$,
     $$VALUES
       ('outbox.advance(text,bigint,bigint,text,text,bigint,bigint)', 'bigint'),
+      ('outbox.event_refuse_reserved()', 'trigger'),
       ('outbox.fetch_page(pg_snapshot,pg_snapshot,bigint,integer,bigint)',
        'TABLE(id bigint, topic text, key bytea, payload bytea, header_names text[], header_values text[], created_ms bigint)'),
       ('outbox.fetch_page_bounds(pg_snapshot,pg_snapshot,bigint,integer,bigint)', 'bigint[]'),
@@ -99,6 +100,7 @@ SELECT results_eq(
       ('outbox.purge(text,bigint,integer)', 'bigint'),
       ('outbox.relay_forget(text)', 'boolean'),
       ('outbox.relayed(xid8,bigint,pg_snapshot,pg_snapshot,bigint)', 'boolean'),
+      ('outbox.reserve_topics(text,bigint,text[])', 'integer'),
       ('outbox.status(text)',
        'TABLE(name text, owner text, generation bigint, lease_expires_at timestamp with time zone, lease_expires_in_ms bigint, batch_seq bigint, pos_done text, pos_next text, pos_after_id bigint, created_at timestamp with time zone, updated_at timestamp with time zone, advanced_at timestamp with time zone, lag_rows bigint, lag_oldest_age_ms bigint)'),
       ('outbox.version()', 'integer'),
@@ -111,7 +113,7 @@ SELECT results_eq(
       WHERE p.pronamespace = 'outbox'::regnamespace
         AND p.proname IN ('lease_acquire', 'lease_renew', 'lease_release', 'position_get',
                           'window_open', 'fetch_page', 'advance', 'purge', 'lag', 'status',
-                          'relay_forget')
+                          'relay_forget', 'reserve_topics')
       ORDER BY 1$$,
     $$VALUES
       ('advance', 'p_name text, p_generation bigint, p_batch_seq bigint, p_done text, p_next text, p_after_id bigint, p_retention_ms bigint DEFAULT 0'),
@@ -123,6 +125,7 @@ SELECT results_eq(
       ('position_get', 'p_name text'),
       ('purge', 'p_name text, p_retention_ms bigint, p_max_rows integer'),
       ('relay_forget', 'p_name text'),
+      ('reserve_topics', 'p_name text, p_generation bigint, p_topics text[]'),
       ('status', 'p_name text'),
       ('window_open', 'p_name text')$$,
     'the relay''s functions keep the contract''s argument names and defaults'
@@ -135,7 +138,7 @@ SELECT results_eq(
       WHERE p.pronamespace = 'outbox'::regnamespace AND p.prosecdef ORDER BY 1$$,
     $$VALUES ('advance'), ('lag'), ('lease_acquire'), ('lease_release'), ('lease_renew'),
              ('notify_disable'), ('notify_enable'), ('position_get'), ('position_reset'),
-             ('purge'), ('relay_forget'), ('status'), ('window_open')$$,
+             ('purge'), ('relay_forget'), ('reserve_topics'), ('status'), ('window_open')$$,
     'exactly the state-writing and state-reading functions are SECURITY DEFINER'
 );
 SELECT is_empty(
@@ -200,7 +203,7 @@ SELECT is_empty(
 );
 
 -- The contract's constants ---------------------------------------------------
-SELECT is(outbox.version(), 1, 'schema version 1');
+SELECT is(outbox.version(), 2, 'schema version 2');
 SELECT is((SELECT count(*)::int FROM outbox.event WHERE topic <> 'plan'), 0, 'a fresh install has no outbox rows');
 SELECT is((SELECT count(*)::int FROM outbox.relay_state), 0, 'a fresh install has no relay');
 SELECT is(outbox.notify_enabled(), false, 'NOTIFY is off after install');

@@ -1,0 +1,63 @@
+-- 45_advance_idempotent.sql: advance() called again with the position it
+-- already stored (its reply was lost after the commit) answers NULL, "already
+-- applied", and deletes nothing; every other move to or behind the stored
+-- batch is still refused (OR002). Transaction ids are chosen by hand.
+BEGIN;
+SELECT plan(17);
+
+SELECT acquired FROM outbox.lease_acquire('a', 'me', 60000);
+
+-- Window (1:1:, 110:110:] holds transactions 100..109, one row each.
+INSERT INTO outbox.event (txid, topic, payload)
+SELECT x::text::xid8, 'w1', '\x00' FROM generate_series(100, 109) AS x;
+CREATE TEMP TABLE w1 AS SELECT id, row_number() OVER (ORDER BY id) AS n FROM outbox.event;
+
+-- Batch 1: into the window, up to its 4th row.
+SELECT is(outbox.advance('a', 1, 1, '1:1:', '110:110:', (SELECT id FROM w1 WHERE n = 4)), 4::bigint,
+          'batch 1 deletes the 4 rows it relayed');
+CREATE TEMP TABLE left_after_1 AS SELECT id FROM outbox.event;
+
+-- The same call again: the lost-reply retry.
+SELECT is(outbox.advance('a', 1, 1, '1:1:', '110:110:', (SELECT id FROM w1 WHERE n = 4)), NULL::bigint,
+          'the same advance again succeeds with NULL: already applied');
+SELECT set_eq('SELECT id FROM outbox.event', 'SELECT id FROM left_after_1',
+              '... and deletes nothing');
+SELECT results_eq($$SELECT batch_seq, pos_done, pos_next, pos_after_id FROM outbox.position_get('a')$$,
+                  $$SELECT 1::bigint, '1:1:'::text, '110:110:'::text, id FROM w1 WHERE n = 4$$,
+                  '... and leaves the position as it was');
+SELECT is(outbox.advance('a', 1, 1, '1:1:', '110:110:', (SELECT id FROM w1 WHERE n = 4), 60000), NULL::bigint,
+          'also with a retention (the retry may come from a relay with retention on)');
+
+-- Same batch number, another position: refused.
+SELECT throws_ok($$SELECT outbox.advance('a', 1, 1, '1:1:', '110:110:', (SELECT id FROM w1 WHERE n = 6))$$,
+                 'OR002', NULL, 'the same batch with a later after_id is refused (OR002)');
+SELECT throws_ok($$SELECT outbox.advance('a', 1, 1, '1:1:', '110:110:', (SELECT id FROM w1 WHERE n = 2))$$,
+                 'OR002', NULL, 'the same batch with an earlier after_id is refused');
+SELECT throws_ok($$SELECT outbox.advance('a', 1, 1, '110:110:', NULL, 0)$$,
+                 'OR002', NULL, 'the same batch with another snapshot is refused');
+SELECT throws_ok($$SELECT outbox.advance('a', 1, 1, '1:1:', NULL, 0)$$,
+                 'OR002', NULL, 'the same batch with no open window is refused');
+SELECT set_eq('SELECT id FROM outbox.event', 'SELECT id FROM left_after_1',
+              '... none of them deleted anything');
+
+-- Batch 2, then the retries of batch 1 are older: refused.
+SELECT is(outbox.advance('a', 1, 2, '110:110:', NULL, 0), 6::bigint,
+          'batch 2 closes the window and deletes the other 6 rows');
+SELECT throws_ok($$SELECT outbox.advance('a', 1, 1, '1:1:', '110:110:', (SELECT id FROM w1 WHERE n = 4))$$,
+                 'OR002', NULL, 'batch 1''s exact position again, once batch 2 is stored, is refused');
+SELECT throws_ok($$SELECT outbox.advance('a', 1, 0, '1:1:', NULL, 0)$$,
+                 'OR002', NULL, 'an older batch is refused');
+SELECT is(outbox.advance('a', 1, 2, '110:110:', NULL, 0), NULL::bigint,
+          'batch 2 again: already applied');
+
+-- The generation still fences the retry: another relay took over.
+SELECT outbox.lease_release('a', 1);
+SELECT acquired FROM outbox.lease_acquire('a', 'other', 60000);
+SELECT throws_ok($$SELECT outbox.advance('a', 1, 2, '110:110:', NULL, 0)$$,
+                 'OR001', NULL, 'the same advance from a fenced generation is refused (OR001), not "already applied"');
+SELECT is(outbox.advance('a', 2, 2, '110:110:', NULL, 0), NULL::bigint,
+          'the new generation calling the stored position: already applied (harmless)');
+SELECT is((SELECT batch_seq FROM outbox.position_get('a')), 2::bigint, 'the position is still batch 2');
+
+SELECT * FROM finish();
+ROLLBACK;
