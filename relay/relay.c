@@ -224,11 +224,21 @@ static enum step db_trouble(struct relay *r, int st, const char *what)
 	metrics_unlock();
 	metrics_set_error("%s: %s", what, outbox_errstr(r->ob));
 	switch (st) {
+	case OB_READ_ONLY:
+		/* A standby (or a read-only database): a failover may promote
+		 * it, or the DNS name may move to the new primary; reconnect
+		 * after a back-off, saying clearly why nothing moves. */
+		metrics_set_blocked("%s", outbox_errstr(r->ob));
+		/* fall through */
 	case OB_TRANSIENT:
 		log_warning("%s: %s", what, outbox_errstr(r->ob));
+		if (st == OB_READ_ONLY) {
+			outbox_free(r->ob);
+			r->ob = NULL;
+		}
 		if (!back_off(r))
 			return step_stopped(r);
-		if (!outbox_connected(r->ob) && !db_connect(r))
+		if ((!r->ob || !outbox_connected(r->ob)) && !db_connect(r))
 			return step_stopped(r);
 		return STEP_OK;
 	case OB_FENCED:
@@ -258,6 +268,22 @@ static void reload(struct relay *r)
 	}
 	log_setup((enum log_level)r->cfg->log_level, (enum log_format)r->cfg->log_format);
 	r->w.slice_ms = r->cfg->lease_ttl_ms / 6;
+}
+
+/* Tell the database the relay's own topics (checkpoint, dead-letter), so
+ * that it refuses outbox rows aimed at them (OR006): such a row would be
+ * published by our own producer into the partition our checkpoint read
+ * trusts. After taking the lease and after a reload. */
+static enum step reserve_topics(struct relay *r)
+{
+	const char *topics[2] = {r->cfg->checkpoint_topic, r->cfg->dead_letter_topic};
+	int n = r->cfg->dead_letter_topic[0] ? 2 : 1, st;
+
+	while ((st = outbox_reserve_topics(r->ob, r->generation, topics, n)) != OB_OK) {
+		if (db_trouble(r, st, "could not reserve the relay's topics") == STEP_EXIT)
+			return STEP_EXIT;
+	}
+	return STEP_OK;
 }
 
 /* Take the lease, waiting as a standby while another relay holds it. */
@@ -290,7 +316,7 @@ static enum step take_lease(struct relay *r)
 			r->last_renew_ms = now_ms();
 			log_info("lease of relay \"%s\" taken by \"%s\": generation %" PRId64,
 				 r->cfg->relay_name, r->owner, r->generation);
-			return STEP_OK;
+			return reserve_topics(r);
 		}
 		metrics_lock()->role = ROLE_STANDBY;
 		metrics_unlock();
@@ -482,7 +508,7 @@ static enum step producer_start(struct relay *r)
 			return step_stopped(r);
 	}
 	while (checkpoint_ensure_topic(publisher_handle(r->pub), r->cfg, &r->w,
-				       now_ms() + r->cfg->commit_timeout_ms, err, sizeof(err)) < 0 ||	       (r->cfg->poison_policy == POISON_DEAD_LETTER &&
+				       now_ms() + r->cfg->commit_timeout_ms, err, sizeof(err)) < 0 ||	       (r->cfg->dead_letter_topic[0] &&
 		kafka_topic_ensure(publisher_handle(r->pub), r->cfg->dead_letter_topic,
 				   r->cfg->checkpoint_replication_factor, false, &r->w,
 				   now_ms() + r->cfg->commit_timeout_ms, err, sizeof(err)) < 0)) {
