@@ -8,6 +8,8 @@ import socket
 import threading
 import time
 
+import pytest
+
 from conftest import write_config
 from test_http import free_port, get
 
@@ -65,6 +67,7 @@ class SlowClient(threading.Thread):
             self.sock.close()
 
 
+@pytest.mark.sanitizer
 def test_slow_headers_are_cut_at_the_whole_request_deadline(outbox_db, relays, tmp_path):
     port = free_port()
     cfg = write_config(tmp_path / "r-deadline.conf", outbox_db, "r-deadline",
