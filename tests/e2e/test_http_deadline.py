@@ -113,3 +113,33 @@ def test_slow_headers_are_cut_at_the_whole_request_deadline(outbox_db, relays, t
     assert server_side_open(port) == 0
     assert relay.proc.poll() is None
     assert relay.stop() == 0, relay.text()
+
+
+def test_the_deadline_is_per_request_on_a_kept_alive_connection(outbox_db, relays, tmp_path):
+    """A scraper that keeps its connection alive and asks every half second
+    is served for three times http.timeout_s on the one connection: each
+    request has its own deadline, counted from the end of the one before."""
+    import http.client
+    port = free_port()
+    cfg = write_config(tmp_path / "r-keepalive.conf", outbox_db, "r-keepalive",
+                       **{"http.listen": f"127.0.0.1:{port}", "http.timeout_s": TIMEOUT_S})
+    relay = relays(cfg)
+    relay.wait_log("publishing|standby")
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.connect()
+    sock = conn.sock
+    started = time.monotonic()
+    served = 0
+    try:
+        while time.monotonic() - started < 3 * TIMEOUT_S:
+            conn.request("GET", "/healthz")
+            res = conn.getresponse()
+            assert res.status == 200 and res.read() == b"ok\n"
+            assert res.getheader("Connection", "").lower() != "close"
+            assert conn.sock is sock, f"the connection was replaced after {served} requests"
+            served += 1
+            time.sleep(0.5)
+    finally:
+        conn.close()
+    assert served >= 6 * TIMEOUT_S - 1
+    assert relay.stop() == 0, relay.text()
