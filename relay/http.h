@@ -12,7 +12,8 @@ struct http;
  * on libmicrohttpd's own thread, so serving never blocks the relay loop.
  * A second thread closes any connection whose request is not over within
  * cfg->http_timeout_s of its first byte (or of the end of the request
- * before it on a kept-alive connection). Both threads block every signal.
+ * before it on a kept-alive connection); it blocks every signal (the
+ * caller blocks the handled ones around this call for libmicrohttpd's).
  * Copies what it needs from cfg. Call from the main thread. Returns 0, or
  * -1 with errbuf. */
 int http_start(const struct config *cfg, struct http **out, char *errbuf, size_t errlen) MUSTCHECK;
