@@ -111,6 +111,27 @@ def conf_options(text):
     return groups
 
 
+def conf_value(conf, group, option):
+    """An option of a relay.conf, or its default from conf/relay.conf (which
+    lists every option with its default)."""
+    if option in conf.get(group, {}):
+        return conf[group][option]
+    return conf_options((ROOT / "conf/relay.conf").read_text())[group][option]
+
+
+# What a stop may take beyond the relay's bound (the lease release, the
+# producer's shutdown): the margin the recipes document.
+STOP_MARGIN_S = 30
+
+
+def stop_bound_s(conf):
+    """The longest a SIGTERM may take (README.md, "Standby, fencing and
+    signals"): the commit retried until the transaction timeout, its last
+    attempt, then the abort or the database advance, one commit timeout each."""
+    return (int(conf_value(conf, "kafka", "transaction_timeout_ms"))
+            + 2 * int(conf_value(conf, "kafka", "commit_timeout_ms"))) / 1000
+
+
 def dockerfile_instructions():
     """BuildKit's parse of deploy/Dockerfile: [{cmd, value, flags, line}]."""
     return tools_python(
@@ -451,8 +472,8 @@ def test_compose_wiring():
         grace = r["stop_grace_period"]
         assert re.fullmatch(r"(\d+m)?(\d+s)?", grace), grace
         secs = sum(int(n) * (60 if u == "m" else 1) for n, u in re.findall(r"(\d+)([ms])", grace))
-        ttl = int(conf_options((DEPLOY / "compose/relay.conf").read_text())["kafka"]["transaction_timeout_ms"])
-        assert secs > ttl / 1000, "stop grace period above the relay's drain bound"
+        bound = stop_bound_s(conf_options((DEPLOY / "compose/relay.conf").read_text()))
+        assert secs >= bound + STOP_MARGIN_S, f"stop grace period {secs} s: the relay's stop bound is {bound} s"
     assert svc["relay-a"]["image"] == svc["relay-b"]["image"]
 
     # Every file the one-shot and example services mount exists.
@@ -485,6 +506,8 @@ def test_relay_confs_have_the_shape_of_conf_relay_conf(tmp_path):
         assert {g: set(o) for g, o in got.items()} == {g: set(o) for g, o in reference.items()}, where
         assert got["http"]["listen"] == "0.0.0.0:8080", f"{where}: reachable from outside the container"
         assert got["postgres"]["conninfo"] == "", f"{where}: the password comes from the environment"
+        # One checkpoint topic per relay group, named as the default would be.
+        assert got["kafka"]["checkpoint_topic"] == "outbox-relay.checkpoints." + got["relay"]["name"], where
 
     # The relay itself parses each: `check` reports the configuration first,
     # then fails fast on the closed ports given for PostgreSQL and Kafka.
@@ -501,6 +524,19 @@ def test_relay_confs_have_the_shape_of_conf_relay_conf(tmp_path):
         assert re.search(rf"^config {re.escape(str(path))}: ok \(relay \"[A-Za-z0-9._-]+\"\)$", out, re.M), \
             f"{where}: {out}{err}"
         assert p.returncode == 1 and "postgresql: FAILED" in out
+
+
+def test_production_conf_can_be_scraped(tmp_path):
+    """conf/production.conf (the systemd recipe's relay.conf) listens where
+    Prometheus can reach it: deploy/README.md says to scrape every relay."""
+    got = conf_options((ROOT / "conf/production.conf").read_text())
+    listen = got.get("http", {}).get("listen", conf_value(got, "http", "listen"))
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    assert host not in ("127.0.0.1", "::1", "localhost") and not host.startswith("127."), listen
+    env = {**os.environ, "OUTBOX_PG_CONNINFO": "host=127.0.0.1 port=1 connect_timeout=1",
+           "OUTBOX_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    out = run(relay_bin(), "check", "-c", ROOT / "conf/production.conf", env=env, timeout=60)
+    assert re.search(r"^config \S+: ok ", out.stdout, re.M), out.stdout + out.stderr
 
 
 # --------------------------------------------------------------------------
@@ -542,8 +578,11 @@ def test_systemd_unit_settings():
     assert "5" in prevent, "exit 5 needs an operator: no restart loop"
     assert "3" not in prevent and "1" not in prevent, "fenced (3) restarts as a standby"
     assert one["EnvironmentFile"].lstrip("-").startswith("/etc/outbox-relay/")
+    # The unit runs conf/production.conf (deploy/README.md, "systemd").
     stop = re.fullmatch(r"(\d+)s", one["TimeoutStopSec"])
-    assert stop and int(stop.group(1)) > 60, "above the drain bound (transaction_timeout_ms)"
+    bound = stop_bound_s(conf_options((ROOT / "conf/production.conf").read_text()))
+    assert stop and int(stop.group(1)) >= bound + STOP_MARGIN_S, \
+        f"TimeoutStopSec={one['TimeoutStopSec']}: the relay's stop bound is {bound} s"
     for key, value in {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
                        "PrivateTmp": "yes", "PrivateDevices": "yes", "ProtectKernelTunables": "yes",
                        "ProtectKernelModules": "yes", "ProtectKernelLogs": "yes",
@@ -614,17 +653,26 @@ def test_kubernetes_deployment_settings():
     assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"]["drop"] == ["ALL"]
 
-    # Drain bound: SIGTERM may take kafka.transaction_timeout_ms.
-    conf = conf_options(k8s_relay_conf())
-    assert pod["terminationGracePeriodSeconds"] > int(conf["kafka"]["transaction_timeout_ms"]) / 1000
+    # Stop bound: SIGTERM may take transaction timeout + 2 commit timeouts.
+    bound = stop_bound_s(conf_options(k8s_relay_conf()))
+    assert pod["terminationGracePeriodSeconds"] >= bound + STOP_MARGIN_S, bound
 
     # The ConfigMap lands where the args point; the Secret holds only the
     # variables the relay reads (relay/config.c), all placeholders.
-    (mount,) = c["volumeMounts"]
-    vol = [v for v in pod["volumes"] if v["name"] == mount["name"]][0]
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert set(mounts) == set(vols) == {"config", "postgres-ca"}
+    mount, vol = mounts["config"], vols["config"]
     assert mount["mountPath"] == "/etc/outbox-relay" and mount["readOnly"] is True
     assert vol["configMap"]["name"] == docs["ConfigMap"]["metadata"]["name"]
     assert vol["configMap"]["items"] == [{"key": "relay.conf", "path": "relay.conf"}]
+    # The PostgreSQL CA: optional, read-only, and every sslrootcert the
+    # Secret's file names (its example included) is a file that volume holds.
+    ca_mount, ca_vol = mounts["postgres-ca"], vols["postgres-ca"]
+    assert ca_mount["readOnly"] is True and ca_vol["configMap"]["optional"] is True
+    ca_files = {f'{ca_mount["mountPath"]}/{i["path"]}' for i in ca_vol["configMap"]["items"]}
+    roots = re.findall(r"sslrootcert=([^&'\"\s]+)", (K8S / "secret.yaml").read_text())
+    assert roots and set(roots) <= ca_files, (roots, ca_files)
     assert c["envFrom"] == [{"secretRef": {"name": secret["metadata"]["name"]}}]
     config_c = (ROOT / "relay/config.c").read_text()
     for key in secret["stringData"]:
@@ -732,7 +780,8 @@ def test_least_privilege_roles_and_the_example_writer(example_db, tmp_path):
     conf = tmp_path / "relay.conf"
     text = (DEPLOY / "compose/relay.conf").read_text()
     for old, new in [('name = "outbox-relay-compose";', f'name = "{name}";'),
-                     ('checkpoint_topic = "outbox-relay.checkpoints";', f'checkpoint_topic = "ckpt-{name}";'),
+                     ('checkpoint_topic = "outbox-relay.checkpoints.outbox-relay-compose";',
+                      f'checkpoint_topic = "ckpt-{name}";'),
                      ('listen = "0.0.0.0:8080";', f'listen = "127.0.0.1:{port}";')]:
         assert old in text
         text = text.replace(old, new)
