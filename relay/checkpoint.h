@@ -12,7 +12,7 @@
 #include "config.h"
 
 /*
- * Where the relay stands in the outbox (DESIGN §2): every transaction visible
+ * Where the relay stands in the outbox (docs/design.md, "Snapshot windows"): every transaction visible
  * in `done` is relayed; of the window (done, next], the rows with id <=
  * after_id are relayed too. `next` is NULL between windows. Snapshots are
  * pg_snapshot text ("xmin:xmax:xip,..."). batch_seq counts committed Kafka

@@ -524,7 +524,7 @@ static enum step producer_start(struct relay *r)
 }
 
 /* Start-up reconciliation of the database position with Kafka's checkpoint
- * (DESIGN §3.3). Sets r->pos. */
+ * (docs/design.md, "Exactly-once handoff"). Sets r->pos. */
 static enum step reconcile(struct relay *r)
 {
 	struct position ck = {0}, db = {0};
@@ -1117,7 +1117,7 @@ static enum step run_steps(struct relay *r)
 		return step_exit(r, EXIT_STARTUP);
 	}
 
-	/* Order matters (DESIGN §3): the lease bumps our generation first, so
+	/* Order matters (docs/design.md, "Exactly-once handoff"): the lease bumps our generation first, so
 	 * an older relay can no longer advance the database; init_transactions
 	 * then fences its producer and settles its transaction; only then is
 	 * the checkpoint final and safe to reconcile with. */
