@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAP = os.environ.get("OUTBOX_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
 # docs/sql.md belongs to the SQL side; its references are checked there.
-GUIDES = ["README.md", "deploy/README.md", "docs/design.md", "docs/sql.md"]
+GUIDES = ["README.md", "deploy/README.md", "docs/design.md"]
 CITING = GUIDES + ["deploy/prometheus/alerts.yml", "deploy/systemd/outbox-relay.service",
                    "deploy/kubernetes/deployment.yaml", "deploy/kubernetes/configmap.yaml",
                    "deploy/kubernetes/secret.yaml", "deploy/docker-compose.yml", "scripts/quickstart"]
