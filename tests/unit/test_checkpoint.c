@@ -357,9 +357,22 @@ static void test_read_bounded_and_stop_aware(void **state)
 	assert_string_equal(err, "reading checkpoint topic \"ck\": stopped");
 	assert_false(found);
 
-	/* a healthy broker: an empty partition has no checkpoint */
+	/* metadata answers at once, offset lookups take 5 s: the old reader
+	 * (rd_kafka_query_watermark_offsets) took 5 s for a 1 s bound here */
 	assert_int_equal(rd_kafka_mock_broker_set_rtt(m.mc, 1, 0), 0);
+	assert_int_equal(rd_kafka_mock_broker_push_request_error_rtts(
+				 m.mc, 1, 2 /* ListOffsets */, 1, RD_KAFKA_RESP_ERR_NO_ERROR, 5000),
+			 0);
 	w.tick = NULL;
+	t0 = now_ms();
+	assert_int_equal(checkpoint_read_last(m.cfg, &w, now_ms() + 1000, NULL, &pos, &found, err,
+					      sizeof(err)),
+			 -1);
+	took = now_ms() - t0;
+	if (took > 2500)
+		fail_msg("read took %" PRId64 " ms for a 1000 ms deadline (%s)", took, err);
+	assert_string_equal(err, "timed out looking for the end of checkpoint topic \"ck\"");
+	/* a healthy broker: an empty partition has no checkpoint */
 	if (checkpoint_read_last(m.cfg, &w, now_ms() + 20000, NULL, &pos, &found, err,
 				 sizeof(err)) != 0)
 		fail_msg("%s", err);
