@@ -172,8 +172,8 @@ def test_transaction_id_regression_exits_5(outbox_db, topics, relays, tmp_path):
 
     far = scalar(conn, "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint") + 1000000
     with conn.cursor() as cur:  # as the schema owner, the way a restore would leave it
-        cur.execute("UPDATE outbox.relay_state SET pos_done = %s, pos_next = NULL, pos_after_id = 0 "
-                    "WHERE name = %s", (f"{far}:{far}:", name))
+        cur.execute("UPDATE outbox.relay_state SET pos_done = %s, pos_next = NULL, "
+                    "pos_after_id = 0 WHERE name = %s", (f"{far}:{far}:", name))
         assert cur.rowcount == 1
     insert_rows(conn, tps, 50, 10, per_txn=10)
     rc = relay.wait_exit(60)
