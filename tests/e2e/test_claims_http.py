@@ -46,10 +46,10 @@ def test_healthz_503_on_a_stalled_loop(outbox_db, topics, relays, tmp_path):
     name = "r-stall"
     conn = connect(outbox_db)
     dbname = conn.get_dsn_parameters()["dbname"]
-    stall_s = 2 + 2 * 1 + 10  # the formula with these timeouts: 14 s
+    stall_s = 3 + 2 * 3 + 10  # the formula with these timeouts: 19 s
     cfg, port = http_config(tmp_path / "relay.conf", outbox_db, name,
-                            **{"kafka.transaction_timeout_ms": 2000,
-                               "kafka.commit_timeout_ms": 1000,
+                            **{"kafka.transaction_timeout_ms": 3000,
+                               "kafka.commit_timeout_ms": 3000,
                                "relay.lease_ttl_ms": 6000,
                                "postgres.statement_timeout_ms": 0})
     relay = relays(cfg)
