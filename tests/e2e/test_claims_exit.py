@@ -47,6 +47,19 @@ def hold_relay_row(url, name):
     return holder
 
 
+def expect_refusal(relay, timeout=60):
+    """The relay's exit code, failing at once (not at a timeout) when it
+    starts publishing instead of refusing."""
+    deadline = time.monotonic() + timeout
+    while relay.proc.poll() is None:
+        assert "publishing" not in relay.text(), \
+            f"the relay started publishing instead of refusing:\n{relay.text()}"
+        assert time.monotonic() < deadline, f"the relay neither refused nor published:\n" \
+            f"{relay.text()}"
+        time.sleep(0.1)
+    return relay.wait_exit(5)
+
+
 def blocked_on_lock(conn, dbname):
     return lambda: any(w == "Lock" for _, w in relay_backends(conn, dbname))
 
@@ -73,7 +86,7 @@ def test_lost_checkpoint_topic_exits_5_then_trust_database(outbox_db, topics, re
     delete_topic(ck)  # the checkpoint topic is lost; the database keeps its position
     insert_rows(conn, tps, 500, 200, per_txn=100)
     refused = relays(cfg)
-    rc = refused.wait_exit(120)
+    rc = expect_refusal(refused)
     assert rc == 5, f"expected exit 5, got {rc}:\n{refused.text()}"
     text = refused.text()
     assert f"database position is at batch {seq} but there is no checkpoint in Kafka" in text, text
@@ -135,7 +148,7 @@ def test_truncated_checkpoint_topic_exits_5_then_trust_database(outbox_db, topic
 
     insert_rows(conn, tps, 600, 100, per_txn=100)
     refused = relays(cfg)  # back on the first topic: its checkpoint is behind
-    rc = refused.wait_exit(120)
+    rc = expect_refusal(refused)
     assert rc == 5, f"expected exit 5, got {rc}:\n{refused.text()}"
     assert (f"database position is at batch {ahead} but the checkpoint in Kafka is at batch "
             f"{behind}") in refused.text(), refused.text()
