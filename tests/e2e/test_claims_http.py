@@ -240,6 +240,20 @@ def test_commit_metrics_move(outbox_db, topics, relays, tmp_path):
     assert m["outbox_relay_rows_published_total"] == 200
     assert written - 1 <= m["outbox_relay_last_commit_timestamp_seconds"] <= time.time() + 1
     assert m["outbox_relay_start_time_seconds"] <= after + 1  # unchanged by work
+    # the histograms count the same commits and rows
+    assert m["outbox_relay_batch_rows_count"] == seq and m["outbox_relay_batch_rows_sum"] == 200
+    assert m["outbox_relay_commit_duration_seconds_count"] == seq
+    # info{relay,owner}: the owner label is the lease owner in the database
+    _, text = get(port, "/metrics")
+    info = re.search(r'^outbox_relay_info\{relay="([^"]*)",owner="([^"]*)"\} 1$', text, re.M)
+    assert info, text
+    owner = scalar(conn, "SELECT owner FROM outbox.relay_state WHERE name = %s", (name,))
+    assert info.groups() == (name, owner)
+    # /status says the same
+    st = status(port)
+    assert st["position"]["batch_seq"] == seq and st["rows_published"] == 200
+    assert st["last_commit_time"] == pytest.approx(m["outbox_relay_last_commit_timestamp_seconds"],
+                                                   abs=0.01)
     assert relay.stop() == 0, relay.text()
 
     # a new process: a new start time, the position where the last one left it
