@@ -50,7 +50,7 @@ def test_healthz_503_on_a_stalled_loop(outbox_db, topics, relays, tmp_path):
     cfg, port = http_config(tmp_path / "relay.conf", outbox_db, name,
                             **{"kafka.transaction_timeout_ms": 3000,
                                "kafka.commit_timeout_ms": 3000,
-                               "relay.lease_ttl_ms": 6000,
+                               "relay.lease_ttl_ms": 9000,
                                "postgres.statement_timeout_ms": 0})
     relay = relays(cfg)
     relay.wait_log("publishing")
@@ -238,6 +238,7 @@ def test_commit_metrics_move(outbox_db, topics, relays, tmp_path):
     assert m["outbox_relay_position_batch_sequence"] == seq
     assert m["outbox_relay_batches_committed_total"] == seq
     assert m["outbox_relay_rows_published_total"] == 200
+    assert m["outbox_relay_kafka_up"] == 1 and m["outbox_relay_postgres_up"] == 1
     assert written - 1 <= m["outbox_relay_last_commit_timestamp_seconds"] <= time.time() + 1
     assert m["outbox_relay_start_time_seconds"] <= after + 1  # unchanged by work
     # the histograms count the same commits and rows
