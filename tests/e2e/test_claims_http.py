@@ -163,9 +163,13 @@ def test_readyz_stopping(outbox_db, topics, relays, tmp_path):
     holder = hold_relay_row(outbox_db, name)
     try:
         relay.proc.send_signal(signal.SIGTERM)
-        wait_for(lambda: ready(port) == (503, {"ready": False, "role": "stopping",
-                                               "reason": "stopping"}),
-                 20, "/readyz to say stopping", interval=0.1)
+
+        def stopping():
+            assert relay.proc.poll() is None, \
+                f"the relay exited without /readyz saying stopping:\n{relay.text()}"
+            return ready(port) == (503, {"ready": False, "role": "stopping",
+                                         "reason": "stopping"})
+        wait_for(stopping, 20, "/readyz to say stopping", interval=0.1)
         assert relay_waits_for_lock(conn, dbname)()
     finally:
         holder.rollback()
