@@ -169,11 +169,27 @@ def _headers(m):
     return {k: v for k, v in (m.headers() or [])}
 
 
-def keep_full(m):
-    h = _headers(m)
-    oid = h.get("outbox-id")
-    return (m.offset(), int(oid) if oid is not None and oid.isdigit() else None, m.key(), m.value(),
-            h.get("k"), h.get("s"), h.get("t"))
+def keep_compared(audit):
+    """What to keep of a data record: (offset, outbox id or None, mismatch
+    text or None). The content is compared with the audit row as the record
+    is read, so that a million records are not held in memory."""
+    def keep(m):
+        h = _headers(m)
+        oid = h.get("outbox-id")
+        oid = int(oid) if oid is not None and oid.isdigit() else None
+        a = audit.get(oid)
+        bad = None
+        if a is not None:
+            akey, aseq, atxn, _, atopic, apayload, _, _ = a
+            got = (m.topic(), m.key(), m.value(), h.get("k"), h.get("s"), h.get("t"))
+            want = (atopic, akey.encode(), apayload.encode(), akey.encode(), str(aseq).encode(),
+                    atxn.encode())
+            if got != want:
+                bad = (f"row {oid} at {m.topic()}[{m.partition()}]@{m.offset()}: "
+                       f"{[g for g, w in zip(got, want) if g != w][:2]} where the database has "
+                       f"{[w for g, w in zip(got, want) if g != w][:2]}")
+        return (m.offset(), oid, bad)
+    return keep
 
 
 def keep_small(m):
@@ -313,7 +329,7 @@ def check(db_url, bootstrap, topics, relay, ckpt_topic, expect_aborted=False, ti
     audit, done_ticket, db_pos, left_in_outbox = load_db(db_url, relay)
     violations = []
 
-    data, lso = read_topics(bootstrap, topics, "read_committed", keep_full, timeout)
+    data, lso = read_topics(bootstrap, topics, "read_committed", keep_compared(audit), timeout)
     raw, hw = read_topics(bootstrap, topics, "read_uncommitted", lambda m: (m.offset(),), timeout)
     ck_c, ck_lso = read_topics(bootstrap, [ckpt_topic], "read_committed", keep_small, timeout)
     ck_u, ck_hw = read_topics(bootstrap, [ckpt_topic], "read_uncommitted", keep_small, timeout)
@@ -330,7 +346,7 @@ def check(db_url, bootstrap, topics, relay, ckpt_topic, expect_aborted=False, ti
     phantom, mismatch, no_id = [], [], []
     n_committed = 0
     for (t, p), recs in sorted(data.items()):
-        for off, oid, key, value, hk, hs, ht in recs:
+        for off, oid, bad in recs:
             n_committed += 1
             if oid is None:
                 no_id.append(f"{t}[{p}]@{off}")
@@ -341,13 +357,9 @@ def check(db_url, bootstrap, topics, relay, ckpt_topic, expect_aborted=False, ti
             if a is None:
                 phantom.append(oid)
                 continue
-            akey, aseq, atxn, _, atopic, apayload, _, _ = a
-            if (t, key, value, hk, hs, ht) != (atopic, akey.encode(), apayload.encode(), akey.encode(),
-                                               str(aseq).encode(), atxn.encode()):
-                mismatch.append(f"row {oid} at {t}[{p}]@{off}: topic/key/payload/headers "
-                                f"{(t, key, value[:40] if value else value)} differ from the "
-                                f"database's {(atopic, akey, apayload[:40])}")
-            by_key[akey].append(aseq)
+            if bad:
+                mismatch.append(bad)
+            by_key[a[0]].append(a[1])
     lost = [oid for oid in audit if oid not in seen]
     dups = [oid for oid, c in seen.items() if c > 1]
     order = []
@@ -396,7 +408,7 @@ def check(db_url, bootstrap, topics, relay, ckpt_topic, expect_aborted=False, ti
             bs = {b for _, b in run if b is not None}
             if len(bs) > 1:
                 txn_struct.append(f"{t}[{p}] offsets {run[0][0]}..{run[-1][0]}: one Kafka transaction "
-                                  f"holds rows of batches {sorted(chain[b].seq for b in bs)[:5]}")
+                                  f"holds rows of batches {[(chain[b].seq, 'checkpoint at offset', chain[b].offset) for b in sorted(bs)][:4]}")
                 continue
             if not bs:
                 continue

@@ -67,10 +67,12 @@ EVIDENCE = {
     # a commit that did not answer within the commit timeout
     "delay": ["unknown", "timed out", "retrying the commit", "could not commit"],
     # the relay's database connection failed and it reconnected
+    # (seen: "could not advance the database position: ...: no connection to the server")
     "terminate_backend": ["terminating connection", "server closed the connection", "connection to server",
-                          "could not", "no connection"],
+                          "no connection", "could not connect", "could not receive", "could not send"],
     "postgres": ["terminating connection", "server closed the connection", "connection to server",
-                 "could not", "no connection", "shutting down"],
+                 "no connection", "could not connect", "could not receive", "could not send",
+                 "the database system is"],
     "broker": ["disconnected", "connection refused", "transport", "timed out", "could not",
                "all broker", "unknown"],
 }
@@ -423,7 +425,8 @@ http = {{ listen = ""; }};
         r.proc.send_signal(signal.SIGSTOP)
         time.sleep(TXN_TIMEOUT_MS / 1000 + 2)
         r.proc.send_signal(signal.SIGCONT)
-        return self.wait_evidence(m, EVIDENCE["pause"], 15) is not None
+        # the relay may meet the aborted transaction only at its request timeout
+        return self.wait_evidence(m, EVIDENCE["pause"], 45) is not None
 
     def f_delay(self):
         self.current()
