@@ -20,6 +20,9 @@ cases=(
 	"b-zombie-republishes-without-lease|zombie=3,kill=1|VIOLATION: checkpoint chain: .*published without the lease"
 	"c-window-skips-open-transactions|kill=3|VIOLATION: lost rows"
 	"d-batch-sent-backwards|kill=2|VIOLATION: per-key order violations"
+	"e-payload-loses-last-byte|kill=1|VIOLATION: content mismatches"
+	"f-batch-sent-in-key-order|kill=1|VIOLATION: cross-transaction order"
+	"g-batch-sequence-skips|kill=1|VIOLATION: checkpoint chain: batches [0-9]+\\.\\.[0-9]+ have no checkpoint"
 )
 
 want=("$@")
