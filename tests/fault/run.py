@@ -225,8 +225,13 @@ class Harness:
                 self.pgproxy.start()
                 # The relay prepares outbox.advance once per connection: the
                 # proxy must watch for it from the start, unarmed, or a
-                # statement prepared before arming is never recognised.
-                self.pgproxy.arm_drop_after_commit(b"outbox.advance", times=0)
+                # statement prepared before arming is never recognised
+                # (tests/pgproxy.py of 2026-11-30 learns statement names only
+                # while a function name is set).
+                try:
+                    self.pgproxy.arm_drop_after_commit(b"outbox.advance", times=0)
+                except TypeError:
+                    pass  # a proxy without `times` watches from the start itself
                 conninfo = self.db.replace(f"{host}:{port}", f"127.0.0.1:{self.pgproxy.port}")
             except Exception as e:  # reported by the fault itself
                 self.pgproxy_error = f"{type(e).__name__}: {e}"
