@@ -234,7 +234,7 @@ class Harness:
                     pass  # a proxy without `times` watches from the start itself
                 conninfo = self.db.replace(f"{host}:{port}", f"127.0.0.1:{self.pgproxy.port}")
             except Exception as e:  # reported by the fault itself
-                self.pgproxy_error = f"{type(e).__name__}: {e}"
+                self.pgproxy, self.pgproxy_error = None, f"{type(e).__name__}: {e}"
         # The broker advertises its PROXIED listener at PROXY_PORT, where the
         # delay proxy must listen; one port for the machine, so the relays
         # go through it only when the plan has "delay".
