@@ -25,8 +25,10 @@ that row's topic, key and payload, and its workload headers k, s, t
 (else: content mismatch). Every committed row must appear (else: lost). Per
 key, the writer's sequence rises by one along the partition (per-key order).
 
-The checkpoint chain. The records of the relay's key in the checkpoint topic,
-read_committed, in offset order: batch sequence 1, 2, 3, ... with no gap and
+The checkpoint chain. The relay's own records in the checkpoint topic (its
+key, no outbox-id header, and the outbox-relay-checkpoint marker header
+naming it when there is one: the relay's own rule), read_committed, in
+offset order: batch sequence 1, 2, 3, ... with no gap and
 no repeat (every committed batch has exactly one committed checkpoint); the
 generation never goes back (a checkpoint of generation g after one of g' > g
 was published by a relay that had lost the lease); the position moves
@@ -192,8 +194,14 @@ def keep_compared(audit):
     return keep
 
 
-def keep_small(m):
-    return (m.offset(), m.key(), m.value())
+# The relay marks its checkpoint records with this header (its name); a
+# record without it is a checkpoint of an older relay.
+CHECKPOINT_MARKER_HEADER = "outbox-relay-checkpoint"
+
+
+def keep_checkpoint(m):
+    h = _headers(m)
+    return (m.offset(), m.key(), m.value(), h.get(CHECKPOINT_MARKER_HEADER), "outbox-id" in h)
 
 
 # -- positions ------------------------------------------------------------------
@@ -331,8 +339,9 @@ def check(db_url, bootstrap, topics, relay, ckpt_topic, expect_aborted=False, ti
 
     data, lso = read_topics(bootstrap, topics, "read_committed", keep_compared(audit), timeout)
     raw, hw = read_topics(bootstrap, topics, "read_uncommitted", lambda m: (m.offset(),), timeout)
-    ck_c, ck_lso = read_topics(bootstrap, [ckpt_topic], "read_committed", keep_small, timeout)
-    ck_u, ck_hw = read_topics(bootstrap, [ckpt_topic], "read_uncommitted", keep_small, timeout)
+    ck_c, ck_lso = read_topics(bootstrap, [ckpt_topic], "read_committed", keep_checkpoint, timeout)
+    ck_u, ck_hw = read_topics(bootstrap, [ckpt_topic], "read_uncommitted", lambda m: (m.offset(),),
+                              timeout)
     hanging = [f"{t}[{p}] last stable offset {lso_} < high watermark {hw_}"
                for ends_c, ends_u in ((lso, hw), (ck_lso, ck_hw))
                for (t, p), lso_ in ends_c.items() for hw_ in [ends_u[(t, p)]] if lso_ != hw_]
@@ -372,8 +381,10 @@ def check(db_url, bootstrap, topics, relay, ckpt_topic, expect_aborted=False, ti
     # -- the checkpoint chain --------------------------------------------------
     ck_recs = ck_c[(ckpt_topic, 0)] if (ckpt_topic, 0) in ck_c else []
     chain, bad_ck, foreign = [], [], 0
-    for off, key, value in ck_recs:
-        if key != relay.encode():
+    for off, key, value, marker, has_id in ck_recs:
+        # the relay's own: its key, no outbox-id (an outbox row), and its
+        # marker when there is one (the relay decides by the same rule)
+        if key != relay.encode() or has_id or (marker is not None and marker != relay.encode()):
             foreign += 1
             continue
         try:
@@ -475,7 +486,7 @@ def check(db_url, bootstrap, topics, relay, ckpt_topic, expect_aborted=False, ti
         ("per-key order violations", len(order)),
         ("checkpoints in the chain", len(chain)),
         ("checkpoint chain violations", len(chain_v)),
-        ("records of other keys in the checkpoint topic", foreign),
+        ("records of other keys or producers in the checkpoint topic", foreign),
         ("rows published outside a checkpointed batch", len(uncovered_published)),
         ("Kafka transaction / batch violations", len(txn_struct)),
         ("db transactions split across batches (size cut in a window: allowed)", split),
