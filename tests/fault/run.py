@@ -223,11 +223,10 @@ class Harness:
                 host, port = PG_URL.split("@", 1)[1].split("/", 1)[0].split(":")
                 self.pgproxy = pgproxy.PgProxy(0, host, int(port))
                 self.pgproxy.start()
-                # The relay prepares outbox.advance once per connection: the
-                # proxy must watch for it from the start, unarmed, or a
-                # statement prepared before arming is never recognised
-                # (tests/pgproxy.py of 2026-11-30 learns statement names only
-                # while a function name is set).
+                # The relay prepares outbox.advance once per connection, long
+                # before any arming: name the function at once, unarmed (a
+                # proxy that keeps every Parse text needs it not; an early
+                # one learned statement names only while a name was set).
                 try:
                     self.pgproxy.arm_drop_after_commit(b"outbox.advance", times=0)
                 except TypeError:
