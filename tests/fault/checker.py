@@ -1,81 +1,374 @@
-"""The exactly-once checker: reads every partition of the relay's topics
-read_committed from the start to the end (assign, no consumer group) and
-compares with the audit table the writers filled in the same transactions as
-their outbox rows. Prints a table; exit status 1 on any violation.
+"""The exactly-once checker: reads every partition of the relay's topics and
+its checkpoint topic from the start to the end (assign, no consumer group),
+read_committed and read_uncommitted, and compares with the audit tables the
+writers filled in the same transactions as their outbox rows
+(tests/fault/workload.py). Prints a table; exit status 1 on any violation.
 
     python3 checker.py --db URL --topics t1,t2,t3 --relay NAME --checkpoint-topic T
+
+What it checks, and how (a consumer sees no producer or transaction ids, so
+every check below is stated in terms of what a consumer can observe):
+
+Reading to the end. Each partition's end is asked of the broker before the
+read (ListOffsets: the last stable offset for read_committed, the high
+watermark for read_uncommitted) and the read goes on until the consumer's
+position reaches it (the position steps over transaction markers, so it
+lands exactly on the end); past a deadline the check fails with an error
+naming the partitions not reached. After the read the ends are asked again:
+an end that moved means something still writes (no check is sound then). A
+last stable offset below the high watermark after every relay stopped is a
+transaction left hanging.
+
+Rows. Every record must carry an `outbox-id` header naming a committed row
+of the audit table (else: phantom), appear once (else: duplicated), and have
+that row's topic, key and payload, and its workload headers k, s, t
+(else: content mismatch). Every committed row must appear (else: lost). Per
+key, the writer's sequence rises by one along the partition (per-key order).
+
+The checkpoint chain. The relay's own records in the checkpoint topic (its
+key, no outbox-id header, and the outbox-relay-checkpoint marker header
+naming it when there is one: the relay's own rule), read_committed, in
+offset order: batch sequence 1, 2, 3, ... with no gap and
+no repeat (every committed batch has exactly one committed checkpoint); the
+generation never goes back (a checkpoint of generation g after one of g' > g
+was published by a relay that had lost the lease); the position moves
+forward (inside one window after_id grows; the window start never moves
+back); the last checkpoint equals the database's position. The topic is
+compacted with min.compaction.lag.ms of an hour and the relay's records sit
+in the active segment, which is never compacted, so no checkpoint of a run
+can be compacted away.
+
+A batch's rows and its checkpoint are one Kafka transaction. From the chain
+alone, every committed row has the batch that must have carried it: the
+first checkpoint k whose position covers the row (its txid visible in
+`done`, or visible in `next` with id <= after_id), i.e. the rows of
+checkpoint k's position delta over checkpoint k-1. In one partition the
+committed records of one Kafka transaction are consecutive offsets and two
+transactions are always separated by at least their transaction marker, so
+the maximal runs of consecutive offsets are (parts of) Kafka transactions.
+Checked: every published row is covered by a committed checkpoint (a row
+published without its checkpoint, or with a checkpoint that does not cover
+it, is a violation); every run holds rows of a single batch; along a
+partition the runs' batches strictly rise (a batch in two transactions of a
+partition, or published out of batch order, is a violation). With no row
+lost or duplicated, batch k's records are then exactly the rows of its
+position delta, each partition's share in one transaction. That the records
+and the checkpoint commit in the *same* transaction (and not in two
+consecutive ones) is not visible to a consumer by itself; its consequence
+is: the crash points between produce, commit and the database advance make
+any split visible as lost or duplicated rows or as a chain gap.
+
+Database transactions (17.2). The relay reads snapshot windows, and a
+window's rows in id order, cut into batches by batch.max_rows and
+batch.max_bytes at any row: the design and README do not promise that one
+database transaction's rows share a Kafka transaction (a size cut may fall
+between them), so that is counted, not asserted. What is promised, and
+checked: a transaction's rows keep their insert order (id order: batch index
+never falls, and in one partition the offsets rise with the id), a split
+transaction is split only inside one window (every checkpoint that cuts it
+has the window open); and "if transaction A committed before transaction B
+started, A's rows are published before B's": for every pair where that
+order is certain from the workload's tickets (A's done ticket, taken after
+its COMMIT returned, is below B's start ticket, taken before B wrote
+anything), A's last batch is not after B's first batch, and in every
+partition holding rows of both, A's last offset is below B's first. Pairs
+whose order is not certain (overlapping transactions, or A's done ticket
+lost with its connection) are not checked.
 """
 import argparse
+import bisect
 import collections
 import sys
+import time
 
 import psycopg2
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 QUIET = {"log_level": 0}
+READ_TIMEOUT_S = 180
 
 
-def read_topics(bootstrap, topics, isolation):
-    cons = Consumer({"bootstrap.servers": bootstrap, "group.id": "checker-unused",
+class CheckError(RuntimeError):
+    """The check itself could not be done (a read that did not reach the end,
+    a broker that did not answer): never a pass."""
+
+
+def _consumer(bootstrap, isolation):
+    return Consumer({"bootstrap.servers": bootstrap, "group.id": "checker-unused",
                      "isolation.level": isolation, "enable.auto.commit": False,
                      "enable.partition.eof": True, "fetch.wait.max.ms": 50, **QUIET})
-    md = cons.list_topics(timeout=10)
-    parts = [TopicPartition(t, p, OFFSET_BEGINNING) for t in topics for p in md.topics[t].partitions]
-    pending = {(tp.topic, tp.partition) for tp in parts}
-    cons.assign(parts)
-    out = []
-    while pending:
-        for m in cons.consume(50000, 1.0):
-            if m.error():
-                if m.error().code() == KafkaError._PARTITION_EOF:
-                    pending.discard((m.topic(), m.partition()))
-                    continue
-                raise RuntimeError(f"consume error: {m.error()}")
-            out.append(m)
-    cons.close()
+
+
+def partition_ends(cons, tps):
+    """{(topic, partition): end} for a consumer's isolation level: the last
+    stable offset (read_committed) or the high watermark (read_uncommitted)."""
+    out = {}
+    for t, p in tps:
+        try:
+            out[(t, p)] = cons.get_watermark_offsets(TopicPartition(t, p), timeout=10, cached=False)[1]
+        except Exception as e:  # KafkaException: the broker did not answer
+            raise CheckError(f"could not ask the end of {t}[{p}]: {e}") from e
     return out
 
 
-def hdr(m, name):
-    for k, v in m.headers() or []:
-        if k == name:
-            return v.decode()
+def read_topics(bootstrap, topics, isolation, keep, timeout=READ_TIMEOUT_S):
+    """Reads every partition of `topics` from the start to its end (see the
+    module's comment) and returns ({(topic, partition): [keep(m), ...]},
+    {(topic, partition): end}). Raises CheckError when a partition's end is
+    not reached before the deadline, the position passes the end, or the end
+    moves during the read."""
+    cons = _consumer(bootstrap, isolation)
+    try:
+        md = cons.list_topics(timeout=10)
+        tps = []
+        for t in topics:
+            if t not in md.topics or md.topics[t].error is not None:
+                raise CheckError(f"topic {t!r} not found: {md.topics.get(t) and md.topics[t].error}")
+            tps += [(t, p) for p in sorted(md.topics[t].partitions)]
+        ends = partition_ends(cons, tps)
+        out = {tp: [] for tp in tps}
+        pending = {tp for tp in tps if ends[tp] > 0}
+        cons.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in tps])
+        deadline = time.monotonic() + timeout
+        eof_seen = set()
+        while pending:
+            if time.monotonic() > deadline:
+                pos = {(x.topic, x.partition): x.offset for x in
+                       cons.position([TopicPartition(t, p) for t, p in sorted(pending)])}
+                raise CheckError(f"{isolation} read did not reach the end within {timeout} s: "
+                                 + ", ".join(f"{t}[{p}] at {pos.get((t, p))} of {ends[(t, p)]}"
+                                             for t, p in sorted(pending)[:6]))
+            for m in cons.consume(10000, 0.5):
+                err = m.error()
+                if err:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        eof_seen.add((m.topic(), m.partition()))
+                        continue
+                    raise CheckError(f"consume error: {err}")
+                out[(m.topic(), m.partition())].append(keep(m))
+            # An end-of-partition event is only a hint: the position decides.
+            check = [TopicPartition(t, p) for t, p in pending if (t, p) in eof_seen
+                     or (out[(t, p)] and out[(t, p)][-1][0] + 1 >= ends[(t, p)])]
+            for x in cons.position(check) if check else []:
+                tp = (x.topic, x.partition)
+                if x.offset >= 0 and x.offset > ends[tp]:
+                    raise CheckError(f"{isolation} read of {x.topic}[{x.partition}] passed its "
+                                     f"end: position {x.offset}, end {ends[tp]}")
+                if x.offset == ends[tp]:
+                    pending.discard(tp)
+            eof_seen.clear()
+        again = partition_ends(cons, tps)
+        moved = [f"{t}[{p}] {ends[(t, p)]} -> {again[(t, p)]}" for t, p in tps if again[(t, p)] != ends[(t, p)]]
+        if moved:
+            raise CheckError(f"partition ends moved during the {isolation} read (something still "
+                             f"writes): {', '.join(moved[:6])}")
+        return out, ends
+    finally:
+        cons.close()
+
+
+def _headers(m):
+    return {k: v for k, v in (m.headers() or [])}
+
+
+def keep_compared(audit):
+    """What to keep of a data record: (offset, outbox id or None, mismatch
+    text or None). The content is compared with the audit row as the record
+    is read, so that a million records are not held in memory."""
+    def keep(m):
+        h = _headers(m)
+        oid = h.get("outbox-id")
+        oid = int(oid) if oid is not None and oid.isdigit() else None
+        a = audit.get(oid)
+        bad = None
+        if a is not None:
+            akey, aseq, atxn, _, atopic, apayload, _, _ = a
+            got = (m.topic(), m.key(), m.value(), h.get("k"), h.get("s"), h.get("t"))
+            want = (atopic, akey.encode(), apayload.encode(), akey.encode(), str(aseq).encode(),
+                    atxn.encode())
+            if got != want:
+                bad = (f"row {oid} at {m.topic()}[{m.partition()}]@{m.offset()}: "
+                       f"{[g for g, w in zip(got, want) if g != w][:2]} where the database has "
+                       f"{[w for g, w in zip(got, want) if g != w][:2]}")
+        return (m.offset(), oid, bad)
+    return keep
+
+
+# The relay marks its checkpoint records with this header (its name); a
+# record without it is a checkpoint of an older relay.
+CHECKPOINT_MARKER_HEADER = "outbox-relay-checkpoint"
+
+
+def keep_checkpoint(m):
+    h = _headers(m)
+    return (m.offset(), m.key(), m.value(), h.get(CHECKPOINT_MARKER_HEADER), "outbox-id" in h)
+
+
+# -- positions ------------------------------------------------------------------
+
+def parse_snapshot(s):
+    xmin, xmax, xip = s.split(":")
+    return int(xmin), int(xmax), frozenset(int(x) for x in xip.split(",") if x)
+
+
+def visible(txid, snap):
+    xmin, xmax, xip = snap
+    return txid < xmin or (txid < xmax and txid not in xip)
+
+
+class Checkpoint:
+    def __init__(self, offset, value):
+        self.offset = offset
+        self.raw = value
+        f = dict(x.split("=", 1) for x in value.split()[1:])
+        self.seq = int(f["seq"])
+        self.gen = int(f["gen"])
+        self.after = int(f["after"])
+        self.done_s = f["done"]
+        self.next_s = None if f["next"] == "-" else f["next"]
+        self.done = parse_snapshot(self.done_s)
+        self.next = parse_snapshot(self.next_s) if self.next_s else None
+
+    def covers(self, oid, txid):
+        return visible(txid, self.done) or (self.next is not None and oid <= self.after
+                                            and visible(txid, self.next))
+
+    def as_db(self):
+        return (self.seq, self.done_s, self.next_s, self.after)
+
+
+def chain_violations(chain):
+    """The checkpoint chain's own rules (see the module's comment)."""
+    out = []
+    prev = None
+    top_gen = 0
+    for c in chain:
+        want = prev.seq + 1 if prev else 1
+        if c.seq < want:
+            out.append(f"checkpoint chain: batch {c.seq} committed again at offset {c.offset} "
+                       f"(generation {c.gen}) after batch {want - 1}: a batch published twice")
+        elif c.seq > want:
+            out.append(f"checkpoint chain: batches {want}..{c.seq - 1} have no checkpoint "
+                       f"(next is batch {c.seq} at offset {c.offset})")
+        if c.gen < top_gen:
+            out.append(f"checkpoint chain: batch {c.seq} at offset {c.offset} written by generation "
+                       f"{c.gen} after generation {top_gen}: published without the lease")
+        top_gen = max(top_gen, c.gen)
+        if prev:
+            if c.done[1] < prev.done[1]:
+                out.append(f"checkpoint chain: batch {c.seq}'s window start {c.done_s} is before "
+                           f"batch {prev.seq}'s {prev.done_s}")
+            elif c.done_s == prev.done_s and c.next_s == prev.next_s and c.after <= prev.after:
+                out.append(f"checkpoint chain: batch {c.seq} does not move past batch {prev.seq} "
+                           f"(after_id {prev.after} -> {c.after} in one window)")
+        prev = c
+    return out
+
+
+def first_covering(chain, oid, txid):
+    """Index of the first checkpoint covering the row, or None. Binary search
+    (positions only grow in a sound chain), verified, with a linear scan
+    when the chain is not monotone."""
+    lo, hi = 0, len(chain)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if chain[mid].covers(oid, txid):
+            hi = mid
+        else:
+            lo = mid + 1
+    if lo < len(chain) and (lo == 0 or not chain[lo - 1].covers(oid, txid)):
+        return lo
+    for i, c in enumerate(chain):
+        if c.covers(oid, txid):
+            return i
     return None
 
 
-def last_checkpoint(bootstrap, topic, relay):
-    recs = [m for m in read_topics(bootstrap, [topic], "read_committed") if m.key() == relay.encode()]
-    return recs[-1].value().decode() if recs else None
+# -- the check --------------------------------------------------------------------
 
-
-def check(db_url, bootstrap, topics, relay, ckpt_topic, expect_aborted=False):
-    """Returns (report dict, list of violation strings)."""
+def load_db(db_url, relay):
     conn = psycopg2.connect(db_url)
-    with conn.cursor() as cur:
-        cur.execute("SELECT outbox_id, key, seq, txn, nrows FROM fault.audit")
-        audit = {r[0]: r[1:] for r in cur.fetchall()}
-        cur.execute("SELECT batch_seq, pos_done, pos_next, pos_after_id FROM outbox.position_get(%s)",
-                    (relay,))
-        db_pos = cur.fetchone()
-        cur.execute("SELECT count(*) FROM outbox.event")
-        left_in_outbox = cur.fetchone()[0]
-    conn.close()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT outbox_id, key, seq, txn, nrows, topic, payload, txid::text::bigint, "
+                        "start_ticket FROM fault.audit")
+            audit = {r[0]: r[1:] for r in cur.fetchall()}
+            cur.execute("SELECT txn, ticket FROM fault.txn_done")
+            done = dict(cur.fetchall())
+            cur.execute("SELECT batch_seq, pos_done, pos_next, pos_after_id FROM outbox.position_get(%s)",
+                        (relay,))
+            db_pos = cur.fetchone()
+            cur.execute("SELECT count(*) FROM outbox.event")
+            left_in_outbox = cur.fetchone()[0]
+    finally:
+        conn.close()
+    return audit, done, db_pos, left_in_outbox
 
-    msgs = read_topics(bootstrap, topics, "read_committed")
-    raw_count = len(read_topics(bootstrap, topics, "read_uncommitted"))
 
-    seen = collections.Counter()
-    by_key = collections.defaultdict(list)
-    txn_seen = collections.Counter()
-    phantom = []
-    for m in sorted(msgs, key=lambda m: (m.topic(), m.partition(), m.offset())):
-        oid = int(hdr(m, "outbox-id"))
-        seen[oid] += 1
-        if oid not in audit:
-            phantom.append(oid)
+def order_violations(txns, key_fn, what):
+    """txns: {txn: (start_ticket, done_ticket or None, first, last)}: for every
+    pair A, B with A.done < B.start, A.last must not be after B.first
+    (key_fn compares). Sweep: transactions by done ticket, a running maximum
+    of `last`, and for each B the maximum over every A that finished before
+    B started."""
+    finished = sorted((d, last, t) for t, (s, d, first, last) in txns.items() if d is not None)
+    tickets = [d for d, _, _ in finished]
+    run_max = []
+    best = None
+    for d, last, t in finished:
+        if best is None or key_fn(last) > key_fn(best[0]):
+            best = (last, t)
+        run_max.append(best)
+    out = []
+    for t, (s, d, first, last) in txns.items():
+        i = bisect.bisect_left(tickets, s)
+        if i == 0:
             continue
-        by_key[hdr(m, "k")].append(int(hdr(m, "s")))
-        txn_seen[hdr(m, "t")] += 1
+        a_last, a = run_max[i - 1]
+        if key_fn(a_last) > key_fn(first):
+            out.append(f"cross-transaction order ({what}): transaction {a} committed before "
+                       f"transaction {t} started, yet {t}'s rows come first ({first} before {a_last})")
+    return out
+
+
+def check(db_url, bootstrap, topics, relay, ckpt_topic, expect_aborted=False, timeout=READ_TIMEOUT_S):
+    """Returns (report dict, list of violation strings). Raises CheckError
+    when the check could not be made (never a pass)."""
+    audit, done_ticket, db_pos, left_in_outbox = load_db(db_url, relay)
+    violations = []
+
+    data, lso = read_topics(bootstrap, topics, "read_committed", keep_compared(audit), timeout)
+    raw, hw = read_topics(bootstrap, topics, "read_uncommitted", lambda m: (m.offset(),), timeout)
+    ck_c, ck_lso = read_topics(bootstrap, [ckpt_topic], "read_committed", keep_checkpoint, timeout)
+    ck_u, ck_hw = read_topics(bootstrap, [ckpt_topic], "read_uncommitted", lambda m: (m.offset(),),
+                              timeout)
+    hanging = [f"{t}[{p}] last stable offset {lso_} < high watermark {hw_}"
+               for ends_c, ends_u in ((lso, hw), (ck_lso, ck_hw))
+               for (t, p), lso_ in ends_c.items() for hw_ in [ends_u[(t, p)]] if lso_ != hw_]
+    if hanging:
+        violations.append("transactions left open after the run: " + "; ".join(hanging[:6]))
+
+    # -- rows ---------------------------------------------------------------
+    seen = collections.Counter()
+    where = {}  # oid -> (topic, partition, offset)
+    by_key = collections.defaultdict(list)
+    phantom, mismatch, no_id = [], [], []
+    n_committed = 0
+    for (t, p), recs in sorted(data.items()):
+        for off, oid, bad in recs:
+            n_committed += 1
+            if oid is None:
+                no_id.append(f"{t}[{p}]@{off}")
+                continue
+            seen[oid] += 1
+            where.setdefault(oid, (t, p, off))
+            a = audit.get(oid)
+            if a is None:
+                phantom.append(oid)
+                continue
+            if bad:
+                mismatch.append(bad)
+            by_key[a[0]].append(a[1])
     lost = [oid for oid in audit if oid not in seen]
     dups = [oid for oid, c in seen.items() if c > 1]
     order = []
@@ -83,47 +376,160 @@ def check(db_url, bootstrap, topics, relay, ckpt_topic, expect_aborted=False):
         for a, b in zip([0] + seqs, seqs):
             if b != a + 1:
                 order.append((key, a, b))
-    txn_rows = {}
-    for oid, (key, seq, txn, nrows) in audit.items():
-        txn_rows[txn] = nrows
-    atomicity = [t for t, n in txn_seen.items() if n != txn_rows.get(t, -1)]
+    raw_count = sum(len(v) for v in raw.values())
 
-    ck = last_checkpoint(bootstrap, ckpt_topic, relay)
-    pos_ok = False
-    if ck and db_pos:
-        f = dict(x.split("=", 1) for x in ck.split()[1:])
-        pos_ok = (int(f["seq"]), f["done"], None if f["next"] == "-" else f["next"],
-                  int(f["after"])) == tuple(db_pos)
+    # -- the checkpoint chain --------------------------------------------------
+    ck_recs = ck_c[(ckpt_topic, 0)] if (ckpt_topic, 0) in ck_c else []
+    chain, bad_ck, foreign = [], [], 0
+    for off, key, value, marker, has_id in ck_recs:
+        # the relay's own: its key, no outbox-id (an outbox row), and its
+        # marker when there is one (the relay decides by the same rule)
+        if key != relay.encode() or has_id or (marker is not None and marker != relay.encode()):
+            foreign += 1
+            continue
+        try:
+            chain.append(Checkpoint(off, value.decode()))
+        except (ValueError, KeyError, AttributeError) as e:
+            bad_ck.append(f"offset {off}: {value!r} ({e})")
+    if bad_ck:
+        violations.append(f"checkpoint chain: unreadable checkpoint records: {bad_ck[:3]}")
+    chain_v = chain_violations(chain)
+    ck = chain[-1] if chain else None
+    pos_ok = bool(ck and db_pos and ck.as_db() == tuple(db_pos))
+
+    # -- rows against their batches ------------------------------------------------
+    batch_of = {}
+    uncovered_published, uncovered_committed = [], []
+    for oid, a in audit.items():
+        b = first_covering(chain, oid, a[6]) if chain else None
+        if b is None:
+            (uncovered_published if oid in seen else uncovered_committed).append(oid)
+        else:
+            batch_of[oid] = b
+    txn_struct = []
+    for (t, p), recs in sorted(data.items()):
+        runs, prev_off = [], None
+        for off, oid, *_ in recs:
+            if prev_off is None or off != prev_off + 1:
+                runs.append([])
+            runs[-1].append((off, batch_of.get(oid)))
+            prev_off = off
+        prev_b = None
+        for run in runs:
+            bs = {b for _, b in run if b is not None}
+            if len(bs) > 1:
+                txn_struct.append(f"{t}[{p}] offsets {run[0][0]}..{run[-1][0]}: one Kafka transaction "
+                                  f"holds rows of batches {[(chain[b].seq, 'checkpoint at offset', chain[b].offset) for b in sorted(bs)][:4]}")
+                continue
+            if not bs:
+                continue
+            b = bs.pop()
+            if prev_b is not None and b == prev_b:
+                txn_struct.append(f"{t}[{p}] at offset {run[0][0]}: batch {chain[b].seq}'s rows in two "
+                                  f"Kafka transactions")
+            elif prev_b is not None and b < prev_b:
+                txn_struct.append(f"{t}[{p}] at offset {run[0][0]}: batch {chain[b].seq} published after "
+                                  f"batch {chain[prev_b].seq}")
+            prev_b = b
+
+    # -- database transactions ----------------------------------------------------------
+    rows_of = collections.defaultdict(list)
+    for oid, a in audit.items():
+        rows_of[a[2]].append(oid)
+    split, insert_order, split_outside = 0, [], []
+    by_batch, by_part = {}, collections.defaultdict(dict)
+    for txn, oids in rows_of.items():
+        oids.sort()
+        bs = [batch_of[o] for o in oids if o in batch_of]
+        if bs != sorted(bs):
+            insert_order.append(f"transaction {txn}: rows {oids} in batches "
+                                f"{[chain[b].seq for b in bs]} (not in insert order)")
+        if bs and bs[0] != bs[-1]:
+            split += 1
+            for b in range(min(bs), max(bs)):
+                if chain[b].next is None:
+                    split_outside.append(f"transaction {txn} split at batch {chain[b].seq}, "
+                                         f"which ends a window")
+                    break
+        offs = collections.defaultdict(list)
+        for o in oids:
+            if o in where:
+                t, p, off = where[o]
+                offs[(t, p)].append(off)
+        for tp, lst in offs.items():
+            if lst != sorted(lst):
+                insert_order.append(f"transaction {txn}: offsets {lst} on {tp[0]}[{tp[1]}] not in "
+                                    f"insert order")
+            by_part[tp][txn] = (min(lst), max(lst))
+        if bs:
+            by_batch[txn] = (min(bs), max(bs))
+    start_of = {a[2]: a[7] for a in audit.values()}
+    checked_pairs_txns = [t for t in by_batch if t in done_ticket]
+    cross = order_violations(
+        {t: (start_of[t], done_ticket.get(t), f"batch {chain[lo].seq}", f"batch {chain[hi].seq}")
+         for t, (lo, hi) in by_batch.items()},
+        lambda s: int(s.split()[1]), "batches")
+    for (t, p), txns in by_part.items():
+        cross += order_violations(
+            {x: (start_of[x], done_ticket.get(x), f"{t}[{p}]@{lo}", f"{t}[{p}]@{hi}")
+             for x, (lo, hi) in txns.items()},
+            lambda s: int(s.rsplit("@", 1)[1]), "offsets")
 
     report = collections.OrderedDict([
         ("rows committed (audit)", len(audit)),
-        ("rows seen read_committed", len(msgs)),
+        ("rows seen read_committed", n_committed),
         ("records in the log (read_uncommitted)", raw_count),
         ("lost", len(lost)),
         ("duplicated", len(dups)),
         ("phantom (rolled back or aborted, yet visible)", len(phantom)),
+        ("topic/key/payload/header mismatches", len(mismatch) + len(no_id)),
         ("per-key order violations", len(order)),
-        ("transaction atomicity violations", len(atomicity)),
+        ("checkpoints in the chain", len(chain)),
+        ("checkpoint chain violations", len(chain_v)),
+        ("records of other keys or producers in the checkpoint topic", foreign),
+        ("rows published outside a checkpointed batch", len(uncovered_published)),
+        ("Kafka transaction / batch violations", len(txn_struct)),
+        ("db transactions split across batches (size cut in a window: allowed)", split),
+        ("db transaction insert-order / window violations", len(insert_order) + len(split_outside)),
+        ("transactions with a certain commit order (done ticket)", len(checked_pairs_txns)),
+        ("cross-transaction order violations", len(cross)),
         ("rows left in outbox.event", left_in_outbox),
         ("database position == last checkpoint", "yes" if pos_ok else "NO"),
         ("database batch_seq", db_pos[0] if db_pos else None),
     ])
-    violations = []
     if lost:
-        violations.append(f"lost rows, e.g. {sorted(lost)[:10]}")
+        violations.append(f"lost rows: {len(lost)}, e.g. {sorted(lost)[:10]}")
     if dups:
-        violations.append(f"duplicated rows, e.g. {sorted(dups)[:10]}")
+        violations.append(f"duplicated rows: {len(dups)}, e.g. {sorted(dups)[:10]}")
     if phantom:
-        violations.append(f"phantom rows, e.g. {sorted(phantom)[:10]}")
+        violations.append(f"phantom rows: {len(phantom)}, e.g. {sorted(phantom)[:10]}")
+    if no_id:
+        violations.append(f"records without an outbox-id header: {no_id[:5]}")
+    if mismatch:
+        violations.append(f"content mismatches: {len(mismatch)}, e.g. {mismatch[:3]}")
     if order:
-        violations.append(f"order violations, e.g. {order[:10]}")
-    if atomicity:
-        violations.append(f"atomicity violations, e.g. {atomicity[:10]}")
+        violations.append(f"per-key order violations: {len(order)}, e.g. {order[:10]}")
+    violations += chain_v[:20]
+    if len(chain_v) > 20:
+        violations.append(f"checkpoint chain: {len(chain_v) - 20} more violations")
+    if uncovered_published:
+        violations.append(f"rows published outside a checkpointed batch (no committed checkpoint "
+                          f"covers them): {len(uncovered_published)}, e.g. {sorted(uncovered_published)[:10]}")
+    if uncovered_committed and not lost:
+        violations.append(f"committed rows no checkpoint covers: {sorted(uncovered_committed)[:10]}")
+    for v in txn_struct[:10]:
+        violations.append(f"Kafka transaction / batch: {v}")
+    for v in (insert_order + split_outside)[:10]:
+        violations.append(f"database transaction: {v}")
+    violations += cross[:10]
+    if len(cross) > 10:
+        violations.append(f"cross-transaction order: {len(cross) - 10} more violations")
     if left_in_outbox:
         violations.append(f"{left_in_outbox} rows still in outbox.event")
     if not pos_ok:
-        violations.append(f"database position {db_pos} differs from checkpoint {ck!r}")
-    if expect_aborted and raw_count <= len(msgs):
+        violations.append(f"database position {db_pos} differs from the last checkpoint "
+                          f"{ck.raw if ck else None!r}")
+    if expect_aborted and raw_count <= n_committed:
         violations.append("no aborted record in the log: the faults did not hit a transaction "
                           "(the run proves nothing about aborts)")
     return report, violations
@@ -146,9 +552,14 @@ def main():
     ap.add_argument("--topics", required=True)
     ap.add_argument("--relay", required=True)
     ap.add_argument("--checkpoint-topic", required=True)
+    ap.add_argument("--timeout", type=int, default=READ_TIMEOUT_S)
     args = ap.parse_args()
-    report, violations = check(args.db, args.bootstrap, args.topics.split(","), args.relay,
-                               args.checkpoint_topic)
+    try:
+        report, violations = check(args.db, args.bootstrap, args.topics.split(","), args.relay,
+                                   args.checkpoint_topic, timeout=args.timeout)
+    except CheckError as e:
+        print(f"CHECK FAILED: {e}")
+        return 1
     print_report(report, violations)
     return 1 if violations else 0
 

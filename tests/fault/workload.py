@@ -4,7 +4,20 @@ way applications do, and record the truth for the checker.
 Each transaction takes 1-5 keys, locks each key's sequence row, bumps it, and
 inserts one outbox row per key with headers k (key), s (the key's sequence
 number) and t (a transaction id), plus one audit row per outbox row, in the
-same transaction. Some transactions roll back; some stay open for seconds
+same transaction. The audit row holds what the checker compares with Kafka:
+the row's topic, key and payload, its transaction id (txid, to place it in
+the relay's snapshot windows) and the transaction's start ticket.
+
+Commit order facts, for the README's "if A committed before B started, A's
+rows are published before B's": fault.ticket is a sequence (CACHE 1, so its
+values are handed out in call order). A transaction's first statement takes
+its start ticket, before it writes anything (so before it has a transaction
+id). After its COMMIT has returned, the writer takes a done ticket in a
+statement of its own and records it in fault.txn_done. A.done < B.start then
+means A's COMMIT had returned before B took its start ticket: A committed
+before B started, for certain. A writer that loses its connection between
+COMMIT and that insert records no done ticket, and the checker skips that
+transaction (it only checks pairs whose order is certain). Some transactions roll back; some stay open for seconds
 (their ids commit out of order with everyone else's); those write a key of
 their writer's own, so they delay nobody's locks, only their own rows. A key always goes to
 the same topic, so per key the sequence must rise by one along its partition.
@@ -20,8 +33,12 @@ SCHEMA = """
 CREATE SCHEMA IF NOT EXISTS fault;
 CREATE TABLE IF NOT EXISTS fault.key_seq(key text PRIMARY KEY, topic text NOT NULL,
                                          seq bigint NOT NULL DEFAULT 0);
+CREATE SEQUENCE IF NOT EXISTS fault.ticket CACHE 1;
 CREATE TABLE IF NOT EXISTS fault.audit(outbox_id bigint PRIMARY KEY, key text NOT NULL,
-                                       seq bigint NOT NULL, txn text NOT NULL, nrows int NOT NULL);
+                                       seq bigint NOT NULL, txn text NOT NULL, nrows int NOT NULL,
+                                       topic text NOT NULL, payload text NOT NULL,
+                                       txid xid8 NOT NULL, start_ticket bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS fault.txn_done(txn text PRIMARY KEY, ticket bigint NOT NULL);
 """
 
 
@@ -46,24 +63,30 @@ def _one_txn(cur, rng, nkeys, long_txn_prob, rollback_prob, slow_key):
         keys = [f"key-{k:03d}" for k in sorted(rng.sample(range(nkeys), rng.randint(1, min(5, nkeys))))]
     txn = uuid.uuid4().hex[:16]
     cur.execute("BEGIN")
+    cur.execute("SELECT nextval('fault.ticket')")  # before any write: the start ticket
+    start_ticket = cur.fetchone()[0]
     for key in keys:
         cur.execute("UPDATE fault.key_seq SET seq = seq + 1 WHERE key = %s RETURNING seq, topic",
                     (key,))
         seq, topic = cur.fetchone()
+        payload = f'{{"key":"{key}","seq":{seq},"txn":"{txn}","pad":"{"x" * rng.randint(0, 96)}"}}'
         cur.execute(
             "INSERT INTO outbox.event(topic, key, payload, headers) VALUES "
             "(%s, convert_to(%s, 'UTF8'), convert_to(%s, 'UTF8'), "
-            " jsonb_build_object('k', %s::text, 's', %s::text, 't', %s::text)) RETURNING id",
-            (topic, key, f'{{"key":"{key}","seq":{seq},"pad":"{"x" * 64}"}}', key, str(seq), txn))
-        oid = cur.fetchone()[0]
-        cur.execute("INSERT INTO fault.audit(outbox_id, key, seq, txn, nrows) VALUES (%s, %s, %s, %s, %s)",
-                    (oid, key, seq, txn, len(keys)))
+            " jsonb_build_object('k', %s::text, 's', %s::text, 't', %s::text)) RETURNING id, txid",
+            (topic, key, payload, key, str(seq), txn))
+        oid, txid = cur.fetchone()
+        cur.execute("INSERT INTO fault.audit(outbox_id, key, seq, txn, nrows, topic, payload, txid, "
+                    "start_ticket) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    (oid, key, seq, txn, len(keys), topic, payload, txid, start_ticket))
     if long_txn:
         time.sleep(rng.uniform(0.5, 3.0))  # holds an early id while others commit
     if rng.random() < rollback_prob:
         cur.execute("ROLLBACK")
         return 0
     cur.execute("COMMIT")
+    # after COMMIT returned: the done ticket (see the module's comment)
+    cur.execute("INSERT INTO fault.txn_done(txn, ticket) VALUES (%s, nextval('fault.ticket'))", (txn,))
     return len(keys)
 
 
