@@ -492,10 +492,13 @@ struct config *config_load(const char *path, char *errbuf, size_t errlen)
 	cfg = load(&lc, config_read(&lc, f) == CONFIG_TRUE, path, errbuf, errlen);
 	config_destroy(&lc);
 	fclose(f);
-	for (const char *p = cfg ? cfg->warnings : NULL, *nl; p && (nl = strchr(p, '\n'));
-	     p = nl + 1)
-		log_warning("%.*s", (int)(nl - p), p);
 	return cfg;
+}
+
+void config_log_warnings(const struct config *cfg)
+{
+	for (const char *p = cfg->warnings, *nl; p && (nl = strchr(p, '\n')); p = nl + 1)
+		log_warning("%.*s", (int)(nl - p), p);
 }
 
 struct config *config_load_string(const char *text, const char *name, char *errbuf, size_t errlen)
@@ -586,6 +589,7 @@ int config_reload(struct config *cfg, char *errbuf, size_t errlen)
 
 	if (!fresh)
 		return -1;
+	config_log_warnings(fresh);
 	/* The dead-letter topic is fixed at start (the producer ensures it
 	 * then); a policy that needs one the running relay does not have would
 	 * make the next poison row fatal. Both or neither: refuse it all. */

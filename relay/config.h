@@ -76,6 +76,10 @@ struct config *config_load_string(const char *text, const char *name, char *errb
 
 void config_free(struct config *cfg);
 
+/* Log the warnings the load found (cfg->warnings), once the logger has its
+ * configured format. */
+void config_log_warnings(const struct config *cfg);
+
 /* SIGHUP: read cfg->path again. When it is valid, apply the options marked
  * reloadable (batch.*, log.*, lease TTL, poison policy) and log each change,
  * a warning for changed options that need a restart, and the new file's
