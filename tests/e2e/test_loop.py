@@ -164,3 +164,24 @@ def _trust_database_unknown_outcome(outbox_db, names, proxied, proxy, relays, tm
     assert "turned out" in relay.text(), relay.text()
     check_exactly_once(read_all(names), range(100))
     assert relay.stop() == 0
+
+
+def test_standby_reloads_on_sighup(outbox_db, topics, relays, tmp_path):
+    """A standby applies SIGHUP too (before: only the leader's loop looked
+    at the reload flag, so a standby kept its old settings until it took
+    over)."""
+    import signal
+    cfg = write_config(tmp_path / "r.conf", outbox_db, "r-hup", **{"relay.lease_ttl_ms": 3000})
+    leader = relays(cfg)
+    leader.wait_log("publishing")
+    standby = relays(cfg)
+    standby.wait_log("standby")
+    write_config(cfg, outbox_db, "r-hup", **{"relay.lease_ttl_ms": 3000, "batch.max_rows": 77,
+                                            "log.level": "debug"})
+    standby.proc.send_signal(signal.SIGHUP)
+    standby.wait_log("reloading configuration from", timeout=10)
+    standby.wait_log("batch.max_rows", timeout=10)
+    assert "publishing" not in standby.text()
+    assert leader.stop() == 0
+    standby.wait_log("publishing", timeout=15)
+    assert standby.stop() == 0
