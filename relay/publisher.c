@@ -1014,12 +1014,14 @@ void publisher_free(struct publisher *pub)
 		free(pub->topics[i].name);
 	}
 	free(pub->topics);
-	free(pub->size_ids);
 	if (pub->ckpt_rkt)
 		rd_kafka_topic_destroy(pub->ckpt_rkt);
 	if (pub->dlq_rkt)
 		rd_kafka_topic_destroy(pub->dlq_rkt);
 	rd_kafka_destroy(pub->rk);
+	/* after the destroy: a delivery report served during it still
+	 * writes here */
+	free(pub->size_ids);
 	free(pub);
 }
 
