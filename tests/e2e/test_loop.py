@@ -185,3 +185,29 @@ def test_standby_reloads_on_sighup(outbox_db, topics, relays, tmp_path):
     assert leader.stop() == 0
     standby.wait_log("publishing", timeout=15)
     assert standby.stop() == 0
+
+
+def test_read_only_server_backs_off_then_publishes(outbox_db, topics, relays, tmp_path):
+    """postgres.conninfo pointing at a read-only server (a standby, or
+    default_transaction_read_only): the relay says so, keeps running and
+    retries after a back-off, and publishes once the server accepts writes
+    (a promoted standby). Before, it exited 1 at the first refused write."""
+    from conftest import PG_URL, psql
+    from urllib.parse import urlsplit
+    names = topics(3)
+    dbname = urlsplit(outbox_db).path.lstrip("/")
+    conn = connect(outbox_db)
+    insert_rows(conn, names, 0, 20)
+    psql(PG_URL, "-c", f"ALTER DATABASE {dbname} SET default_transaction_read_only = on")
+    cfg = write_config(tmp_path / "r.conf", outbox_db, "r-ro-wait")
+    relay = relays(cfg)
+    relay.wait_log(r"the relay points at a read-only server", 30)
+    # it tries again after a back-off, still running
+    wait_for(lambda: relay.proc.poll() is not None or
+             relay.text().count("the relay points at a read-only server") >= 3,
+             timeout=30, what="retries against the read-only server")
+    assert relay.proc.poll() is None, f"relay exited {relay.proc.poll()}:\n{relay.text()}"
+    psql(PG_URL, "-c", f"ALTER DATABASE {dbname} SET default_transaction_read_only = off")
+    wait_for(drained(conn), timeout=60, what="rows published once the server accepts writes")
+    check_exactly_once(read_all(names), range(20))
+    assert relay.stop() == 0
