@@ -48,6 +48,23 @@ void batch_reset(struct batch *b)
 	b->bytes = 0;
 }
 
+void batch_truncate(struct batch *b, size_t nrecs)
+{
+	if (nrecs >= b->nrecs)
+		return;
+	b->nhdrs = b->recs[nrecs].hdr_off;
+	for (size_t i = nrecs; i < b->nrecs; i++) {
+		const struct record *r = &b->recs[i];
+
+		free(r->dead_reason);
+		b->bytes -= (int64_t)(r->key_len + r->payload_len);
+		for (size_t h = 0; h < r->hdr_count; h++)
+			b->bytes -= (int64_t)(b->hdrs[r->hdr_off + h].name_len +
+					      b->hdrs[r->hdr_off + h].value_len);
+	}
+	b->nrecs = nrecs;
+}
+
 void batch_free(struct batch *b)
 {
 	batch_reset(b);

@@ -49,6 +49,8 @@ struct record_header *batch_add_header(struct batch *b);
 
 /* Drop every row and page; the arrays stay allocated for the next batch. */
 void batch_reset(struct batch *b);
+/* Drop the rows from nrecs on (their pages stay until batch_reset). */
+void batch_truncate(struct batch *b, size_t nrecs);
 /* Free everything; the struct itself is the caller's. */
 void batch_free(struct batch *b);
 

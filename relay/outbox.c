@@ -15,7 +15,7 @@
 
 /* The statements of the relay's hot loop, prepared once per connection
  * when postgres.prepared_statements is on: no parse and plan per call. */
-enum hot_stmt { HOT_RENEW, HOT_WINDOW, HOT_FETCH, HOT_ADVANCE, HOT_COUNT };
+enum hot_stmt { HOT_RENEW, HOT_WINDOW, HOT_FETCH, HOT_ADVANCE, HOT_AWAKE, HOT_COUNT };
 
 static const struct {
 	const char *name;
@@ -29,6 +29,7 @@ static const struct {
 	 "FROM outbox.fetch_page($1, $2, $3, $4, $5)",
 	 5},
 	{"outbox_relay_advance", "SELECT outbox.advance($1, $2, $3, $4, $5, $6, $7)", 7},
+	{"outbox_relay_awake", "SELECT outbox.relay_awake($1)", 1},
 };
 
 struct outbox {
@@ -668,6 +669,19 @@ int outbox_status_print(struct outbox *ob, FILE *out)
 		for (int c = 0; c < PQnfields(res); c++)
 			fprintf(out, "%-22s %s\n", PQfname(res, c),
 				PQgetisnull(res, r, c) ? "(null)" : PQgetvalue(res, r, c));
+	PQclear(res);
+	return OB_OK;
+}
+
+int outbox_relay_awake(struct outbox *ob, bool awake, bool *held)
+{
+	const char *p[1] = {awake ? "true" : "false"};
+	PGresult *res;
+	int rc = call_hot(ob, HOT_AWAKE, p, 0, &res);
+
+	if (rc != OB_OK)
+		return rc;
+	*held = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
 	PQclear(res);
 	return OB_OK;
 }

@@ -93,6 +93,10 @@ int outbox_status_print(struct outbox *ob, FILE *out) MUSTCHECK;
 
 /* LISTEN on the channel of outbox.notify_enable(). */
 int outbox_listen(struct outbox *ob) MUSTCHECK;
+/* outbox.relay_awake(awake): hold (true) or release (false) the lock that
+ * keeps the writers' trigger from notifying while the relay is awake;
+ * *held says whether this session holds it now. */
+int outbox_relay_awake(struct outbox *ob, bool awake, bool *held) MUSTCHECK;
 /* Wait up to timeout_ms for a NOTIFY, in poll() slices of the waiter w
  * (NULL: one slice), ticking it between slices. OB_OK when a notification
  * arrived (*notified) or the time is up; OB_STOPPED when the tick said stop;

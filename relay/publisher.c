@@ -715,13 +715,13 @@ static rd_kafka_resp_err_t produce_dead_letter(struct publisher *pub, const stru
 		       r->key_len, payload, plen, r->timestamp_ms, hdrs, r->id);
 }
 
-static enum pub_status produce_all(struct publisher *pub, const struct batch *b,
-				   const char *ckpt_value)
+/* Rows [from, b->nrecs) of b into the open transaction. */
+static enum pub_status produce_rows(struct publisher *pub, const struct batch *b, size_t from)
 {
 	rd_kafka_resp_err_t err;
-	rd_kafka_headers_t *ckpt_hdrs;
 
-	for (size_t i = 0; i < b->nrecs; i++) {
+	pub->cur = b;
+	for (size_t i = from; i < b->nrecs; i++) {
 		const struct record *r = &b->recs[i];
 		rd_kafka_headers_t *hdrs;
 		bool dead = r->dead_reason && pub->cfg->dead_letter_topic[0];
@@ -767,6 +767,15 @@ static enum pub_status produce_all(struct publisher *pub, const struct batch *b,
 			return abort_txn(pub, ec != ERR_RETRY ? PUB_FATAL : PUB_RESEND);
 		}
 	}
+	return PUB_OK;
+}
+
+/* The checkpoint record, last in the open transaction. */
+static enum pub_status produce_checkpoint(struct publisher *pub, const char *ckpt_value)
+{
+	rd_kafka_resp_err_t err;
+	rd_kafka_headers_t *ckpt_hdrs;
+
 	/* Partition 0, always: it is where checkpoint_read_last looks, whatever
 	 * the partition count of a topic someone else created. The marker
 	 * header (and no outbox-id header) tells the reader that this relay's
@@ -940,8 +949,7 @@ static enum pub_status commit(struct publisher *pub)
 	}
 }
 
-enum pub_status publisher_produce(struct publisher *pub, const struct batch *b,
-				  const char *ckpt_value)
+enum pub_status publisher_begin(struct publisher *pub, const struct batch *b)
 {
 	rd_kafka_error_t *error;
 	enum pub_status st;
@@ -959,7 +967,18 @@ enum pub_status publisher_produce(struct publisher *pub, const struct batch *b,
 		rd_kafka_error_destroy(error);
 		return st;
 	}
-	st = produce_all(pub, b, ckpt_value);
+	return produce_rows(pub, b, 0);
+}
+
+enum pub_status publisher_add(struct publisher *pub, const struct batch *b, size_t from)
+{
+	return produce_rows(pub, b, from);
+}
+
+enum pub_status publisher_end(struct publisher *pub, const char *ckpt_value)
+{
+	enum pub_status st = produce_checkpoint(pub, ckpt_value);
+
 	if (st != PUB_OK)
 		return st;
 #ifdef OUTBOX_CRASH_POINTS
@@ -970,6 +989,14 @@ enum pub_status publisher_produce(struct publisher *pub, const struct batch *b,
 	}
 #endif
 	return PUB_OK;
+}
+
+enum pub_status publisher_produce(struct publisher *pub, const struct batch *b,
+				  const char *ckpt_value)
+{
+	enum pub_status st = publisher_begin(pub, b);
+
+	return st == PUB_OK ? publisher_end(pub, ckpt_value) : st;
 }
 
 enum pub_status publisher_commit(struct publisher *pub)

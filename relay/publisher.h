@@ -81,6 +81,18 @@ enum pub_status publisher_produce(struct publisher *pub, const struct batch *b,
 				  const char *ckpt_value) MUSTCHECK;
 enum pub_status publisher_commit(struct publisher *pub) MUSTCHECK;
 
+/* publisher_produce in steps, for a transaction that takes rows while it is
+ * open: publisher_begin begins it and hands b's records to librdkafka;
+ * publisher_add hands over records [from, b->nrecs) appended since (b may
+ * grow between the calls: its pages stay where they are, and records are
+ * looked up by index); publisher_end adds the checkpoint record. Then
+ * publisher_commit. A status other than PUB_OK from any of them ends the
+ * transaction as publisher_produce's would (aborted, or left to the next
+ * producer). */
+enum pub_status publisher_begin(struct publisher *pub, const struct batch *b) MUSTCHECK;
+enum pub_status publisher_add(struct publisher *pub, const struct batch *b, size_t from) MUSTCHECK;
+enum pub_status publisher_end(struct publisher *pub, const char *ckpt_value) MUSTCHECK;
+
 /* Look at record i of b before its transaction: 1 when it can never be
  * published, with the reason in why: its topic is the relay's checkpoint or
  * dead-letter topic, does not exist (UNKNOWN_TOPIC_OR_PART twice in a row),

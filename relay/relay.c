@@ -61,6 +61,14 @@ struct relay {
 	int64_t halted_id;
 	int64_t halted_until;
 
+	/* The transaction of r->batch takes rows that commit while it is open
+	 * (stream_rows) unless a poison row's limit cut the batch. */
+	bool limited;
+	int64_t txn_start_ms;
+	/* With batch.notify: holding the "relay awake" lock, which silences
+	 * the writers' NOTIFY (sql/migrations/0003). */
+	bool awake;
+
 	int64_t last_probe_ms; /* Kafka reachability and the purge, while idle */
 	int64_t next_lag_ms;   /* the lag, every few seconds, busy or idle */
 	int failed_attempts;   /* of the current batch, in a row */
@@ -177,6 +185,7 @@ static bool db_connect(struct relay *r)
 	while (!relay_stop_requested) {
 		outbox_free(r->ob);
 		r->ob = outbox_connect(r->cfg, err, sizeof(err));
+		r->awake = false; /* a new session holds no lock */
 		if (r->ob && (!r->cfg->notify || outbox_listen(r->ob) == OB_OK)) {
 			r->backoff_ms = 0;
 			metrics_lock()->db_ok = true;
@@ -627,50 +636,31 @@ static int read_pages(struct relay *r, struct batch *b, struct position *work, i
 /*
  * Gather the next batch into r->batch and r->work: pages of the current
  * window, then later windows, until max_rows or max_bytes, or the outbox has
- * nothing more (waiting up to batch.max_wait_ms for more rows). STEP_OK
- * when done (r->batch may be empty: nothing to send).
+ * nothing more. STEP_OK when done (r->batch may be empty: nothing to send).
+ * Rows that commit later join the batch while its transaction is open
+ * (stream_rows).
  */
 static enum step fill_batch(struct relay *r)
 {
-	const struct config *cfg = r->cfg;
-	int64_t start = now_ms();
 	int st;
-	int max_rows = cfg->batch_max_rows;
+	int max_rows = r->cfg->batch_max_rows;
 
-	if (r->row_limit > 0 && r->row_limit < max_rows)
+	r->limited = r->row_limit > 0 && r->row_limit < max_rows;
+	if (r->limited)
 		max_rows = r->row_limit;
 	r->row_limit = 0;
 	batch_reset(&r->batch);
 	position_copy(&r->work, &r->pos);
-	for (;;) {
-		bool notified;
-		int wait;
-
-		st = read_pages(r, &r->batch, &r->work, max_rows, &r->batch_full);
-		if (st != OB_OK)
-			break;
-		if (r->batch_full)
-			return STEP_OK;
-		if (r->batch.nrecs == 0) {
-			/* Nothing new: keep the finished window in memory only. */
-			position_copy(&r->pos, &r->work);
-			return STEP_OK;
-		}
-		if (now_ms() - start >= cfg->batch_max_wait_ms)
-			return STEP_OK;
-		wait = cfg->batch_max_wait_ms - (int)(now_ms() - start);
-		st = outbox_wait(r->ob, &r->w,
-				 wait < cfg->poll_interval_ms ? wait : cfg->poll_interval_ms, &notified);
-		if (st == OB_STOPPED)
-			return step_stopped(r);
-		if (st != OB_OK)
-			break;
-		if (!wait_tick(&r->w))
-			return step_stopped(r);
+	st = read_pages(r, &r->batch, &r->work, max_rows, &r->batch_full);
+	if (st != OB_OK) {
+		/* Nothing was sent: drop the partial batch and start over. */
+		batch_reset(&r->batch);
+		return db_trouble(r, st, "could not read the outbox");
 	}
-	/* Nothing was sent: drop the partial batch and start over. */
-	batch_reset(&r->batch);
-	return db_trouble(r, st, "could not read the outbox");
+	if (r->batch.nrecs == 0)
+		/* Nothing new: keep the finished window in memory only. */
+		position_copy(&r->pos, &r->work);
+	return STEP_OK;
 }
 
 /*
@@ -726,6 +716,7 @@ static enum step next_batch(struct relay *r)
 	batch_reset(&r->ahead);
 	position_copy(&r->work, &r->ahead_work);
 	r->batch_full = r->ahead_full;
+	r->limited = false;
 	r->have_ahead = false;
 	return STEP_OK;
 }
@@ -867,6 +858,126 @@ static void count_failure(struct relay *r)
 				    r->work.batch_seq, r->failed_attempts, publisher_errstr(r->pub));
 }
 
+/* With batch.notify: hold the "relay awake" lock while publishing, so that
+ * writers do not NOTIFY, and release it before sleeping on LISTEN. A
+ * failure costs only latency or the writers' NOTIFY, never a row: it is
+ * logged, and the next transition asks again. */
+static void set_awake(struct relay *r, bool awake)
+{
+	bool held;
+
+	if (!r->cfg->notify || r->awake == awake)
+		return;
+	if (outbox_relay_awake(r->ob, awake, &held) != OB_OK) {
+		log_debug("could not tell the database the relay is %s: %s",
+			  awake ? "awake" : "going to sleep", outbox_errstr(r->ob));
+		r->awake = false;
+		return;
+	}
+	r->awake = held;
+}
+
+/* How often an open transaction looks for new rows: a tenth of
+ * batch.max_wait_ms, at least 1 ms, at most batch.poll_interval_ms. */
+static int stream_poll_ms(const struct config *cfg)
+{
+	int ms = cfg->batch_max_wait_ms / 10;
+
+	if (ms < 1)
+		ms = 1;
+	return ms < cfg->poll_interval_ms ? ms : cfg->poll_interval_ms;
+}
+
+/*
+ * The transaction of r->batch is open and holds its rows: until
+ * batch.max_wait_ms after it began, look for rows committed since, every
+ * stream_poll_ms, and hand each page to the transaction at once. Those rows
+ * reach the broker's log now and read_committed consumers at the commit,
+ * with the rest of the batch. Ends early when the batch is full, when two
+ * looks in a row find nothing (at a low rate a longer transaction only
+ * delays the commit) and on a stop request (the commit then drains). A
+ * database error ends it too: what was read goes, and the trouble shows
+ * again at the next fill. A row that cannot be published under the stop
+ * policy is left, with its page, to the next batch, whose vetting stops on
+ * it. Returns the publisher's status (not PUB_OK: the transaction is over).
+ */
+static enum pub_status stream_rows(struct relay *r)
+{
+	const struct config *cfg = r->cfg;
+	int64_t end = r->txn_start_ms + cfg->batch_max_wait_ms;
+	struct position before = {0};
+	enum pub_status st = PUB_OK;
+	int empty = 0;
+
+	while (!r->batch_full && empty < 2 && !relay_stop_requested) {
+		int64_t left = end - now_ms(), deadline;
+		size_t from = r->batch.nrecs;
+		bool notified, refused = false;
+		char why[512];
+
+		if (left <= 0)
+			break;
+		set_awake(r, true); /* a writer may have held the lock before */
+		if (outbox_wait(r->ob, &r->w, left < stream_poll_ms(cfg) ? (int)left
+									 : stream_poll_ms(cfg),
+				&notified) != OB_OK)
+			break;
+		position_copy(&before, &r->work);
+		if (read_pages(r, &r->batch, &r->work, cfg->batch_max_rows, &r->batch_full) !=
+		    OB_OK) {
+			log_debug("reading rows for the open transaction failed: %s",
+				  outbox_errstr(r->ob));
+			refused = true; /* drop what this read added */
+		}
+		deadline = now_ms() + cfg->commit_timeout_ms;
+		for (size_t i = from; i < r->batch.nrecs && !refused; i++) {
+			if (r->batch.recs[i].dead_reason ||
+			    publisher_check(r->pub, &r->batch, i, deadline, why, sizeof(why)) != 1)
+				continue;
+			if (cfg->poison_policy == POISON_DEAD_LETTER)
+				(void)poison(r, i, why);
+			else
+				refused = true;
+		}
+		if (refused) {
+			batch_truncate(&r->batch, from);
+			position_copy(&r->work, &before);
+			r->batch_full = false;
+			break;
+		}
+		if (r->batch.nrecs == from) {
+			empty++;
+			continue;
+		}
+		empty = 0;
+		if ((st = publisher_add(r->pub, &r->batch, from)) != PUB_OK)
+			break;
+	}
+	position_clear(&before);
+	return st;
+}
+
+/* Start the transaction of r->batch: the first attempt takes rows while it
+ * is open (stream_rows), which fixes the batch; *value is then its
+ * checkpoint. A re-send produces the fixed batch again. */
+static enum pub_status produce_batch(struct relay *r, char **value)
+{
+	enum pub_status st;
+
+	if (*value)
+		return publisher_produce(r->pub, &r->batch, *value);
+	if (r->cfg->batch_max_wait_ms <= 0 || r->batch_full || r->limited) {
+		*value = checkpoint_encode(&r->work);
+		return publisher_produce(r->pub, &r->batch, *value);
+	}
+	r->txn_start_ms = now_ms();
+	st = publisher_begin(r->pub, &r->batch);
+	if (st == PUB_OK)
+		st = stream_rows(r);
+	*value = checkpoint_encode(&r->work);
+	return st == PUB_OK ? publisher_end(r->pub, *value) : st;
+}
+
 /* Publish r->batch as one transaction until it is committed: STEP_OK when
  * committed, STEP_REFILL when the batch must be gathered again (poison
  * row), STEP_EXIT. */
@@ -877,7 +988,7 @@ static enum step publish_batch(struct relay *r)
 
 	r->work.batch_seq = r->pos.batch_seq + 1;
 	r->work.generation = r->generation;
-	value = checkpoint_encode(&r->work);
+	value = NULL;
 	for (;;) {
 		enum pub_status st;
 		bool committed;
@@ -885,8 +996,8 @@ static enum step publish_batch(struct relay *r)
 
 		if (publisher_needs_recreate(r->pub) && (s = producer_start(r)) != STEP_OK)
 			break;
+		st = produce_batch(r, &value);
 		t0 = now_ms();
-		st = publisher_produce(r->pub, &r->batch, value);
 		if (st == PUB_OK) {
 			read_ahead(r);
 			r->committing = true;
@@ -1057,6 +1168,12 @@ static enum step loop(struct relay *r)
 		if (r->batch.nrecs == 0) {
 			bool notified;
 
+			if (r->awake) {
+				/* Release, then look once more before sleeping:
+				 * a writer that found us awake did not notify. */
+				set_awake(r, false);
+				continue;
+			}
 			probe(r);
 			int st = outbox_wait(r->ob, &r->w, r->cfg->poll_interval_ms, &notified);
 
@@ -1067,6 +1184,7 @@ static enum step loop(struct relay *r)
 				return STEP_EXIT;
 			continue;
 		}
+		set_awake(r, true);
 		crash_point("after-fetch");
 		if ((s = vet_batch(r)) == STEP_REFILL)
 			continue;

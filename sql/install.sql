@@ -26,6 +26,10 @@ SET client_min_messages = warning;
 \set description 'advance() idempotent for the stored position; reserved topics (OR006)'
 \ir lib/apply.sql
 
+\set migration 0003_wake_on_demand
+\set description 'NOTIFY trigger notifies only while no relay is awake (advisory lock)'
+\ir lib/apply.sql
+
 \unset migration
 \unset description
 SELECT format('outbox schema at version %s', outbox.version()) AS installed;

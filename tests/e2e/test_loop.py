@@ -8,15 +8,15 @@ from pathlib import Path
 
 from conftest import read_all, wait_for, write_config
 from test_http import free_port, metric
-from test_relay import check_exactly_once, connect, drained, insert_rows
+from test_relay import check_exactly_once, connect, drained, insert_rows, scalar
 
 
 def test_lease_kept_while_a_batch_waits_for_rows(outbox_db, topics, relays, tmp_path):
-    """batch.max_wait_ms longer than the lease TTL: the leader waits for
-    more rows inside one step. It must renew the lease while it waits, so a
-    standby never takes over from a healthy leader. (Before the fix the
-    wait renewed nothing: the standby took the lease after the TTL and the
-    leader was fenced, exit 3.)"""
+    """batch.max_wait_ms longer than the lease TTL, and rows arriving all
+    along: the leader keeps one transaction open, taking rows, inside one
+    step. It must renew the lease while it waits, so a standby never takes
+    over from a healthy leader. (Before the fix the wait renewed nothing: the
+    standby took the lease after the TTL and the leader was fenced, exit 3.)"""
     names = topics(3)
     cfg = write_config(tmp_path / "r.conf", outbox_db, "r-wait", **{
         "relay.lease_ttl_ms": 2000, "batch.max_wait_ms": 9000, "batch.poll_interval_ms": 200,
@@ -26,15 +26,19 @@ def test_lease_kept_while_a_batch_waits_for_rows(outbox_db, topics, relays, tmp_
     standby = relays(cfg)
     standby.wait_log("standby")
     conn = connect(outbox_db)
-    insert_rows(conn, names, 0, 5)  # a batch that waits up to 9 s for more
     t0 = time.monotonic()
+    for n in range(70):  # a row every 0.1 s for 7 s: one transaction stays open
+        insert_rows(conn, names, n, 1)
+        time.sleep(0.1)
+    assert scalar(conn, "SELECT batch_seq FROM outbox.relay_state") == 0, \
+        "the transaction did not stay open while rows kept coming"
     wait_for(drained(conn), timeout=30, what="the batch to be published")
     waited = time.monotonic() - t0
     assert waited > 6, f"the batch did not wait (published after {waited:.1f} s)"
     assert leader.proc.poll() is None, f"leader exited {leader.proc.poll()}:\n{leader.text()}"
     assert "publishing" not in standby.text(), f"the standby took over:\n{standby.text()}"
     assert "lost" not in leader.text()
-    check_exactly_once(read_all(names), range(5))
+    check_exactly_once(read_all(names), range(70))
     assert leader.stop() == 0
 
 

@@ -98,6 +98,7 @@ SELECT results_eq(
       ('outbox.publish(text,text,jsonb,jsonb)', 'bigint'),
       ('outbox.publish(text,text,text,jsonb)', 'bigint'),
       ('outbox.purge(text,bigint,integer)', 'bigint'),
+      ('outbox.relay_awake(boolean)', 'boolean'),
       ('outbox.relay_forget(text)', 'boolean'),
       ('outbox.relayed(xid8,bigint,pg_snapshot,pg_snapshot,bigint)', 'boolean'),
       ('outbox.reserve_topics(text,bigint,text[])', 'integer'),
@@ -203,7 +204,7 @@ SELECT is_empty(
 );
 
 -- The contract's constants ---------------------------------------------------
-SELECT is(outbox.version(), 2, 'schema version 2');
+SELECT is(outbox.version(), 3, 'schema version 3');
 SELECT is((SELECT count(*)::int FROM outbox.event WHERE topic <> 'plan'), 0, 'a fresh install has no outbox rows');
 SELECT is((SELECT count(*)::int FROM outbox.relay_state), 0, 'a fresh install has no relay');
 SELECT is(outbox.notify_enabled(), false, 'NOTIFY is off after install');

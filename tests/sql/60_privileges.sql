@@ -60,7 +60,8 @@ SELECT set_eq(
              ('outbox.fetch_page(pg_snapshot,pg_snapshot,bigint,integer,bigint)'),
              ('outbox.fetch_page_bounds(pg_snapshot,pg_snapshot,bigint,integer,bigint)'),
              ('outbox.advance(text,bigint,bigint,text,text,bigint,bigint)'), ('outbox.purge(text,bigint,integer)'),
-             ('outbox.lag(text)'), ('outbox.status(text)'), ('outbox.reserve_topics(text,bigint,text[])')$$,
+             ('outbox.lag(text)'), ('outbox.status(text)'), ('outbox.reserve_topics(text,bigint,text[])'),
+             ('outbox.relay_awake(boolean)')$$,
     'outbox_relay may execute exactly the relay''s functions');
 SELECT set_eq(
     $$SELECT p.oid::regprocedure::text FROM pg_proc AS p
