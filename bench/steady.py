@@ -234,14 +234,43 @@ def proc_title(pid):
         return ""
 
 
+# background processes of the cluster (not backends of a database)
+PG_AUX = ("checkpointer", "background writer", "walwriter", "autovacuum launcher", "logical replication launcher",
+          "archiver", "stats collector", "startup", "walreceiver", "walsender")
+
+
+def pg_role(title):
+    """What a PostgreSQL child is, from its process title: ("db", NAME) for a
+    backend or autovacuum worker of database NAME, ("aux", TITLE) for a
+    background process, ("other", TITLE) otherwise."""
+    rest = title.strip()
+    if rest.startswith("postgres: "):
+        rest = rest[len("postgres: "):]
+    if rest.startswith("autovacuum worker "):
+        t = rest.split()
+        return ("db", t[2]) if len(t) > 2 else ("other", rest)
+    if rest.startswith(PG_AUX):
+        return ("aux", rest.split()[0])
+    t = rest.split()
+    if len(t) >= 3 and ("(" in t[2] or t[2] == "[local]"):
+        return ("db", t[1])
+    return ("other", rest)
+
+
 class PgCpu:
     """CPU of every process of the PostgreSQL cluster behind PG_URL: the
     postmaster's own time and the time of the children it has reaped
     (cutime + cstime: backends and workers that exited), plus the time of
     every live child. Between two snapshots, a backend that exits in between
     counts once: live at the first, in the postmaster's cutime at the
-    second. A sampler thread also follows the backends of given databases
-    (their process titles name the database), for "our backends only"."""
+    second.
+
+    A sampler thread (every 0.2 s) also notes each child's role (process
+    title: a database's backend, a background process) and its CPU time as
+    last seen, so the cluster's time splits into: the backends of this run's
+    database (relay + writers + autovacuum; a backend's last < 0.2 s before
+    it exits is missed), the background processes (checkpointer, walwriter,
+    ...: long-lived, exact) and the rest (other databases: the neighbours)."""
 
     def __init__(self):
         datadir = Pg.run(PG_URL, "SHOW data_directory")[0][0]
@@ -250,8 +279,7 @@ class PgCpu:
         if proc_stat(self.postmaster) is None:
             raise RuntimeError("postmaster %d (of %s) is not visible in /proc" % (self.postmaster, datadir))
         self.lock = threading.Lock()
-        self.watch_db = None
-        self.seen = {}  # pid -> ticks last seen (backends of watch_db)
+        self.seen = {}  # pid -> [role, ticks as last seen]
         self.stop_ev = threading.Event()
         self.thread = threading.Thread(target=self._sample, daemon=True)
         self.thread.start()
@@ -267,48 +295,51 @@ class PgCpu:
                     kids[pid] = st[0] + st[1]
             pm1 = proc_stat(self.postmaster)
             # a child reaped while we read: read again
-            if pm0 == pm1 or (pm0 and pm1 and pm0[1] == pm1[1]):
-                return pm1[0] + pm1[1] + sum(kids.values()), kids
+            if pm0 and pm1 and pm0[1] == pm1[1]:
+                break
         return pm1[0] + pm1[1] + sum(kids.values()), kids
+
+    def _note(self, kids):
+        with self.lock:
+            for pid, ticks in kids.items():
+                e = self.seen.get(pid)
+                if e is None:
+                    e = self.seen[pid] = [pg_role(proc_title(pid)), 0]
+                e[1] = ticks
+            return {pid: tuple(e) for pid, e in self.seen.items()}
 
     def _sample(self):
         while not self.stop_ev.wait(0.2):
-            db = self.watch_db
-            if not db:
-                continue
-            needle = " %s " % db
+            kids = {}
             for pid in proc_children(self.postmaster):
-                if needle in proc_title(pid):
-                    st = proc_stat(pid)
-                    if st:
-                        with self.lock:
-                            self.seen[pid] = st[0] + st[1]
+                st = proc_stat(pid)
+                if st:
+                    kids[pid] = st[0] + st[1]
+            self._note(kids)
 
-    def watch(self, dbname):
-        with self.lock:
-            self.watch_db, self.seen = dbname, {}
-
-    def ours(self):
-        """{pid: ticks} of the watched database's backends, live ones read now."""
+    def forget_dead(self):
+        """Drop the exited children (between measurements only)."""
         _, kids = self.snapshot()
         with self.lock:
-            if self.watch_db:
-                needle = " %s " % self.watch_db
-                for pid, ticks in kids.items():
-                    if pid in self.seen or needle in proc_title(pid):
-                        self.seen[pid] = ticks
-            return dict(self.seen)
+            self.seen = {pid: e for pid, e in self.seen.items() if pid in kids}
+
+    def read(self):
+        """(total ticks, {pid: (role, ticks)} of every child seen, the
+        exited ones with their last sampled time)."""
+        total, kids = self.snapshot()
+        return total, self._note(kids)
 
     def close(self):
         self.stop_ev.set()
 
 
 class Meter:
-    """CPU of the relay, its PostgreSQL backend, the broker, the cluster and
-    our database's backends between start() and stop()."""
+    """CPU of the relay, its PostgreSQL backend, the broker and the
+    PostgreSQL cluster (whole, and split as PgCpu says) between start() and
+    stop()."""
 
-    def __init__(self, pg, relay):
-        self.pg, self.relay = pg, relay
+    def __init__(self, pg, relay, dbname=None):
+        self.pg, self.relay, self.dbname = pg, relay, dbname
 
     def start(self):
         self.t0 = time.time_ns()
@@ -317,13 +348,11 @@ class Meter:
         self.relay0 = pid_cpu_us(self.relay.pid)
         self.backend0 = pid_cpu_us(self.relay.backend) if self.relay.backend else None
         self.broker0 = pid_cpu_us(broker_pid() or 0)
-        self.pg0, _ = self.pg.snapshot()
-        self.ours0 = self.pg.ours()
+        self.pg0, self.kids0 = self.pg.read()
         return self
 
     def stop(self, rows=None):
-        pg1, _ = self.pg.snapshot()
-        ours1 = self.pg.ours()
+        pg1, kids1 = self.pg.read()
         t1 = time.time_ns()
         relay1 = pid_cpu_us(self.relay.pid)
         backend1 = pid_cpu_us(self.relay.backend) if self.relay.backend else None
@@ -331,13 +360,23 @@ class Meter:
         m1 = cpu_times()
         secs = (t1 - self.t0) / 1e9
         tick_us = 1e6 / CLK_TCK
-        ours = sum(t - self.ours0.get(pid, 0) for pid, t in ours1.items()) * tick_us
+        ours = aux = 0
+        for pid, (role, ticks) in kids1.items():
+            k0 = self.kids0.get(pid)
+            dt = ticks - (k0[1] if k0 else 0)
+            if role == ("db", self.dbname):
+                ours += dt
+            elif role[0] == "aux":
+                aux += dt
 
         def d(a, b):
             return (b - a) if a is not None and b is not None else None
 
+        pg = (pg1 - self.pg0) * tick_us
         cpu = {"relay": d(self.relay0, relay1), "relay_backend": d(self.backend0, backend1),
-               "broker": d(self.broker0, broker1), "pg": (pg1 - self.pg0) * tick_us, "pg_ours": ours}
+               "broker": d(self.broker0, broker1), "pg": pg,
+               "pg_ours": ours * tick_us if self.dbname else None, "pg_aux": aux * tick_us,
+               "pg_ours_aux": (ours + aux) * tick_us if self.dbname else None}
         out = {"seconds": secs, "load_start": self.load0, "load_end": loadavg(),
                "machine": machine_share(self.m0, m1), "cpu_us": cpu,
                "cpu_s_per_min": {k: (v / 1e6 * 60 / secs if v is not None else None) for k, v in cpu.items()}}
@@ -443,8 +482,9 @@ class Steady:
         m = Meter(self.pgcpu, NoRelay()).start()
         time.sleep(secs)
         r = m.stop()
-        log("baseline (nothing of ours running, %d s): PostgreSQL %.2f CPU s/min, broker %.2f CPU s/min, "
-            "load %s" % (secs, r["cpu_s_per_min"]["pg"], r["cpu_s_per_min"]["broker"] or -1, r["load_end"]))
+        log("baseline (nothing of ours running, %d s): PostgreSQL %.2f CPU s/min (background processes %.2f), "
+            "broker %.2f CPU s/min, load %s" % (secs, r["cpu_s_per_min"]["pg"], r["cpu_s_per_min"]["pg_aux"],
+                                                r["cpu_s_per_min"]["broker"] or -1, r["load_end"]))
         self.results["baseline"] = r
 
     # -- one relay process, one or more phases ----------------------------------------
@@ -463,27 +503,26 @@ class Steady:
                 raise RuntimeError("variant %s: the relay did not start publishing; its log:\n%s" % (
                     variant.name, "\n".join(l for _, l in relay.lines[-20:])))
             relay.find_backend()
-            self.pgcpu.watch(dbname)
+            self.pgcpu.forget_dead()
             time.sleep(self.args.settle)
             for ph in phases:
                 if ph == "idle":
-                    self.idle(variant, rnd, relay)
+                    self.idle(variant, rnd, relay, dbname)
                 elif ph == "wake":
                     self.wake(variant, rnd, relay, url, k)
                 else:
-                    self.rate(variant, rnd, relay, url, k, ph, perf)
+                    self.rate(variant, rnd, relay, url, dbname, ph, perf)
             warnings = relay.errors()
             if warnings:
                 self.problem("variant %s: relay warnings/errors: %s" % (variant.name, warnings[:5]))
             if relay.p.poll() is not None:
                 self.problem("variant %s: the relay exited (%s) during the run" % (variant.name, relay.p.poll()))
         finally:
-            self.pgcpu.watch(None)
             if relay:
                 relay.stop()
             self.pg.drop(dbname)
 
-    def run_writer(self, url, k, label, rate, secs, conns, per_txn):
+    def run_writer(self, url, label, rate, secs, conns, per_txn):
         sent = os.path.join(self.tmp, "%s-sent" % label)
         w = self.track(Proc([WRITER, "steady", "-d", url, "-t", ",".join(self.topics), "-r", str(rate),
                              "-s", str(secs), "-c", str(conns), "--rows-per-txn", str(per_txn),
@@ -521,15 +560,15 @@ class Steady:
         if bad:
             self.problem("%s: %s" % (what, "; ".join(bad)))
 
-    def rate(self, variant, rnd, relay, url, k, rate, perf):
+    def rate(self, variant, rnd, relay, url, dbname, rate, perf):
         secs = self.args.seconds
         per_txn = self.args.batch_rows if rate >= self.args.batch_rate else 1
         n = int(rate * secs)
-        label = "s%d-r%d" % (k, rate)
+        label = "%s-r%d" % (dbname, rate)
         cons = self.consumer(n, label)
-        w, t0, sent_file = self.run_writer(url, k, label, rate, secs, self.args.conns, per_txn)
+        w, t0, sent_file = self.run_writer(url, label, rate, secs, self.args.conns, per_txn)
         bench.bench_sleep_until(t0)
-        meter = Meter(self.pgcpu, relay).start()
+        meter = Meter(self.pgcpu, relay, dbname).start()
         perf_proc = None
         if perf:
             perf_file = os.path.join(self.tmp, "%s.perf" % label)
@@ -568,29 +607,30 @@ class Steady:
             self.results["rates"].append(r)
         c = r["cpu_s_per_min"]
         log("%s%s: %d rows (%d/txn), commit→append p50 %.1f p99 %.1f ms, commit→consumer p50 %.1f p99 %.1f ms; "
-            "CPU s/min relay %s, broker %s, PostgreSQL %s (ours %s); load %s → %s" % (
+            "CPU s/min relay %s, broker %s, PostgreSQL %s (ours + background %s); load %s → %s" % (
                 what, " (perf)" if perf_proc else "", written, per_txn, r["commit_append_ms"]["p50"],
                 r["commit_append_ms"]["p99"], r["commit_consumer_ms"]["p50"], r["commit_consumer_ms"]["p99"],
                 fmt(c["relay"], "%.2f"), fmt(c["broker"], "%.2f"), fmt(c["pg"], "%.2f"),
-                fmt(c["pg_ours"], "%.2f"), r["load_start"], r["load_end"]))
+                fmt(c["pg_ours_aux"], "%.2f"), r["load_start"], r["load_end"]))
 
-    def idle(self, variant, rnd, relay):
+    def idle(self, variant, rnd, relay, dbname):
         time.sleep(self.args.idle_settle)
-        meter = Meter(self.pgcpu, relay).start()
+        meter = Meter(self.pgcpu, relay, dbname).start()
         time.sleep(self.args.idle_seconds)
         r = meter.stop()
         r.update({"variant": variant.name, "round": rnd})
         self.results["idle"].append(r)
         c = r["cpu_s_per_min"]
-        log("%s idle %d s round %d: CPU s/min relay %s (its backend %s), PostgreSQL %s (ours %s), broker %s" % (
-            variant.name, self.args.idle_seconds, rnd, fmt(c["relay"], "%.3f"), fmt(c["relay_backend"], "%.3f"),
-            fmt(c["pg"], "%.3f"), fmt(c["pg_ours"], "%.3f"), fmt(c["broker"], "%.3f")))
+        log("%s idle %d s round %d: CPU s/min relay %s (its backend %s), PostgreSQL %s (ours %s, background %s), "
+            "broker %s" % (variant.name, self.args.idle_seconds, rnd, fmt(c["relay"], "%.3f"),
+                           fmt(c["relay_backend"], "%.3f"), fmt(c["pg"], "%.3f"), fmt(c["pg_ours"], "%.3f"),
+                           fmt(c["pg_aux"], "%.3f"), fmt(c["broker"], "%.3f")))
 
     def wake(self, variant, rnd, relay, url, k):
         rows, gap = self.args.wake_rows, self.args.wake_interval_ms / 1000.0
         label = "s%d-wake" % k
         cons = self.consumer(rows, label)
-        w, t0, sent_file = self.run_writer(url, k, label, 1 / gap, rows * gap, 1, 1)
+        w, t0, sent_file = self.run_writer(url, label, 1 / gap, rows * gap, 1, 1)
         _, wf = w.wait_prefix("done", rows * gap + 60)
         written = int(wf[1])
         complete = self.deliver(cons, written, 30)
@@ -627,22 +667,28 @@ class Steady:
                 self.segment(v, 0, [self.args.perf], perf=True)
 
 
-def perf_top(path, n):
-    """The top n symbols by self time of a perf.data file."""
+def perf_report(path, sort):
     try:
-        out = subprocess.run(["perf", "report", "-i", path, "--stdio", "--no-children", "--sort", "dso,symbol",
-                              "-g", "none", "--percent-limit", "0.1"],
-                             capture_output=True, text=True, timeout=300).stdout
+        return subprocess.run(["perf", "report", "-i", path, "--stdio", "--no-children", "--sort", sort,
+                               "-g", "none", "--percent-limit", "0.1"],
+                              capture_output=True, text=True, timeout=300).stdout
     except (OSError, subprocess.TimeoutExpired) as e:
-        return [["", "perf report failed: %s" % e]]
-    top = []
-    for line in out.splitlines():
-        m = re.match(r"\s*([0-9.]+)%\s+(\S+)\s+\[[.k]\]\s+(.*\S)", line)
-        if m:
+        return "perf report failed: %s" % e
+
+
+def perf_top(path, n):
+    """The top n symbols by self time of a perf.data file, and the share of
+    each object (the relay, librdkafka, libpq, libc, the kernel)."""
+    top, objs = [], []
+    for line in perf_report(path, "dso,symbol").splitlines():
+        m = re.match(r"\s*([0-9.]+)%\s+(\S+)\s+\[[.k]\]\s+(.*?)(\s+-\s+-)?\s*$", line)
+        if m and len(top) < n:
             top.append([float(m.group(1)), "%s (%s)" % (m.group(3), m.group(2))])
-        if len(top) == n:
-            break
-    return top
+    for line in perf_report(path, "dso").splitlines():
+        m = re.match(r"\s*([0-9.]+)%\s+(\S+)", line)
+        if m:
+            objs.append([float(m.group(1)), m.group(2)])
+    return {"symbols": top, "objects": objs[:8]}
 
 
 # --- the report ---------------------------------------------------------------------
@@ -674,16 +720,19 @@ def report(res):
       "partition(s) (message.timestamp.type=LogAppendTime), one row per transaction below %d rows/s and %d "
       "rows per transaction from it on; %d s per rate, %d round(s), variants alternating. Figures are the "
       "median over rounds, the range in parentheses. CPU per minute is over the measured interval (schedule "
-      "start to the last row's arrival); µs/row over the rows committed. PostgreSQL = every process of the "
-      "cluster (shared with other users of the machine: see the baseline), writers' backends included; "
-      "\"ours\" = the backends of this run's database only (relay backend + writers + autovacuum).\n" % (
+      "start to the last row's arrival); µs/row over the rows committed. PostgreSQL: *cluster* = every "
+      "process of the PostgreSQL server, writers' backends included, but also other databases' backends "
+      "(the server is shared: see the baseline); *ours + bg* = the backends of this run's database (relay's "
+      "backend, writers, autovacuum) plus the server's background processes (checkpointer, walwriter, ...), "
+      "the figure to compare on a shared server.\n" % (
           a["conns"], a["topics"], a["partitions"], a["batch_rate"], a["batch_rows"], a["seconds"], a["rounds"]))
     b = res.get("baseline")
     if b:
         c = b["cpu_s_per_min"]
-        p("Baseline, nothing of this run running (%.0f s): PostgreSQL %s CPU s/min, broker %s CPU s/min, "
-          "load %s → %s.\n" % (b["seconds"], fmt(c["pg"], "%.2f"), fmt(c["broker"], "%.2f"), b["load_start"],
-                               b["load_end"]))
+        p("Baseline, nothing of this run running (%.0f s): PostgreSQL cluster %s CPU s/min (of which "
+          "background processes %s), broker %s CPU s/min, load %s → %s.\n" % (
+              b["seconds"], fmt(c["pg"], "%.2f"), fmt(c["pg_aux"], "%.2f"), fmt(c["broker"], "%.2f"),
+              b["load_start"], b["load_end"]))
     if res["problems"]:
         p("**PROBLEMS:**\n")
         for x in res["problems"]:
@@ -692,24 +741,26 @@ def report(res):
     rates = sorted({r["rate"] for r in res["rates"]})
     if rates:
         p("| system | rate rows/s (rows/txn) | commit→append p50 / p99 ms | relay CPU s/min | broker CPU s/min | "
-          "PostgreSQL CPU s/min (writers included) |")
-        p("|---|---|---|---|---|---|")
+          "PostgreSQL CPU s/min (writers included): cluster / ours + bg | commit→consumer p50 / p99 ms |")
+        p("|---|---|---|---|---|---|---|")
         for rate in rates:
             for vn in vnames:
                 rs = [r for r in res["rates"] if r["rate"] == rate and r["variant"] == vn]
                 if not rs:
                     continue
                 g = lambda key, sub: [r[key][sub] for r in rs]
-                p("| %s | %d (%d) | %s / %s | %s | %s | %s |" % (
+                p("| %s | %d (%d) | %s / %s | %s | %s | %s / %s | %s / %s |" % (
                     vn, rate, rs[0]["per_txn"], spread(g("commit_append_ms", "p50"), "%.1f"),
                     spread(g("commit_append_ms", "p99"), "%.1f"), spread(g("cpu_s_per_min", "relay")),
-                    spread(g("cpu_s_per_min", "broker")), spread(g("cpu_s_per_min", "pg"))))
+                    spread(g("cpu_s_per_min", "broker")), spread(g("cpu_s_per_min", "pg")),
+                    spread(g("cpu_s_per_min", "pg_ours_aux")), spread(g("commit_consumer_ms", "p50"), "%.1f"),
+                    spread(g("commit_consumer_ms", "p99"), "%.1f")))
         p("")
         p("Details (medians over rounds):\n")
         p("| system | rate | achieved rows/s | rows committed / delivered | missing / dup | commit→append max ms | "
           "commit→consumer p50 / p99 / max ms | relay µs/row | relay's PG backend CPU s/min (µs/row) | "
-          "broker µs/row | PostgreSQL µs/row | PostgreSQL ours CPU s/min (µs/row) | writer COMMIT p50 / p99 ms | "
-          "machine busy / steal | load start → end |")
+          "broker µs/row | PostgreSQL µs/row: cluster / ours + bg | PostgreSQL ours (relay backend + writers) / bg "
+          "CPU s/min | writer COMMIT p50 / p99 ms | machine busy / steal | load start → end |")
         p("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for rate in rates:
             for vn in vnames:
@@ -722,7 +773,7 @@ def report(res):
                 md = "%d / %d" % (miss, dup)
                 if miss or dup:
                     md = "**%s**" % md
-                p("| %s | %d | %s | %s / %s | %s | %s | %s / %s / %s | %s | %s (%s) | %s | %s | %s (%s) | %s / %s | "
+                p("| %s | %d | %s | %s / %s | %s | %s | %s / %s / %s | %s | %s (%s) | %s | %s / %s | %s / %s | %s / %s | "
                   "%.0f%% / %.0f%% | %s |" % (
                       vn, rate, fmt(med([r["achieved_rate"] for r in rs])),
                       fmt(med([r["written"] for r in rs])), fmt(med([r["delivered"] for r in rs])), md,
@@ -732,7 +783,8 @@ def report(res):
                       fmt(g("cpu_us_per_row", "relay"), "%.1f"),
                       fmt(g("cpu_s_per_min", "relay_backend"), "%.2f"), fmt(g("cpu_us_per_row", "relay_backend"), "%.1f"),
                       fmt(g("cpu_us_per_row", "broker"), "%.1f"), fmt(g("cpu_us_per_row", "pg"), "%.1f"),
-                      fmt(g("cpu_s_per_min", "pg_ours"), "%.2f"), fmt(g("cpu_us_per_row", "pg_ours"), "%.1f"),
+                      fmt(g("cpu_us_per_row", "pg_ours_aux"), "%.1f"),
+                      fmt(g("cpu_s_per_min", "pg_ours"), "%.2f"), fmt(g("cpu_s_per_min", "pg_aux"), "%.2f"),
                       fmt(med([r["commit_p50_ms"] for r in rs]), "%.2f"),
                       fmt(med([r["commit_p99_ms"] for r in rs]), "%.2f"),
                       100 * med([r["machine"]["busy"] for r in rs]), 100 * med([r["machine"]["steal"] for r in rs]),
@@ -741,8 +793,8 @@ def report(res):
         if len(vnames) > 1:
             base = vnames[0]
             p("Ratios against %s (median / median):\n" % base)
-            p("| system | rate | relay CPU | PostgreSQL CPU | PostgreSQL ours | broker CPU | commit→append p50 | "
-              "commit→append p99 |")
+            p("| system | rate | relay CPU | PostgreSQL cluster | PostgreSQL ours + bg | broker CPU | "
+              "commit→append p50 | commit→append p99 |")
             p("|---|---|---|---|---|---|---|---|")
             for rate in rates:
                 b0 = [r for r in res["rates"] if r["rate"] == rate and r["variant"] == base]
@@ -756,19 +808,20 @@ def report(res):
                         return "%.2f ×" % (x / y) if x is not None and y else "–"
                     p("| %s | %d | %s | %s | %s | %s | %s | %s |" % (
                         vn, rate, ratio("cpu_us_per_row", "relay"), ratio("cpu_us_per_row", "pg"),
-                        ratio("cpu_us_per_row", "pg_ours"), ratio("cpu_us_per_row", "broker"),
+                        ratio("cpu_us_per_row", "pg_ours_aux"), ratio("cpu_us_per_row", "broker"),
                         ratio("commit_append_ms", "p50"), ratio("commit_append_ms", "p99")))
             p("")
     if res["idle"]:
         p("Idle (%s s without writes after the last rate, same relay process), CPU s/min:\n" % a["idle_seconds"])
-        p("| system | relay | relay's PG backend | PostgreSQL (all) | PostgreSQL ours | broker | load start → end |")
-        p("|---|---|---|---|---|---|---|")
+        p("| system | relay | relay's PG backend | PostgreSQL cluster | PostgreSQL ours + bg | PostgreSQL bg | "
+          "broker | load start → end |")
+        p("|---|---|---|---|---|---|---|---|")
         for vn in vnames:
             rs = [r for r in res["idle"] if r["variant"] == vn]
             if rs:
                 g = lambda sub: spread([r["cpu_s_per_min"][sub] for r in rs], "%.3f")
-                p("| %s | %s | %s | %s | %s | %s | %s |" % (
-                    vn, g("relay"), g("relay_backend"), g("pg"), g("pg_ours"), g("broker"),
+                p("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                    vn, g("relay"), g("relay_backend"), g("pg"), g("pg_ours_aux"), g("pg_aux"), g("broker"),
                     "; ".join("%s → %s" % (r["load_start"].split()[0], r["load_end"].split()[0]) for r in rs)))
         p("")
     if res["wake"]:
@@ -791,12 +844,15 @@ def report(res):
                     fmt(max(r["commit_consumer_ms"]["max"] for r in rs), "%.1f")))
         p("")
     for pf in res.get("perf", []):
-        p("perf (cpu-clock, -g) of the relay, variant %s at %d rows/s, top %d symbols by self time:\n" % (
-            pf["variant"], pf["rate"], len(pf["top"])))
+        top = pf["top"]
+        p("perf record -g (cpu-clock) of the relay, variant %s at %d rows/s (a run of its own, not in the tables "
+          "above): by object %s; top %d symbols by self time:\n" % (
+              pf["variant"], pf["rate"], ", ".join("%s %.1f%%" % (o, x) for x, o in top["objects"]),
+              len(top["symbols"])))
         p("| self % | symbol (object) |")
         p("|---|---|")
-        for pct, sym in pf["top"]:
-            p("| %s | `%s` |" % (pct, sym))
+        for pct, sym in top["symbols"]:
+            p("| %.2f | `%s` |" % (pct, sym))
         p("")
     return "\n".join(out)
 
@@ -871,6 +927,8 @@ def main():
         log("variant %s: %s" % (v.name, v.describe()))
     try:
         s.run()
+    except KeyboardInterrupt:
+        s.problem("interrupted: the tables hold what was measured before")
     finally:
         s.cleanup()
         s.results["end"] = "load average at end %s, %s UTC" % (loadavg(), time.strftime("%Y-%m-%d %H:%M", time.gmtime()))
