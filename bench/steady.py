@@ -430,7 +430,7 @@ class Steady:
         self.pgcpu = None
         self.results = {"run": RUN, "args": {k: v for k, v in vars(args).items() if k != "variant"},
                         "variants": [v.to_json() for v in variants], "baseline": None,
-                        "rates": [], "idle": [], "wake": [], "perf": [], "problems": []}
+                        "rates": [], "idle": [], "wake": [], "perf": [], "problems": [], "warnings": []}
 
     def track(self, p):
         self.procs.append(p)
@@ -455,8 +455,14 @@ class Steady:
         subprocess.run(["rm", "-rf", self.tmp])
 
     def problem(self, msg):
+        """Rows lost, duplicated or unaccounted for: the run fails."""
         log("!!! " + msg)
         self.results["problems"].append(msg)
+
+    def warn(self, msg):
+        """Conditions that make figures doubtful (rate not reached, relay warnings)."""
+        log("warning: " + msg)
+        self.results["warnings"].append(msg)
 
     def setup(self):
         self.pgcpu = PgCpu()
@@ -514,7 +520,7 @@ class Steady:
                     self.rate(variant, rnd, relay, url, dbname, ph, perf)
             warnings = relay.errors()
             if warnings:
-                self.problem("variant %s: relay warnings/errors: %s" % (variant.name, warnings[:5]))
+                self.warn("variant %s: relay warnings/errors: %s" % (variant.name, warnings[:5]))
             if relay.p.poll() is not None:
                 self.problem("variant %s: the relay exited (%s) during the run" % (variant.name, relay.p.poll()))
         finally:
@@ -530,13 +536,19 @@ class Steady:
         _, f = w.wait_prefix("ready", 30)
         return w, int(f[1]), sent
 
-    def deliver(self, cons, written, wait_s):
-        """Wait until the consumer has every written row (or wait_s passed)."""
-        try:
-            cons.wait_count(written, wait_s)
-            return True
-        except RuntimeError:
-            return False
+    def deliver(self, cons, written, quiet_s):
+        """Wait until the consumer has every written row, or none arrived
+        for quiet_s (a relay still working through a backlog is waited for)."""
+        last, since = -1, time.time()
+        while True:
+            c = cons.count()
+            if c >= written:
+                return True
+            if c != last:
+                last, since = c, time.time()
+            elif time.time() - since > quiet_s:
+                return False
+            time.sleep(0.01)
 
     def finish_consumer(self, cons):
         cons.send(signal.SIGTERM)
@@ -548,7 +560,8 @@ class Steady:
     def check(self, r, what):
         bad = []
         if r["missing"]:
-            bad.append("%d MISSING rows" % r["missing"])
+            bad.append("%d MISSING rows (committed, not delivered %s s after the last arrival)" % (
+                r["missing"], self.args.drain_quiet))
         if r["dups"]:
             bad.append("%d DUPLICATE records" % r["dups"])
         if r["unexpected"] or r["foreign"]:
@@ -572,11 +585,14 @@ class Steady:
         perf_proc = None
         if perf:
             perf_file = os.path.join(self.tmp, "%s.perf" % label)
-            perf_proc = self.track(Proc(["perf", "record", "-q", "-g", "-e", "cpu-clock", "-F", "999",
+            if self.args.perf_dir:
+                perf_file = os.path.join(self.args.perf_dir, "relay-%s-%s-%d.perf" % (RUN, variant.name, rate))
+            perf_proc = self.track(Proc(["perf", "record", "-q", "-e", "cpu-clock", "-F", "999",
+                                         "--call-graph", self.args.perf_call_graph,
                                          "-p", str(relay.pid), "-o", perf_file], "perf"))
         _, wf = w.wait_prefix("done", secs + 120)
         written = int(wf[1])
-        complete = self.deliver(cons, written, 30)
+        complete = self.deliver(cons, written, self.args.drain_quiet)
         r = meter.stop(rows=written)
         if perf_proc:
             perf_proc.send(signal.SIGINT)
@@ -598,10 +614,11 @@ class Steady:
         what = "%s %d rows/s round %d" % (variant.name, rate, rnd)
         self.check(r, what)
         if written < 0.95 * n:
-            self.problem("%s: the writers committed only %d of %d rows (%.0f rows/s): the rate was not reached"
+            self.warn("%s: the writers committed only %d of %d rows (%.0f rows/s): the rate was not reached"
                          % (what, written, n, r["achieved_rate"]))
         if perf_proc:
-            self.results["perf"].append({"variant": variant.name, "rate": rate,
+            self.results["perf"].append({"variant": variant.name, "rate": rate, "file": perf_file
+                                         if self.args.perf_dir else None, "call_graph": self.args.perf_call_graph,
                                          "top": perf_top(perf_file, self.args.perf_top)})
         else:
             self.results["rates"].append(r)
@@ -633,7 +650,7 @@ class Steady:
         w, t0, sent_file = self.run_writer(url, label, 1 / gap, rows * gap, 1, 1)
         _, wf = w.wait_prefix("done", rows * gap + 60)
         written = int(wf[1])
-        complete = self.deliver(cons, written, 30)
+        complete = self.deliver(cons, written, self.args.drain_quiet)
         done = self.finish_consumer(cons)
         w.p.wait(30)
         r = row_stats(read_i64(sent_file), read_i64(cons.out), read_i64(cons.ts_out))
@@ -734,9 +751,14 @@ def report(res):
               b["seconds"], fmt(c["pg"], "%.2f"), fmt(c["pg_aux"], "%.2f"), fmt(c["broker"], "%.2f"),
               b["load_start"], b["load_end"]))
     if res["problems"]:
-        p("**PROBLEMS:**\n")
+        p("**PROBLEMS (rows lost, duplicated or unaccounted for):**\n")
         for x in res["problems"]:
             p("- **%s**" % x)
+        p("")
+    if res.get("warnings"):
+        p("Warnings (figures doubtful):\n")
+        for x in res["warnings"]:
+            p("- %s" % x)
         p("")
     rates = sorted({r["rate"] for r in res["rates"]})
     if rates:
@@ -883,11 +905,17 @@ def main():
     ap.add_argument("--settle", type=float, default=1.0, help="seconds between the relay publishing and the load")
     ap.add_argument("--idle-settle", type=float, default=2.0,
                     help="seconds between the last row's arrival and the idle measurement")
+    ap.add_argument("--drain-quiet", type=float, default=20,
+                    help="after the writers stop, wait for the rest of the rows until none arrived for this "
+                         "many seconds (default 20); rows still not delivered count as missing")
     ap.add_argument("--baseline-seconds", type=int, help="measure the neighbours first (default 10, quick 5; 0 = no)")
     ap.add_argument("--perf", type=int, nargs="?", const=1000, metavar="RATE",
                     help="after the rounds, one more run per variant at RATE (default 1000) under perf record -g; "
                          "prints the top symbols (not counted in the tables)")
     ap.add_argument("--perf-top", type=int, default=15)
+    ap.add_argument("--perf-call-graph", default="fp", help="perf record --call-graph: fp (= -g, the default) or "
+                    "dwarf (deeper stacks through code built without frame pointers, larger files)")
+    ap.add_argument("--perf-dir", help="keep the perf.data files here (default: dropped with the run)")
     ap.add_argument("--json", help="write the raw results here")
     ap.add_argument("--report", metavar="JSON", help="print the tables of a saved --json run and exit")
     args = ap.parse_args()
@@ -902,6 +930,8 @@ def main():
     args.seconds = args.seconds or (10 if q else 60)
     if args.idle_seconds is None:
         args.idle_seconds = 10 if q else 60
+    if args.perf_dir:
+        os.makedirs(args.perf_dir, exist_ok=True)
     if args.baseline_seconds is None:
         args.baseline_seconds = 5 if q else 10
     try:
