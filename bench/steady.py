@@ -203,7 +203,30 @@ class TopicsConsumer(bench.Consumer):
 
 
 class NoRelay:
-    pid, backend = 0, None
+    pid, backend, ckpt_topic = 0, None, None
+
+
+class Offsets:
+    """High watermarks, for the relay's Kafka transactions: every committed
+    batch writes one checkpoint record to partition 0 of the relay's
+    checkpoint topic, and its commit marker takes one more offset there."""
+
+    def __init__(self):
+        from confluent_kafka import Consumer as KConsumer
+        self.c = KConsumer({"bootstrap.servers": BOOTSTRAP, "group.id": "steady-offsets-%s" % RUN,
+                            "enable.auto.commit": False})
+
+    def high(self, topic):
+        if not topic:
+            return None
+        from confluent_kafka import TopicPartition
+        try:
+            return self.c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10, cached=False)[1]
+        except Exception:
+            return None
+
+    def close(self):
+        self.c.close()
 
 
 # --- CPU of the PostgreSQL cluster -----------------------------------------------------
@@ -338,8 +361,11 @@ class Meter:
     PostgreSQL cluster (whole, and split as PgCpu says) between start() and
     stop()."""
 
-    def __init__(self, pg, relay, dbname=None):
-        self.pg, self.relay, self.dbname = pg, relay, dbname
+    def __init__(self, pg, relay, dbname=None, offsets=None):
+        self.pg, self.relay, self.dbname, self.offsets = pg, relay, dbname, offsets
+
+    def ckpt_high(self):
+        return self.offsets.high(self.relay.ckpt_topic) if self.offsets else None
 
     def start(self):
         self.t0 = time.time_ns()
@@ -349,11 +375,13 @@ class Meter:
         self.backend0 = pid_cpu_us(self.relay.backend) if self.relay.backend else None
         self.broker0 = pid_cpu_us(broker_pid() or 0)
         self.pg0, self.kids0 = self.pg.read()
+        self.ckpt0 = self.ckpt_high()
         return self
 
     def stop(self, rows=None):
         pg1, kids1 = self.pg.read()
         t1 = time.time_ns()
+        ckpt1 = self.ckpt_high()
         relay1 = pid_cpu_us(self.relay.pid)
         backend1 = pid_cpu_us(self.relay.backend) if self.relay.backend else None
         broker1 = pid_cpu_us(broker_pid() or 0)
@@ -377,7 +405,10 @@ class Meter:
                "broker": d(self.broker0, broker1), "pg": pg,
                "pg_ours": ours * tick_us if self.dbname else None, "pg_aux": aux * tick_us,
                "pg_ours_aux": (ours + aux) * tick_us if self.dbname else None}
-        out = {"seconds": secs, "load_start": self.load0, "load_end": loadavg(),
+        # checkpoint record + commit marker per relay transaction
+        txns = (ckpt1 - self.ckpt0) / 2 if ckpt1 is not None and self.ckpt0 is not None else None
+        out = {"seconds": secs, "load_start": self.load0, "load_end": loadavg(), "kafka_txns": txns,
+               "rows_per_kafka_txn": rows / txns if rows and txns else None,
                "machine": machine_share(self.m0, m1), "cpu_us": cpu,
                "cpu_s_per_min": {k: (v / 1e6 * 60 / secs if v is not None else None) for k, v in cpu.items()}}
         if rows:
@@ -428,6 +459,7 @@ class Steady:
         self.template = None
         self.topics = []
         self.pgcpu = None
+        self.offsets = None
         self.results = {"run": RUN, "args": {k: v for k, v in vars(args).items() if k != "variant"},
                         "variants": [v.to_json() for v in variants], "baseline": None,
                         "rates": [], "idle": [], "wake": [], "perf": [], "problems": [], "warnings": []}
@@ -449,6 +481,11 @@ class Steady:
                 pass
         if self.pgcpu:
             self.pgcpu.close()
+        if self.offsets:
+            try:
+                self.offsets.close()
+            except Exception:
+                pass
         self.pg.drop_all()
         self.kafka.created.update(p.ckpt_topic for p in self.procs if isinstance(p, Relay))
         self.kafka.delete_all()
@@ -466,6 +503,7 @@ class Steady:
 
     def setup(self):
         self.pgcpu = PgCpu()
+        self.offsets = Offsets()
         name = "bench_%s_steady_empty" % RUN
         Pg.install(self.pg.create(name))
         self.template = name
@@ -581,7 +619,7 @@ class Steady:
         cons = self.consumer(n, label)
         w, t0, sent_file = self.run_writer(url, label, rate, secs, self.args.conns, per_txn)
         bench.bench_sleep_until(t0)
-        meter = Meter(self.pgcpu, relay, dbname).start()
+        meter = Meter(self.pgcpu, relay, dbname, self.offsets).start()
         perf_proc = None
         if perf:
             perf_file = os.path.join(self.tmp, "%s.perf" % label)
@@ -623,23 +661,24 @@ class Steady:
         else:
             self.results["rates"].append(r)
         c = r["cpu_s_per_min"]
-        log("%s%s: %d rows (%d/txn), commit→append p50 %.1f p99 %.1f ms, commit→consumer p50 %.1f p99 %.1f ms; "
+        log("%s%s: %d rows (%d/txn; relay: %s rows per Kafka transaction), commit→append p50 %.1f p99 %.1f ms, commit→consumer p50 %.1f p99 %.1f ms; "
             "CPU s/min relay %s, broker %s, PostgreSQL %s (ours + background %s); load %s → %s" % (
-                what, " (perf)" if perf_proc else "", written, per_txn, r["commit_append_ms"]["p50"],
+                what, " (perf)" if perf_proc else "", written, per_txn, fmt(r["rows_per_kafka_txn"], "%.1f"),
+                r["commit_append_ms"]["p50"],
                 r["commit_append_ms"]["p99"], r["commit_consumer_ms"]["p50"], r["commit_consumer_ms"]["p99"],
                 fmt(c["relay"], "%.2f"), fmt(c["broker"], "%.2f"), fmt(c["pg"], "%.2f"),
                 fmt(c["pg_ours_aux"], "%.2f"), r["load_start"], r["load_end"]))
 
     def idle(self, variant, rnd, relay, dbname):
         time.sleep(self.args.idle_settle)
-        meter = Meter(self.pgcpu, relay, dbname).start()
+        meter = Meter(self.pgcpu, relay, dbname, self.offsets).start()
         time.sleep(self.args.idle_seconds)
         r = meter.stop()
         r.update({"variant": variant.name, "round": rnd})
         self.results["idle"].append(r)
         c = r["cpu_s_per_min"]
-        log("%s idle %d s round %d: CPU s/min relay %s (its backend %s), PostgreSQL %s (ours %s, background %s), "
-            "broker %s" % (variant.name, self.args.idle_seconds, rnd, fmt(c["relay"], "%.3f"),
+        log("%s idle %d s round %d: relay Kafka transactions %s; CPU s/min relay %s (its backend %s), PostgreSQL %s (ours %s, background %s), "
+            "broker %s" % (variant.name, self.args.idle_seconds, rnd, fmt(r["kafka_txns"]), fmt(c["relay"], "%.3f"),
                            fmt(c["relay_backend"], "%.3f"), fmt(c["pg"], "%.3f"), fmt(c["pg_ours"], "%.3f"),
                            fmt(c["pg_aux"], "%.3f"), fmt(c["broker"], "%.3f")))
 
@@ -779,11 +818,12 @@ def report(res):
                     spread(g("commit_consumer_ms", "p99"), "%.1f")))
         p("")
         p("Details (medians over rounds):\n")
-        p("| system | rate | achieved rows/s | rows committed / delivered | missing / dup | commit→append max ms | "
+        p("| system | rate | achieved rows/s | rows committed / delivered | missing / dup | relay rows per Kafka txn | "
+          "commit→append max ms | "
           "commit→consumer p50 / p99 / max ms | relay µs/row | relay's PG backend CPU s/min (µs/row) | "
           "broker µs/row | PostgreSQL µs/row: cluster / ours + bg | PostgreSQL ours (relay backend + writers) / bg "
           "CPU s/min | writer COMMIT p50 / p99 ms | machine busy / steal | load start → end |")
-        p("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        p("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for rate in rates:
             for vn in vnames:
                 rs = [r for r in res["rates"] if r["rate"] == rate and r["variant"] == vn]
@@ -795,10 +835,11 @@ def report(res):
                 md = "%d / %d" % (miss, dup)
                 if miss or dup:
                     md = "**%s**" % md
-                p("| %s | %d | %s | %s / %s | %s | %s | %s / %s / %s | %s | %s (%s) | %s | %s / %s | %s / %s | %s / %s | "
+                p("| %s | %d | %s | %s / %s | %s | %s | %s | %s / %s / %s | %s | %s (%s) | %s | %s / %s | %s / %s | %s / %s | "
                   "%.0f%% / %.0f%% | %s |" % (
                       vn, rate, fmt(med([r["achieved_rate"] for r in rs])),
                       fmt(med([r["written"] for r in rs])), fmt(med([r["delivered"] for r in rs])), md,
+                      fmt(med([r.get("rows_per_kafka_txn") for r in rs]), "%.1f"),
                       fmt(g("commit_append_ms", "max"), "%.1f"),
                       fmt(g("commit_consumer_ms", "p50"), "%.1f"), fmt(g("commit_consumer_ms", "p99"), "%.1f"),
                       fmt(g("commit_consumer_ms", "max"), "%.1f"),
@@ -836,14 +877,15 @@ def report(res):
     if res["idle"]:
         p("Idle (%s s without writes after the last rate, same relay process), CPU s/min:\n" % a["idle_seconds"])
         p("| system | relay | relay's PG backend | PostgreSQL cluster | PostgreSQL ours + bg | PostgreSQL bg | "
-          "broker | load start → end |")
-        p("|---|---|---|---|---|---|---|---|")
+          "broker | relay Kafka txns | load start → end |")
+        p("|---|---|---|---|---|---|---|---|---|")
         for vn in vnames:
             rs = [r for r in res["idle"] if r["variant"] == vn]
             if rs:
                 g = lambda sub: spread([r["cpu_s_per_min"][sub] for r in rs], "%.3f")
-                p("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                p("| %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
                     vn, g("relay"), g("relay_backend"), g("pg"), g("pg_ours_aux"), g("pg_aux"), g("broker"),
+                    ", ".join(fmt(r.get("kafka_txns")) for r in rs),
                     "; ".join("%s → %s" % (r["load_start"].split()[0], r["load_end"].split()[0]) for r in rs)))
         p("")
     if res["wake"]:
