@@ -413,6 +413,11 @@ class Meter:
                "cpu_s_per_min": {k: (v / 1e6 * 60 / secs if v is not None else None) for k, v in cpu.items()}}
         if rows:
             out["cpu_us_per_row"] = {k: (v / rows if v is not None else None) for k, v in cpu.items()}
+        if txns:
+            # at these rates the relay's cost follows its Kafka transactions
+            # more than its rows: how many rows a transaction carries depends
+            # on how late the relay is (the machine's load)
+            out["cpu_us_per_kafka_txn"] = {k: (v / txns if v is not None else None) for k, v in cpu.items()}
         return out
 
 
@@ -764,6 +769,13 @@ def spread(vals, f="%.2f"):
     return (f + " (" + f + "–" + f + ")") % (statistics.median(vals), min(vals), max(vals))
 
 
+def per_txn_ms(rs, who):
+    """median CPU ms of who per relay Kafka transaction"""
+    v = med([r["cpu_us"][who] / r["kafka_txns"] for r in rs
+             if r.get("kafka_txns") and r["cpu_us"].get(who) is not None])
+    return fmt(v / 1000 if v is not None else None, "%.2f")
+
+
 def report(res):
     out = []
     p = out.append
@@ -819,11 +831,11 @@ def report(res):
         p("")
         p("Details (medians over rounds):\n")
         p("| system | rate | achieved rows/s | rows committed / delivered | missing / dup | relay rows per Kafka txn | "
-          "commit→append max ms | "
+          "relay / broker CPU ms per Kafka txn | commit→append max ms | "
           "commit→consumer p50 / p99 / max ms | relay µs/row | relay's PG backend CPU s/min (µs/row) | "
           "broker µs/row | PostgreSQL µs/row: cluster / ours + bg | PostgreSQL ours (relay backend + writers) / bg "
           "CPU s/min | writer COMMIT p50 / p99 ms | machine busy / steal | load start → end |")
-        p("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        p("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for rate in rates:
             for vn in vnames:
                 rs = [r for r in res["rates"] if r["rate"] == rate and r["variant"] == vn]
@@ -835,11 +847,12 @@ def report(res):
                 md = "%d / %d" % (miss, dup)
                 if miss or dup:
                     md = "**%s**" % md
-                p("| %s | %d | %s | %s / %s | %s | %s | %s | %s / %s / %s | %s | %s (%s) | %s | %s / %s | %s / %s | %s / %s | "
+                p("| %s | %d | %s | %s / %s | %s | %s | %s / %s | %s | %s / %s / %s | %s | %s (%s) | %s | %s / %s | %s / %s | %s / %s | "
                   "%.0f%% / %.0f%% | %s |" % (
                       vn, rate, fmt(med([r["achieved_rate"] for r in rs])),
                       fmt(med([r["written"] for r in rs])), fmt(med([r["delivered"] for r in rs])), md,
                       fmt(med([r.get("rows_per_kafka_txn") for r in rs]), "%.1f"),
+                      per_txn_ms(rs, "relay"), per_txn_ms(rs, "broker"),
                       fmt(g("commit_append_ms", "max"), "%.1f"),
                       fmt(g("commit_consumer_ms", "p50"), "%.1f"), fmt(g("commit_consumer_ms", "p99"), "%.1f"),
                       fmt(g("commit_consumer_ms", "max"), "%.1f"),
