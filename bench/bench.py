@@ -132,9 +132,9 @@ class Kafka:
         self.admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
         self.created = set()
 
-    def create(self, name, partitions):
+    def create(self, name, partitions, config=None):
         fut = self.admin.create_topics([NewTopic(name, num_partitions=partitions,
-                                                 replication_factor=1)])[name]
+                                                 replication_factor=1, config=config or {})])[name]
         fut.result(30)
         self.created.add(name)
         # the topic's leaders must be known before a consumer assigns it

@@ -1,19 +1,24 @@
 /* consumer.c: the read_committed consumer every scenario ends at. It
- * assigns all partitions of a topic from the beginning (no group), notes
- * the CLOCK_REALTIME ns at which each seq (parsed from the payload) first
- * arrives, and counts duplicates.
+ * assigns all partitions of one or more topics from the beginning (no
+ * group), notes the CLOCK_REALTIME ns at which each seq (parsed from the
+ * payload) first arrives, and counts duplicates.
  *
- *   bench-consumer -b HOST:PORT -t TOPIC --max-seq M [-n COUNT] [--out FILE]
- *                  [--from-end] [--timeout S] [-X name=value]...
+ *   bench-consumer -b HOST:PORT -t TOPIC[,TOPIC...] --max-seq M [-n COUNT] [--out FILE]
+ *                  [--out-ts FILE] [--from-end] [--timeout S] [-X name=value]...
  *
+ * -t may be repeated or hold a comma-separated list (at most 16 topics).
  * --from-end starts at the partitions' current ends instead, so one topic
  * serves several runs.
  *
  * Stops after COUNT distinct seqs, on SIGTERM/SIGINT, or after S seconds.
  * stdout: "assigned T_NS PARTITIONS" once, then "P COUNT LAST_NS" whenever
  * new records arrived (at most every 10 ms), and at the end
- * "done FIRST_NS LAST_NS COUNT DUPS FOREIGN CPU_US". FILE gets the arrival
- * ns per seq (int64 array of M + 1, 0 = never arrived). */
+ * "done FIRST_NS LAST_NS COUNT DUPS FOREIGN CPU_US LOG_APPEND_TIME_RECORDS".
+ * FILE gets the arrival ns per seq (int64 array of M + 1, 0 = never
+ * arrived); --out-ts FILE the record's timestamp in ms (the broker's append
+ * time on a topic with message.timestamp.type=LogAppendTime, the producer's
+ * create time otherwise; LOG_APPEND_TIME_RECORDS counts the former) of the
+ * seq's first arrival, in the same layout. */
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdbool.h>
@@ -38,12 +43,13 @@ int main(int argc, char **argv)
 	static const struct option longopts[] = {
 		{"max-seq", required_argument, NULL, 'M'},
 		{"out", required_argument, NULL, 'o'},
+		{"out-ts", required_argument, NULL, 'T'},
 		{"timeout", required_argument, NULL, 'w'},
 		{"from-end", no_argument, NULL, 'E'},
 		{NULL, 0, NULL, 0},
 	};
-	const char *bootstrap = NULL, *topic = NULL, *out = NULL;
-	int64_t max_seq = 0, want = 0, count = 0, dups = 0, foreign = 0;
+	const char *bootstrap = NULL, *out = NULL, *out_ts = NULL, *topics[16];
+	int64_t max_seq = 0, want = 0, count = 0, dups = 0, foreign = 0, log_append = 0;
 	int64_t first_ns = 0, last_ns = 0, last_report = 0, reported = -1, deadline;
 	double timeout = 600;
 	struct bench_props props = {0};
@@ -52,15 +58,24 @@ int main(int argc, char **argv)
 	rd_kafka_conf_t *conf;
 	rd_kafka_topic_t *rkt;
 	rd_kafka_t *rk;
-	int64_t *arrived;
+	int64_t *arrived, *stamped;
 	char err[512], group[64];
-	int c, nparts;
+	int c, nparts = 0, ntopics = 0;
 	bool from_end = false;
 
 	while ((c = getopt_long(argc, argv, "b:t:n:X:", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'b': bootstrap = optarg; break;
-		case 't': topic = optarg; break;
+		case 't': {
+			char *list = strdup(optarg), *save = NULL;
+			for (char *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+				if (ntopics == 16)
+					bench_die("-t: at most 16 topics");
+				topics[ntopics++] = tok;
+			}
+			break;
+		}
+		case 'T': out_ts = optarg; break;
 		case 'n': want = atoll(optarg); break;
 		case 'X': bench_props_add(&props, optarg); break;
 		case 'M': max_seq = atoll(optarg); break;
@@ -70,10 +85,11 @@ int main(int argc, char **argv)
 		default: bench_die("bad option");
 		}
 	}
-	if (!bootstrap || !topic || max_seq <= 0)
+	if (!bootstrap || ntopics < 1 || max_seq <= 0)
 		bench_die("usage: bench-consumer -b BOOTSTRAP -t TOPIC --max-seq M [-n COUNT] [--out FILE]");
 	arrived = calloc((size_t)max_seq + 1, sizeof(int64_t));
-	if (!arrived)
+	stamped = calloc((size_t)max_seq + 1, sizeof(int64_t));
+	if (!arrived || !stamped)
 		bench_die("out of memory");
 	signal(SIGTERM, on_signal);
 	signal(SIGINT, on_signal);
@@ -91,31 +107,37 @@ int main(int argc, char **argv)
 	if (!rk)
 		bench_die("rd_kafka_new: %s", err);
 	rd_kafka_poll_set_consumer(rk);
-	rkt = rd_kafka_topic_new(rk, topic, NULL);
-	if (rd_kafka_metadata(rk, 0, rkt, &md, 10000) || md->topic_cnt != 1 ||
-	    md->topics[0].err || md->topics[0].partition_cnt < 1)
-		bench_die("no metadata for topic %s", topic);
-	nparts = md->topics[0].partition_cnt;
-	rd_kafka_metadata_destroy(md);
-	rd_kafka_topic_destroy(rkt);
-	parts = rd_kafka_topic_partition_list_new(nparts);
-	for (int p = 0; p < nparts; p++) {
-		int64_t lo = 0, hi = RD_KAFKA_OFFSET_BEGINNING;
+	parts = rd_kafka_topic_partition_list_new(16);
+	for (int ti = 0; ti < ntopics; ti++) {
+		const char *topic = topics[ti];
+		int tparts;
 
-		/* From the end: the high watermark now, which is the last stable
-		 * offset too when no transaction is open on the topic (the harness
-		 * only starts a consumer between runs). */
-		for (int tries = 0; from_end; tries++) {
-			rd_kafka_resp_err_t qerr =
-				rd_kafka_query_watermark_offsets(rk, topic, p, &lo, &hi, 10000);
-			if (!qerr)
-				break;
-			/* a new topic's leaders may still be spreading */
-			if (tries == 50)
-				bench_die("watermarks of %s [%d]: %s", topic, p, rd_kafka_err2str(qerr));
-			usleep(200000);
+		rkt = rd_kafka_topic_new(rk, topic, NULL);
+		if (rd_kafka_metadata(rk, 0, rkt, &md, 10000) || md->topic_cnt != 1 ||
+		    md->topics[0].err || md->topics[0].partition_cnt < 1)
+			bench_die("no metadata for topic %s", topic);
+		tparts = md->topics[0].partition_cnt;
+		rd_kafka_metadata_destroy(md);
+		rd_kafka_topic_destroy(rkt);
+		for (int p = 0; p < tparts; p++) {
+			int64_t lo = 0, hi = RD_KAFKA_OFFSET_BEGINNING;
+
+			/* From the end: the high watermark now, which is the last
+			 * stable offset too when no transaction is open on the topic
+			 * (the harness only starts a consumer between runs). */
+			for (int tries = 0; from_end; tries++) {
+				rd_kafka_resp_err_t qerr =
+					rd_kafka_query_watermark_offsets(rk, topic, p, &lo, &hi, 10000);
+				if (!qerr)
+					break;
+				/* a new topic's leaders may still be spreading */
+				if (tries == 50)
+					bench_die("watermarks of %s [%d]: %s", topic, p, rd_kafka_err2str(qerr));
+				usleep(200000);
+			}
+			rd_kafka_topic_partition_list_add(parts, topic, p)->offset = hi;
 		}
-		rd_kafka_topic_partition_list_add(parts, topic, p)->offset = hi;
+		nparts += tparts;
 	}
 	if (rd_kafka_assign(rk, parts))
 		bench_die("assign failed");
@@ -139,7 +161,11 @@ int main(int argc, char **argv)
 				} else if (arrived[seq]) {
 					dups++;
 				} else {
+					rd_kafka_timestamp_type_t tstype;
 					arrived[seq] = now;
+					stamped[seq] = rd_kafka_message_timestamp(m, &tstype);
+					if (tstype == RD_KAFKA_TIMESTAMP_LOG_APPEND_TIME)
+						log_append++;
 					if (!first_ns)
 						first_ns = now;
 					last_ns = now;
@@ -166,11 +192,19 @@ int main(int argc, char **argv)
 		    fclose(f) != 0)
 			bench_die("could not write %s", out);
 	}
-	printf("done %" PRId64 " %" PRId64 " %" PRId64 " %" PRId64 " %" PRId64 " %" PRId64 "\n",
-	       first_ns, last_ns, count, dups, foreign, bench_cpu_us());
+	if (out_ts) {
+		FILE *f = fopen(out_ts, "wb");
+		if (!f || fwrite(stamped, sizeof(int64_t), (size_t)max_seq + 1, f) != (size_t)max_seq + 1 ||
+		    fclose(f) != 0)
+			bench_die("could not write %s", out_ts);
+	}
+	printf("done %" PRId64 " %" PRId64 " %" PRId64 " %" PRId64 " %" PRId64 " %" PRId64 " %" PRId64
+	       "\n",
+	       first_ns, last_ns, count, dups, foreign, bench_cpu_us(), log_append);
 	fflush(stdout);
 	rd_kafka_consumer_close(rk);
 	rd_kafka_destroy(rk);
 	free(arrived);
+	free(stamped);
 	return 0;
 }

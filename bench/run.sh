@@ -3,12 +3,26 @@
 # crash points: the Dockerfile's build) and the benchmark programs into
 # build-bench/, make sure the local PostgreSQL and Kafka run, and run every
 # scenario, printing the tables. --help lists the options.
+# run.sh --only S [steady.py options]: the steady-cost scenario (steady.py)
+# instead; run.sh --only S --help lists its options.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 build=${BENCH_BUILD:-$root/build-bench}
 
-case " $* " in *" --help "* | *" -h "*) exec /usr/bin/python3 "$here/bench.py" --help ;; esac
+script=bench.py
+args=()
+while [ $# -gt 0 ]; do
+	if [ "$1" = "--only" ] && [ "${2:-}" = "S" ]; then
+		script=steady.py
+		shift 2
+		continue
+	fi
+	args+=("$1")
+	shift
+done
+set -- ${args[@]+"${args[@]}"}
+case " $* " in *" --help "* | *" -h "*) exec /usr/bin/python3 "$here/$script" --help ;; esac
 
 if [ -z "${OUTBOX_PG_URL:-}" ] || [ -z "${OUTBOX_KAFKA_BOOTSTRAP:-}" ]; then
 	if ! "$root/deploy/local/status" 2>/dev/null | grep -q "kafka: *running" ||
@@ -26,4 +40,4 @@ if [ ! -f "$build/tools/CMakeCache.txt" ]; then
 fi
 cmake --build "$build/tools" -j "$(nproc)" >/dev/null
 
-exec /usr/bin/python3 "$here/bench.py" "$@"
+exec /usr/bin/python3 "$here/$script" "$@"

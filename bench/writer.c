@@ -16,6 +16,9 @@
  *   bench-writer max    -d CONNINFO -t TOPIC -s SECONDS -c CONNS
  *       Closed loop: single-row transactions as fast as CONNS connections go.
  *
+ * TOPIC may be a comma-separated list (at most 16): row seq then goes to
+ * topic number seq % N, so the rows are spread evenly over them.
+ *
  * stdout: "ready T_NS" (steady: the schedule's start), then
  * "done ROWS SECONDS RATE LATE_P99_US LATE_MAX_US COMMIT_P50_US COMMIT_P99_US CPU_US". */
 #include <getopt.h>
@@ -32,8 +35,12 @@
 
 #define INSERT_SQL "INSERT INTO outbox.event (topic, key, payload) VALUES ($1, $2, $3)"
 
+#define MAX_TOPICS 16
+
 struct shared {
-	const char *conninfo, *topic;
+	const char *conninfo;
+	const char *topics[MAX_TOPICS];
+	int ntopics;
 	double rate;
 	int64_t t0, end_ns, nrows, per_txn;
 	bool open_loop;
@@ -57,8 +64,9 @@ static PGconn *connect_db(const char *conninfo)
 	return conn;
 }
 
-static void insert_row(PGconn *conn, const char *topic, int64_t seq)
+static void insert_row(PGconn *conn, const struct shared *sh, int64_t seq)
 {
+	const char *topic = sh->topics[seq % sh->ntopics];
 	char key[16], payload[BENCH_PAYLOAD_LEN];
 	const char *vals[3] = {topic, key, payload};
 	int lens[3] = {0, 0, BENCH_PAYLOAD_LEN};
@@ -111,11 +119,11 @@ static void *writer_thread(void *arg)
 				break;
 		}
 		if (k == 1) {
-			insert_row(conn, sh->topic, seq);
+			insert_row(conn, sh, seq);
 		} else {
 			exec_ok(conn, "BEGIN");
 			for (int64_t j = 0; j < k && seq + j <= sh->nrows; j++)
-				insert_row(conn, sh->topic, seq + j);
+				insert_row(conn, sh, seq + j);
 			exec_ok(conn, "COMMIT");
 		}
 		t = bench_now_ns();
@@ -160,7 +168,7 @@ static int run_threads(struct shared *sh, int conns)
 	return 0;
 }
 
-static void load(const char *conninfo, const char *topic, int64_t rows, int64_t chunk)
+static void load(const char *conninfo, const struct shared *sh, int64_t rows, int64_t chunk)
 {
 	PGconn *conn = PQconnectdb(conninfo);
 	char line[BENCH_PAYLOAD_LEN + 300], key[16], payload[BENCH_PAYLOAD_LEN + 1];
@@ -178,7 +186,8 @@ static void load(const char *conninfo, const char *topic, int64_t rows, int64_t 
 			bench_key(seq, key);
 			bench_payload(seq, payload);
 			payload[BENCH_PAYLOAD_LEN] = '\0';
-			int n = snprintf(line, sizeof(line), "%s\t%s\t%s\n", topic, key, payload);
+			int n = snprintf(line, sizeof(line), "%s\t%s\t%s\n", sh->topics[seq % sh->ntopics],
+					 key, payload);
 			if (PQputCopyData(conn, line, n) != 1)
 				bench_die("copy data: %s", PQerrorMessage(conn));
 		}
@@ -215,7 +224,17 @@ int main(int argc, char **argv)
 	while ((c = getopt_long(argc, argv, "d:t:n:r:s:c:", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'd': sh.conninfo = optarg; break;
-		case 't': sh.topic = optarg; break;
+		case 't': {
+			/* comma-separated; topic names cannot hold commas */
+			char *list = strdup(optarg), *save = NULL;
+			sh.ntopics = 0;
+			for (char *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+				if (sh.ntopics == MAX_TOPICS)
+					bench_die("-t: at most %d topics", MAX_TOPICS);
+				sh.topics[sh.ntopics++] = tok;
+			}
+			break;
+		}
 		case 'n': rows = atoll(optarg); break;
 		case 'r': sh.rate = atof(optarg); break;
 		case 's': seconds = atof(optarg); break;
@@ -226,7 +245,7 @@ int main(int argc, char **argv)
 		default: bench_die("bad option");
 		}
 	}
-	if (!sh.conninfo || !sh.topic)
+	if (!sh.conninfo || sh.ntopics < 1)
 		bench_die("-d and -t are required");
 	sh.next_seq = 1;
 	{
@@ -238,7 +257,7 @@ int main(int argc, char **argv)
 
 	if (strcmp(mode, "load") == 0) {
 		int64_t t = bench_now_ns();
-		load(sh.conninfo, sh.topic, rows, chunk);
+		load(sh.conninfo, &sh, rows, chunk);
 		printf("done %" PRId64 " %.3f\n", rows, (double)(bench_now_ns() - t) / 1e9);
 		return 0;
 	}
