@@ -192,7 +192,7 @@ class Watcher:
         n = n[len("postgres: "):] if n.startswith("postgres: ") else n
         if self.dbname and (" %s " % self.dbname) in (" " + n + " "):
             return "client backend"
-        for k in ("autovacuum worker", "autovacuum launcher", "walwriter", "checkpointer",
+        for k in ("autovacuum worker", "autovacuum launcher", "walwriter", "checkpointer", "parallel worker",
                   "background writer", "logical replication launcher"):
             if n.startswith(k):
                 return k
@@ -223,6 +223,24 @@ class Watcher:
         for kind, t0, t1, new in self.seen.values():
             by[kind] = by.get(kind, 0) + (t1 if new else t1 - t0)
         return {k: tick_us(v) for k, v in by.items()}
+
+
+def perf_start(outdir, label, pid):
+    """perf record of one backend (cpu-clock, no call graphs: Debian's
+    postgres has no frame pointers; self time per symbol is what we read)."""
+    if not outdir or not pid:
+        return None
+    p = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "-p", str(pid), "-o",
+                          os.path.join(outdir, label + ".data")],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.1)
+    return p
+
+
+def perf_stop(p):
+    if p:
+        p.send_signal(signal.SIGINT)
+        p.wait(60)
 
 
 def backend_ticks(pid):
@@ -286,13 +304,14 @@ class Driver:
     when the batch fills, advance after each batch, lag every 3 s or twenty
     times its last duration), prepared statements, binary pages."""
 
-    def __init__(self, url, name, max_rows, max_bytes, fetch_max_bytes=True):
+    def __init__(self, url, name, max_rows, max_bytes, fetch_max_bytes=True, lag=True):
         self.pq = LibPQ.get()
         self.conn = self.pq.PQconnectdb(("%s application_name=outbox-relay" % self.dsn(url)).encode())
         if self.pq.PQstatus(self.conn) != 0:
             raise RuntimeError(self.pq.PQerrorMessage(self.conn).decode())
         self.name, self.max_rows, self.max_bytes = name, max_rows, max_bytes
         self.fetch_max_bytes = fetch_max_bytes
+        self.lag = lag
         self.stmts = set()
 
     @staticmethod
@@ -381,7 +400,7 @@ class Driver:
             stats["advances"] += 1
             stats["rows"] += nrows
             done, nxt, after = w_done, w_next, w_after
-            if time.time() >= next_lag:
+            if self.lag and time.time() >= next_lag:
                 t = time.time()
                 self.row("lag", "SELECT rows, oldest_age_ms FROM outbox.lag($1)", [self.name])
                 took = time.time() - t
@@ -403,6 +422,7 @@ VARIANTS = {
     "driver-keep": "driver, advance with retention (no DELETE), then nothing: no cleanup at all (a lower bound)",
     "proto": "driver, schema v2 + draft 0003 (partitions, TRUNCATE instead of DELETE)",
     "proto-nobytes": "driver, draft 0003 + max_bytes NULL",
+    "proto-nobytes-nolag": "driver, draft 0003 + max_bytes NULL, no outbox.lag() calls during the drain",
     "delete": "DELETE FROM outbox.event + VACUUM (no relay): the v2 cleanup alone",
 }
 
@@ -483,6 +503,7 @@ class DbCost:
     # -- measurements
     def measure(self, dbname, body):
         """Run body() between two samples of the whole cluster."""
+        lsn0 = bench.Pg.run(self.cluster.url, "SELECT pg_current_wal_lsn()")[0][0]
         m0 = bench.cpu_times()
         s0 = server_sample(self.pm)
         w = Watcher(self.pm, dbname)
@@ -493,7 +514,8 @@ class DbCost:
         s1 = server_sample(self.pm)
         by_kind = w.finish()
         m1 = bench.cpu_times()
-        out = {"server_us": tick_us(s1["total"] - s0["total"]), "seconds": t1 - t0,
+        wal = bench.Pg.run(self.cluster.url, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", lsn0)[0][0]
+        out = {"server_us": tick_us(s1["total"] - s0["total"]), "seconds": t1 - t0, "wal_bytes": int(wal),
                "by_kind": by_kind, "machine": bench.machine_share(m0, m1),
                "loadavg": os.getloadavg()[0]}
         out.update(extra)
@@ -567,9 +589,11 @@ class DbCost:
                         break
                     time.sleep(0.01)
                 b0 = 0  # the backend was born after the first sample
+                perf = perf_start(self.args.perf, "relay-%d" % max_rows, pid)
                 counts = [c.finish(self.args.timeout)["count"] for c in cons]
                 time.sleep(0.3)  # the last advance follows the last Kafka commit
                 b1 = backend_ticks(pid) if pid else None
+                perf_stop(perf)
                 relay.stop()
                 vac = self.vacuum(url)
                 return {"relay_backend_us": tick_us(b1 - b0) if b1 is not None else None,
@@ -581,15 +605,18 @@ class DbCost:
         finally:
             self.pg.drop(dbname)
 
-    def run_driver(self, kind, max_rows, fetch_max_bytes=True, keep=False):
+    def run_driver(self, kind, max_rows, fetch_max_bytes=True, keep=False, lag=True):
         dbname, url = self.fresh(kind)
         try:
             def body():
                 d = Driver(url, "dbcost-%s-d%d" % (RUN, self.seq), max_rows,
-                           bench.max_bytes_for(max_rows), fetch_max_bytes)
+                           bench.max_bytes_for(max_rows), fetch_max_bytes, lag)
                 pid = d.backend()
+                perf = perf_start(self.args.perf, "%s-%d" % (kind + ("-keep" if keep else "") +
+                                                             ("" if fetch_max_bytes else "-nobytes") + ("" if lag else "-nolag"), max_rows), pid)
                 stats = self.drive(d, keep)
                 b1 = backend_ticks(pid)
+                perf_stop(perf)
                 d.close()
                 vac = self.vacuum(url) if not keep else 0.0
                 return {"relay_backend_us": tick_us(b1), "stats": stats, "vacuum_s": vac}
@@ -639,6 +666,8 @@ class DbCost:
             return self.run_driver("proto", max_rows)
         if variant == "proto-nobytes":
             return self.run_driver("proto", max_rows, fetch_max_bytes=False)
+        if variant == "proto-nobytes-nolag":
+            return self.run_driver("proto", max_rows, fetch_max_bytes=False, lag=False)
         raise ValueError(variant)
 
     def main(self):
@@ -685,8 +714,8 @@ def report(res):
                                                               for c in res["copy"]))
     print()
     print("| variant | max_rows | server CPU ms | ratio to floor | relay backend ms | backend ratio | "
-          "autovacuum ms | walwriter+ckpt+bgw ms | other ms | drain+cleanup s | leftover rows |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "autovacuum ms | walwriter+ckpt+bgw ms | parallel workers ms | other ms | WAL MB | drain+cleanup s | leftover rows |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     keys = []
     for r in res["runs"]:
         k = (r["variant"], r["max_rows"])
@@ -701,17 +730,20 @@ def report(res):
                      for r in rs])
         other = median([r["server_us"] - sum(v for kk, v in r["by_kind"].items()
                                              if kk in ("client backend", "autovacuum worker", "walwriter",
-                                                       "checkpointer", "background writer")) for r in rs])
-        print("| %s | %d | %.0f | **%.2f** (%s) | %s | %s | %.0f | %.0f | %.0f | %.1f | %s |" % (
+                                                       "checkpointer", "background writer", "parallel worker"))
+                     for r in rs])
+        wal = median([r.get("wal_bytes", 0) for r in rs])
+        pw = median([r["by_kind"].get("parallel worker", 0) for r in rs])
+        print("| %s | %d | %.0f | **%.2f** (%s) | %s | %s | %.0f | %.0f | %.0f | %.0f | %.1f | %.1f | %s |" % (
             k[0], k[1], srv / 1e3, srv / floor,
             ", ".join("%.2f" % (r["server_us"] / floor) for r in rs),
             "%.0f" % (be / 1e3) if be is not None else "-", "%.2f" % (be / floor) if be is not None else "-",
-            av / 1e3, bg / 1e3, other / 1e3, median([r["seconds"] for r in rs]),
+            av / 1e3, bg / 1e3, pw / 1e3, other / 1e3, wal / 1e6, median([r["seconds"] for r in rs]),
             ",".join(str(r["leftover_rows"]) for r in rs)))
     for d in res["delete"]:
-        print("| DELETE all + VACUUM | - | %.0f | **%.2f** | - | - | %.0f | - | - | %.1f | %d |" % (
+        print("| DELETE all + VACUUM | - | %.0f | **%.2f** | - | - | %.0f | - | - | - | %.1f | %.1f | %d |" % (
             d["server_us"] / 1e3, d["server_us"] / floor, d["by_kind"].get("autovacuum worker", 0) / 1e3,
-            d["seconds"], d["leftover_rows"]))
+            d.get("wal_bytes", 0) / 1e6, d["seconds"], d["leftover_rows"]))
     print()
     fs = [r for r in res["runs"] if r.get("functions")]
     if fs:
@@ -755,6 +787,7 @@ def main():
     ap.add_argument("--settle", type=float, default=1.0, help="seconds of quiet before each measurement")
     ap.add_argument("--port", type=int, help="port of the private cluster (default: a free one)")
     ap.add_argument("--timeout", type=int, default=300)
+    ap.add_argument("--perf", metavar="DIR", help="perf record the relay's (or driver's) backend into DIR")
     ap.add_argument("--json", help="write the raw results here")
     ap.add_argument("--report", help="print the tables of an earlier --json file and exit")
     ap.add_argument("--keep-cluster", action="store_true", help=argparse.SUPPRESS)

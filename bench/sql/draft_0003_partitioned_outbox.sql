@@ -160,15 +160,18 @@ DECLARE
 BEGIN
     FOR r IN SELECT rs.pos_done, rs.pos_next, rs.pos_after_id FROM outbox.relay_state AS rs LOOP
         IF r.pos_next IS NULL THEN
+            -- ORDER BY ... LIMIT 1 pins the index walk: relayed rows stay
+            -- in the partition until it is truncated, and a sequential
+            -- scan would step over all of them.
             EXECUTE format('SELECT EXISTS (SELECT FROM %s AS e WHERE e.txid >= $1'
-                           ' AND NOT pg_visible_in_snapshot(e.txid, $2))', p_part)
-            INTO v_any USING pg_snapshot_xmin(r.pos_done)::text::xid8, r.pos_done;
+                           ' AND NOT pg_visible_in_snapshot(e.txid, $2) ORDER BY e.txid LIMIT 1)', p_part)
+            INTO v_any USING pg_snapshot_xmin(r.pos_done), r.pos_done;
         ELSE
             EXECUTE format('SELECT EXISTS (SELECT FROM %s AS e WHERE e.id > $1'
-                           ' AND NOT pg_visible_in_snapshot(e.txid, $2))'
+                           ' AND NOT pg_visible_in_snapshot(e.txid, $2) ORDER BY e.id LIMIT 1)'
                            ' OR EXISTS (SELECT FROM %s AS e WHERE e.txid >= $3'
                            ' AND NOT pg_visible_in_snapshot(e.txid, $2)'
-                           ' AND NOT pg_visible_in_snapshot(e.txid, $4))', p_part, p_part)
+                           ' AND NOT pg_visible_in_snapshot(e.txid, $4) ORDER BY e.txid LIMIT 1)', p_part, p_part)
             INTO v_any USING r.pos_after_id, r.pos_done, pg_snapshot_xmin(r.pos_next), r.pos_next;
         END IF;
         IF v_any THEN
@@ -205,6 +208,10 @@ BEGIN
     v_cur := v_last / 65536;
     v_block := v_rot.next_block;
     WHILE v_block <= v_cur LOOP
+        -- Inside a window that has not read past the block's last id yet,
+        -- the block is almost surely not done: skip the probes (a miss
+        -- only delays the truncation to a later advance).
+        EXIT WHEN p_in_window AND p_after_id < (v_block + 1) * 65536 - 1 AND v_block < v_cur;
         IF v_block = v_cur THEN
             EXIT WHEN NOT (p_in_window AND p_after_id >= v_last)
                       AND v_rot.tried_current_at > clock_timestamp() - interval '1 second';
