@@ -304,7 +304,7 @@ class Driver:
     when the batch fills, advance after each batch, lag every 3 s or twenty
     times its last duration), prepared statements, binary pages."""
 
-    def __init__(self, url, name, max_rows, max_bytes, fetch_max_bytes=True, lag=True):
+    def __init__(self, url, name, max_rows, max_bytes, fetch_max_bytes=True, lag=True, serial=False):
         self.pq = LibPQ.get()
         self.conn = self.pq.PQconnectdb(("%s application_name=outbox-relay" % self.dsn(url)).encode())
         if self.pq.PQstatus(self.conn) != 0:
@@ -313,6 +313,9 @@ class Driver:
         self.fetch_max_bytes = fetch_max_bytes
         self.lag = lag
         self.stmts = set()
+        if serial:
+            # lag()'s count without parallel workers (its function could SET it)
+            self.pq.PQclear(self.pq.PQexec(self.conn, b"SET max_parallel_workers_per_gather = 0"))
 
     @staticmethod
     def dsn(url):
@@ -422,6 +425,7 @@ VARIANTS = {
     "driver-keep": "driver, advance with retention (no DELETE), then nothing: no cleanup at all (a lower bound)",
     "proto": "driver, schema v2 + draft 0003 (partitions, TRUNCATE instead of DELETE)",
     "proto-nobytes": "driver, draft 0003 + max_bytes NULL",
+    "proto-nobytes-serial": "driver, draft 0003 + max_bytes NULL, lag() without parallel workers",
     "proto-nobytes-nolag": "driver, draft 0003 + max_bytes NULL, no outbox.lag() calls during the drain",
     "delete": "DELETE FROM outbox.event + VACUUM (no relay): the v2 cleanup alone",
 }
@@ -516,6 +520,7 @@ class DbCost:
         m1 = bench.cpu_times()
         wal = bench.Pg.run(self.cluster.url, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", lsn0)[0][0]
         out = {"server_us": tick_us(s1["total"] - s0["total"]), "seconds": t1 - t0, "wal_bytes": int(wal),
+               "postmaster_us": tick_us(s1["self"] - s0["self"]),
                "by_kind": by_kind, "machine": bench.machine_share(m0, m1),
                "loadavg": os.getloadavg()[0]}
         out.update(extra)
@@ -605,15 +610,16 @@ class DbCost:
         finally:
             self.pg.drop(dbname)
 
-    def run_driver(self, kind, max_rows, fetch_max_bytes=True, keep=False, lag=True):
+    def run_driver(self, kind, max_rows, fetch_max_bytes=True, keep=False, lag=True, serial=False):
         dbname, url = self.fresh(kind)
         try:
             def body():
                 d = Driver(url, "dbcost-%s-d%d" % (RUN, self.seq), max_rows,
-                           bench.max_bytes_for(max_rows), fetch_max_bytes, lag)
+                           bench.max_bytes_for(max_rows), fetch_max_bytes, lag, serial)
                 pid = d.backend()
                 perf = perf_start(self.args.perf, "%s-%d" % (kind + ("-keep" if keep else "") +
-                                                             ("" if fetch_max_bytes else "-nobytes") + ("" if lag else "-nolag"), max_rows), pid)
+                                                             ("" if fetch_max_bytes else "-nobytes") + ("" if lag else "-nolag") +
+                                                             ("-serial" if serial else ""), max_rows), pid)
                 stats = self.drive(d, keep)
                 b1 = backend_ticks(pid)
                 perf_stop(perf)
@@ -666,6 +672,8 @@ class DbCost:
             return self.run_driver("proto", max_rows)
         if variant == "proto-nobytes":
             return self.run_driver("proto", max_rows, fetch_max_bytes=False)
+        if variant == "proto-nobytes-serial":
+            return self.run_driver("proto", max_rows, fetch_max_bytes=False, serial=True)
         if variant == "proto-nobytes-nolag":
             return self.run_driver("proto", max_rows, fetch_max_bytes=False, lag=False)
         raise ValueError(variant)
@@ -714,8 +722,8 @@ def report(res):
                                                               for c in res["copy"]))
     print()
     print("| variant | max_rows | server CPU ms | ratio to floor | relay backend ms | backend ratio | "
-          "autovacuum ms | walwriter+ckpt+bgw ms | parallel workers ms | other ms | WAL MB | drain+cleanup s | leftover rows |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "autovacuum ms | walwriter+ckpt+bgw ms | parallel workers ms | postmaster ms | other ms | WAL MB | drain+cleanup s | leftover rows |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     keys = []
     for r in res["runs"]:
         k = (r["variant"], r["max_rows"])
@@ -734,14 +742,16 @@ def report(res):
                      for r in rs])
         wal = median([r.get("wal_bytes", 0) for r in rs])
         pw = median([r["by_kind"].get("parallel worker", 0) for r in rs])
-        print("| %s | %d | %.0f | **%.2f** (%s) | %s | %s | %.0f | %.0f | %.0f | %.0f | %.1f | %.1f | %s |" % (
+        pm = median([r.get("postmaster_us", 0) for r in rs])
+        other -= pm
+        print("| %s | %d | %.0f | **%.2f** (%s) | %s | %s | %.0f | %.0f | %.0f | %.0f | %.0f | %.1f | %.1f | %s |" % (
             k[0], k[1], srv / 1e3, srv / floor,
             ", ".join("%.2f" % (r["server_us"] / floor) for r in rs),
             "%.0f" % (be / 1e3) if be is not None else "-", "%.2f" % (be / floor) if be is not None else "-",
-            av / 1e3, bg / 1e3, pw / 1e3, other / 1e3, wal / 1e6, median([r["seconds"] for r in rs]),
+            av / 1e3, bg / 1e3, pw / 1e3, pm / 1e3, other / 1e3, wal / 1e6, median([r["seconds"] for r in rs]),
             ",".join(str(r["leftover_rows"]) for r in rs)))
     for d in res["delete"]:
-        print("| DELETE all + VACUUM | - | %.0f | **%.2f** | - | - | %.0f | - | - | - | %.1f | %.1f | %d |" % (
+        print("| DELETE all + VACUUM | - | %.0f | **%.2f** | - | - | %.0f | - | - | - | - | %.1f | %.1f | %d |" % (
             d["server_us"] / 1e3, d["server_us"] / floor, d["by_kind"].get("autovacuum worker", 0) / 1e3,
             d.get("wal_bytes", 0) / 1e6, d["seconds"], d["leftover_rows"]))
     print()
