@@ -66,14 +66,16 @@ BEGIN
 END
 $$;
 
--- Rotation state: the lowest block that may still hold rows, and when the
--- current block was last tried (it is tried at most once a second unless
--- the relay has read past every id assigned so far).
-CREATE TABLE outbox.event_rotation (
-    singleton          boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-    next_block         bigint NOT NULL,
-    tried_current_at   timestamptz NOT NULL DEFAULT '-infinity'
+-- Rotation state, per partition: every block of it up to done_block is
+-- truncated (a partition holds blocks k, k + 8, k + 16, ...), and when it
+-- was last tried (a partition that cannot go yet -- a writer's transaction
+-- still open in it -- is tried again at most once a second).
+CREATE TABLE outbox.event_partition (
+    part        int PRIMARY KEY CHECK (part BETWEEN 0 AND 7),
+    done_block  bigint NOT NULL DEFAULT -1,
+    tried_at    timestamptz NOT NULL DEFAULT '-infinity'
 );
+INSERT INTO outbox.event_partition (part) SELECT generate_series(0, 7);
 
 INSERT INTO outbox.event (id, txid, topic, key, payload, headers, created_at)
 OVERRIDING SYSTEM VALUE
@@ -81,8 +83,6 @@ SELECT id, txid, topic, key, payload, headers, created_at FROM outbox.event_v2 O
 SELECT setval(pg_get_serial_sequence('outbox.event', 'id'),
               greatest((SELECT last_value FROM outbox.event_v2_id_seq), 1),
               (SELECT is_called FROM outbox.event_v2_id_seq));
-INSERT INTO outbox.event_rotation (next_block)
-SELECT coalesce((SELECT min(id) FROM outbox.event), (SELECT last_value FROM outbox.event_v2_id_seq)) / 65536;
 
 -- The triggers of 0002 (statement-level, transition tables: allowed on a
 -- partitioned table) and the NOTIFY trigger if it was on.
@@ -182,57 +182,56 @@ BEGIN
 END
 $$;
 
--- Truncate the partitions whose rows are all relayed, oldest block first.
--- Blocks below the sequence's current block receive no new ids; the
--- current one is tried only when the caller's position is past every id
--- assigned so far or once a second (writers are usually in it). A
--- partition is truncated only under ACCESS EXCLUSIVE taken with NOWAIT
--- (no writer has uncommitted rows in it, and none waits behind us for
--- long), after checking again with a snapshot taken under the lock.
--- Returns the number of partitions truncated.
+-- Truncate the partitions whose rows are all relayed. For each partition,
+-- its newest block that has ids yet (at most the sequence's current block)
+-- is considered when it is newer than what was truncated there last, and
+--   * the caller's position is not inside a window that has still to read
+--     up to that block's last id (then it is surely not done: no probe), or
+--     it is the current block and the position is past every id assigned;
+--   * and the partition was not tried in the last second, unless the
+--     position is past every id assigned (the end of a drain).
+-- Each partition is judged on its own: one open transaction holds back
+-- only the partition it wrote into. A partition is truncated only under
+-- ACCESS EXCLUSIVE taken with NOWAIT (no writer has uncommitted rows in it,
+-- and none waits behind us for long), after checking again with a snapshot
+-- taken under the lock. Returns the number of partitions truncated.
 CREATE FUNCTION outbox.rotate(p_after_id bigint, p_in_window boolean)
     RETURNS int
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_rot   outbox.event_rotation;
+    r       outbox.event_partition;
     v_last  bigint;
     v_cur   bigint;
     v_block bigint;
+    v_caught_up boolean;
     v_part  regclass;
     v_n     int := 0;
 BEGIN
-    SELECT * INTO v_rot FROM outbox.event_rotation;
     SELECT s.last_value INTO v_last FROM outbox.event_id_seq AS s;
     v_cur := v_last / 65536;
-    v_block := v_rot.next_block;
-    WHILE v_block <= v_cur LOOP
-        -- Inside a window that has not read past the block's last id yet,
-        -- the block is almost surely not done: skip the probes (a miss
-        -- only delays the truncation to a later advance).
-        EXIT WHEN p_in_window AND p_after_id < (v_block + 1) * 65536 - 1 AND v_block < v_cur;
-        IF v_block = v_cur THEN
-            EXIT WHEN NOT (p_in_window AND p_after_id >= v_last)
-                      AND v_rot.tried_current_at > clock_timestamp() - interval '1 second';
-            UPDATE outbox.event_rotation SET tried_current_at = clock_timestamp();
-        END IF;
-        v_part := format('outbox.event_p%s', v_block % 8)::regclass;
-        EXIT WHEN NOT outbox.partition_relayed(v_part);
+    v_caught_up := p_in_window AND p_after_id >= v_last;
+    FOR r IN SELECT * FROM outbox.event_partition ORDER BY part LOOP
+        v_block := v_cur - ((v_cur - r.part) % 8 + 8) % 8;  -- newest block of this partition
+        CONTINUE WHEN v_block < 0 OR v_block <= r.done_block;
+        CONTINUE WHEN p_in_window AND NOT v_caught_up AND p_after_id < (v_block + 1) * 65536 - 1;
+        CONTINUE WHEN NOT v_caught_up AND r.tried_at > clock_timestamp() - interval '1 second';
+        UPDATE outbox.event_partition SET tried_at = clock_timestamp() WHERE part = r.part;
+        v_part := format('outbox.event_p%s', r.part)::regclass;
+        CONTINUE WHEN NOT outbox.partition_relayed(v_part);
         BEGIN
             EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE NOWAIT', v_part);
         EXCEPTION WHEN lock_not_available THEN
-            EXIT;
+            CONTINUE;
         END;
-        EXIT WHEN NOT outbox.partition_relayed(v_part);
+        CONTINUE WHEN NOT outbox.partition_relayed(v_part);
         EXECUTE format('TRUNCATE %s', v_part);
         v_n := v_n + 1;
-        IF v_block < v_cur THEN
-            v_block := v_block + 1;
-            UPDATE outbox.event_rotation SET next_block = v_block;
-        ELSE
-            EXIT;
-        END IF;
+        -- The current block still receives ids: it stays open.
+        UPDATE outbox.event_partition
+        SET done_block = CASE WHEN v_block < v_cur THEN v_block ELSE v_block - 8 END
+        WHERE part = r.part;
     END LOOP;
     RETURN v_n;
 END
@@ -318,7 +317,7 @@ BEGIN
 END
 $$;
 
-REVOKE ALL ON outbox.event, outbox.event_rotation FROM PUBLIC;
+REVOKE ALL ON outbox.event, outbox.event_partition FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION outbox.partition_relayed(regclass), outbox.rotate(bigint, boolean) FROM PUBLIC;
 GRANT INSERT (topic, key, payload, headers), SELECT (id) ON outbox.event TO outbox_writer;
 GRANT USAGE ON SEQUENCE outbox.event_id_seq TO outbox_writer;
