@@ -371,6 +371,54 @@ class Driver:
         self.pq.PQclear(r)
         return n, last, nbytes
 
+    def fetch_ids(self, done, nxt, after, rows):
+        r = self.q("fetch", "SELECT id, topic, key, payload, header_names, header_values, created_ms "
+                            "FROM outbox.fetch_page($1, $2, $3, $4, $5)",
+                   [done, nxt, after, rows, None], binary=True)
+        ids = [struct.unpack("!q", ctypes.string_at(self.pq.PQgetvalue(r, i, 0), 8))[0]
+               for i in range(self.pq.PQntuples(r))]
+        self.pq.PQclear(r)
+        return ids
+
+    def run_bigpage(self, page_rows):
+        """Pages of page_rows rows (max_bytes NULL) cut into batches of
+        max_rows in memory: one fetch per page_rows rows, one advance per
+        batch. No lag() calls."""
+        gen = int(self.row("acq", "SELECT acquired, generation FROM outbox.lease_acquire($1, $2, $3)",
+                           [self.name, "dbcost", 30000])[1])
+        _, seq, done, nxt, after = self.row(
+            "pos", "SELECT generation, batch_seq, pos_done, pos_next, pos_after_id "
+                   "FROM outbox.position_get($1)", [self.name])
+        seq, after = int(seq), int(after)
+        stats = {"fetches": 0, "advances": 0, "lags": 0, "windows": 0, "rows": 0}
+        buf, fetched = [], after
+        while True:
+            w_done, w_next, w_after = done, nxt, after
+            nrows = 0
+            while nrows < self.max_rows:
+                if not buf:
+                    if w_next is None:
+                        w_next = self.scalar("win", "SELECT outbox.window_open($1)", [self.name])
+                        stats["windows"] += 1
+                        fetched = w_after
+                    buf = self.fetch_ids(w_done, w_next, fetched, page_rows)
+                    stats["fetches"] += 1
+                    if not buf:
+                        w_done, w_next, w_after = w_next, None, 0
+                        break
+                    fetched = buf[-1]
+                take = min(len(buf), self.max_rows - nrows)
+                w_after, buf, nrows = buf[take - 1], buf[take:], nrows + take
+            if nrows == 0:
+                break
+            seq += 1
+            self.scalar("adv", "SELECT outbox.advance($1, $2, $3, $4, $5, $6, $7)",
+                        [self.name, gen, seq, w_done, w_next, w_after, 0])
+            stats["advances"] += 1
+            stats["rows"] += nrows
+            done, nxt, after = w_done, w_next, w_after
+        return stats
+
     def run(self):
         gen = int(self.row("acq", "SELECT acquired, generation FROM outbox.lease_acquire($1, $2, $3)",
                            [self.name, "dbcost", 30000])[1])
@@ -427,6 +475,7 @@ VARIANTS = {
     "proto-nobytes": "driver, draft 0003 + max_bytes NULL",
     "proto-nobytes-serial": "driver, draft 0003 + max_bytes NULL, lag() without parallel workers",
     "proto-nobytes-nolag": "driver, draft 0003 + max_bytes NULL, no outbox.lag() calls during the drain",
+    "proto-bigpage": "as proto-nobytes-nolag, but pages of 10000 rows cut into batches of max_rows in memory",
     "delete": "DELETE FROM outbox.event + VACUUM (no relay): the v2 cleanup alone",
 }
 
@@ -610,7 +659,8 @@ class DbCost:
         finally:
             self.pg.drop(dbname)
 
-    def run_driver(self, kind, max_rows, fetch_max_bytes=True, keep=False, lag=True, serial=False):
+    def run_driver(self, kind, max_rows, fetch_max_bytes=True, keep=False, lag=True, serial=False,
+                   page_rows=None):
         dbname, url = self.fresh(kind)
         try:
             def body():
@@ -619,8 +669,8 @@ class DbCost:
                 pid = d.backend()
                 perf = perf_start(self.args.perf, "%s-%d" % (kind + ("-keep" if keep else "") +
                                                              ("" if fetch_max_bytes else "-nobytes") + ("" if lag else "-nolag") +
-                                                             ("-serial" if serial else ""), max_rows), pid)
-                stats = self.drive(d, keep)
+                                                             ("-serial" if serial else "") + ("-bigpage" if page_rows else ""), max_rows), pid)
+                stats = d.run_bigpage(page_rows) if page_rows else self.drive(d, keep)
                 b1 = backend_ticks(pid)
                 perf_stop(perf)
                 d.close()
@@ -674,6 +724,9 @@ class DbCost:
             return self.run_driver("proto", max_rows, fetch_max_bytes=False)
         if variant == "proto-nobytes-serial":
             return self.run_driver("proto", max_rows, fetch_max_bytes=False, serial=True)
+        if variant == "proto-bigpage":
+            return self.run_driver("proto", max_rows, fetch_max_bytes=False, lag=False,
+                                   page_rows=max(10000, max_rows))
         if variant == "proto-nobytes-nolag":
             return self.run_driver("proto", max_rows, fetch_max_bytes=False, lag=False)
         raise ValueError(variant)
