@@ -146,7 +146,7 @@ static int conninfo_check(const char *conninfo, char **secret, char *errbuf, siz
 
 struct outbox *outbox_connect(const struct config *cfg, char *errbuf, size_t errlen)
 {
-	char opts[64];
+	char opts[128];
 	/* Our defaults come before dbname: the values expanded from the user's
 	 * conninfo override them. */
 	const char *keys[] = {"fallback_application_name", "connect_timeout", "keepalives_idle",
@@ -158,7 +158,12 @@ struct outbox *outbox_connect(const struct config *cfg, char *errbuf, size_t err
 
 	if (conninfo_check(cfg->pg_conninfo, &secret, errbuf, errlen) < 0)
 		return NULL;
-	snprintf(opts, sizeof(opts), "-c statement_timeout=%d", cfg->pg_statement_timeout_ms);
+	/* No parallel workers: the relay's statements are small, except the
+	 * lag count over a backlog, which parallel workers made cost several
+	 * times its serial CPU for a shorter wall time (bench/sql/RESULTS.md,
+	 * "Issue 13"). */
+	snprintf(opts, sizeof(opts), "-c statement_timeout=%d -c max_parallel_workers_per_gather=0",
+		 cfg->pg_statement_timeout_ms);
 	ob = xcalloc(1, sizeof(*ob));
 	ob->cfg = cfg;
 	ob->secret = secret;

@@ -1104,10 +1104,11 @@ static void purge_kept(struct relay *r)
 }
 
 /* Every few seconds, busy or idle: the lag (a backlog being drained must
- * show on /metrics and /readyz too). The count scans the backlog, so on a
- * large one the next count waits twenty times as long as this one took:
- * the lag never costs the drain more than a twentieth of the database's
- * time. */
+ * show on /metrics and /readyz too). The count scans the backlog, so the
+ * next one waits fifty times as long as this one took, and at least 3 s:
+ * the lag never costs the drain more than a fiftieth of the database's
+ * time (at every 3 s and twenty times, it cost a drain of 300k rows about
+ * as much as reading them: bench/sql/RESULTS.md, "Issue 13"). */
 static void measure_lag(struct relay *r)
 {
 	int64_t rows, age, t0 = now_ms(), took;
@@ -1125,7 +1126,7 @@ static void measure_lag(struct relay *r)
 		metrics_unlock();
 	}
 	took = now_ms() - t0;
-	r->next_lag_ms = now_ms() + (took * 20 > 3000 ? took * 20 : 3000);
+	r->next_lag_ms = now_ms() + (took * 50 > 3000 ? took * 50 : 3000);
 }
 
 /* While idle or stopped on a poison row, every few seconds: purge rows past
