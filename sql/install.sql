@@ -26,6 +26,10 @@ SET client_min_messages = warning;
 \set description 'advance() idempotent for the stored position; reserved topics (OR006)'
 \ir lib/apply.sql
 
+\set migration 0003_writer_fast_path
+\set description 'topic and headers rules as domains; reserved topics as a domain constraint (cheaper writes)'
+\ir lib/apply.sql
+
 \unset migration
 \unset description
 SELECT format('outbox schema at version %s', outbox.version()) AS installed;
