@@ -32,6 +32,12 @@ runs on either side of it. Reported: per variant the median of its per-round
 ratios and of its tps, the min and max ratio. Tables are truncated before
 every run. The load average is printed before and after.
 
+--mixed runs each variant together with plain in one pgbench run (two
+scripts, weight 1 each: every transaction picks one at random), so both meet
+the same load, commit queue and contention; reported: the ratio of their
+average latencies (plain / variant), which is what the tps ratio would be,
+median over ROUNDS runs per variant.
+
 --micro instead times the statements inside the server, which the noise of a
 shared machine moves less: one session, synchronous_commit off, MICRO_ROWS
 (2000) single-row transactions per chunk (a procedure: INSERT; COMMIT), chunks
@@ -540,10 +546,52 @@ def run_micro(names, conn):
             med, "" if n == b else "%+.1f" % (med - bmed)))
 
 
+def run_mixed(names, conn):
+    cur = conn.cursor()
+    tmp = tempfile.mkdtemp(prefix="writer_bench.")
+    scripts = {}
+    for n in names:
+        table, _, headers, _ = VARIANTS[n]
+        p = os.path.join(tmp, n + ".sql")
+        with open(p, "w") as f:
+            f.write("\\set t random(1, 3)\n\\set k random(100000, 999999)\n")
+            f.write(insert_sql(table, headers) + "\n")
+        scripts[n] = p
+    others = [n for n in names if n != base_of(n)]
+    ratios = {n: [] for n in others}
+    print("load average before: %s" % load(), flush=True)
+    for r in range(ROUNDS):
+        line = []
+        for n in others:
+            b = base_of(n)
+            truncate(cur, names)
+            # The two scripts in one run, each transaction picks one at
+            # random: both meet the same load, commit queue and contention.
+            order = [scripts[b], scripts[n]] if r % 2 == 0 else [scripts[n], scripts[b]]
+            out = subprocess.run(["pgbench", "-n", "-M", MODE, "-c", str(CLIENTS), "-j", "2", "-T", str(SECONDS),
+                                  "-f", order[0] + "@1", "-f", order[1] + "@1", DB_URL],
+                                 capture_output=True, text=True)
+            lat = {}
+            for m in re.finditer(r"^SQL script \d+: (\S+)\n(?:.*\n)*? - latency average = ([0-9.]+) ms", out.stdout, re.M):
+                lat[m.group(1)] = float(m.group(2))
+            if out.returncode != 0 or len(lat) != 2:
+                sys.exit("pgbench failed:\n" + out.stdout + out.stderr)
+            ratios[n].append(lat[scripts[b]] / lat[scripts[n]])
+            line.append("%s %.2f" % (n, ratios[n][-1]))
+        print("round %d (load %s): %s" % (r + 1, load(), ", ".join(line)), flush=True)
+    print("load average after: %s" % load())
+    print()
+    print("| variant | latency ratio plain / variant (same run): median | min | max |")
+    print("| --- | ---: | ---: | ---: |")
+    for n in others:
+        print("| %s | **%.2f** | %.2f | %.2f |" % (n, statistics.median(ratios[n]), min(ratios[n]), max(ratios[n])))
+
+
 def main():
     args = sys.argv[1:]
     micro = "--micro" in args
-    args = [a for a in args if a != "--micro"]
+    mixed = "--mixed" in args
+    args = [a for a in args if a not in ("--micro", "--mixed")]
     if "--list" in args:
         for n, (table, parts, headers, desc) in VARIANTS.items():
             print("%-16s %s" % (n, desc))
@@ -557,11 +605,13 @@ def main():
             names.insert(0, base_of(n))
     conn, version = setup(names)
     print("writer_bench: schema version %s, %s, %d clients, %d s per run, %d rounds, PostgreSQL %s"
-          % (version, "micro" if micro else "pgbench -M " + MODE, CLIENTS, SECONDS, ROUNDS,
+          % (version, "micro" if micro else ("mixed, " if mixed else "") + "pgbench -M " + MODE, CLIENTS, SECONDS, ROUNDS,
              conn.server_version), flush=True)
     try:
         if micro:
             run_micro(names, conn)
+        elif mixed:
+            run_mixed(names, conn)
         else:
             run_pgbench(names, conn)
         cur = conn.cursor()
