@@ -12,8 +12,8 @@
 -- statement (headers_valid() inlined again each time), and the statement
 -- triggers cost a plpgsql call with a query per statement. A domain's
 -- constraints are planned once per session (the type cache) and only
--- evaluated per row. Together: about 75 us of server CPU per one-row
--- transaction before, about 10 after.
+-- evaluated per row. One session's CPU per one-row transaction, over the
+-- same insert into a plain table: 80-100 us with version 2, 10-15 after.
 --
 -- Upgrade from version 2: no table rewrite. outbox.event is locked (ACCESS
 -- EXCLUSIVE) for the transaction, which scans it once per rule to validate
