@@ -29,14 +29,19 @@ Runs are interleaved: each of ROUNDS (3) rounds runs the variants in a
 rotated order, with a plain run before the first and after every PAIR (2)
 variants; a variant's ratio in a round is its tps over the mean of the plain
 runs on either side of it. Reported: per variant the median of its per-round
-ratios and of its tps, the min and max ratio. Tables are truncated before
-every run. The load average is printed before and after.
+ratios and of its tps, the min and max ratio, and the CPU time the server's
+backends spent per transaction (/proc/PID/schedstat of the pgbench
+connections over the middle of each run, when the server runs on this
+host). Tables are truncated before every run. The load average is printed
+before and after. PROTOCOL sets pgbench -M (simple).
 
 --mixed runs each variant together with plain in one pgbench run (two
 scripts, weight 1 each: every transaction picks one at random), so both meet
 the same load, commit queue and contention; reported: the ratio of their
-average latencies (plain / variant), which is what the tps ratio would be,
-median over ROUNDS runs per variant.
+average latencies (plain / variant), median over ROUNDS runs per variant.
+Much steadier than separate runs on a shared machine, but compressed
+towards 1: the two share the commit queue and the wait for a CPU, so only
+the difference in their own work shows.
 
 --micro instead times the statements inside the server, which the noise of a
 shared machine moves less: one session, synchronous_commit off, MICRO_ROWS
