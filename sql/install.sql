@@ -30,6 +30,10 @@ SET client_min_messages = warning;
 \set description 'NOTIFY trigger notifies only while no relay is awake (advisory lock)'
 \ir lib/apply.sql
 
+\set migration 0004_writer_fast_path
+\set description 'topic and headers rules as domains; reserved topics as a domain constraint (cheaper writes)'
+\ir lib/apply.sql
+
 \unset migration
 \unset description
 SELECT format('outbox schema at version %s', outbox.version()) AS installed;

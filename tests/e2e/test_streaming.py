@@ -180,8 +180,8 @@ def test_upgrade_from_version_2_in_place(outbox_db, topics, relays, tmp_path):
         before = scalar(conn, "SELECT array_agg(e ORDER BY id)::text FROM outbox.event AS e")
         state = scalar(conn, "SELECT array_agg(s)::text FROM outbox.relay_state AS s")
         out = psql(db, "-f", str(ROOT / "sql/install.sql"))
-        assert "version 3" in out.stdout, out.stdout + out.stderr
-        assert scalar(conn, "SELECT outbox.version()") == 3
+        assert "version 4" in out.stdout, out.stdout + out.stderr
+        assert scalar(conn, "SELECT outbox.version()") == 4
         assert scalar(conn, "SELECT array_agg(e ORDER BY id)::text FROM outbox.event AS e") == before
         assert scalar(conn, "SELECT array_agg(s)::text FROM outbox.relay_state AS s") == state
         assert scalar(conn, "SELECT outbox.notify_enabled()")

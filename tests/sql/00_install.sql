@@ -2,7 +2,7 @@
 -- once and then a third time; public.install_check holds what it saw
 -- before the third run.
 BEGIN;
-SELECT plan(39);
+SELECT plan(40);
 
 -- Versions ------------------------------------------------------------------
 SELECT has_table('outbox', 'schema_version', 'outbox.schema_version exists');
@@ -32,21 +32,31 @@ SELECT results_eq(
       ORDER BY a.attnum$$,
     $$VALUES ('id', 'bigint', true, NULL, 'a'),
              ('txid', 'xid8', true, 'pg_current_xact_id()', ''),
-             ('topic', 'text', true, NULL, ''),
+             ('topic', 'outbox.event_topic', true, NULL, ''),
              ('key', 'bytea', false, NULL, ''),
              ('payload', 'bytea', false, NULL, ''),
-             ('headers', 'jsonb', false, NULL, ''),
+             ('headers', 'outbox.event_headers', false, NULL, ''),
              ('created_at', 'timestamp with time zone', true, 'now()', '')$$,
     'outbox.event has the contract''s columns, types, defaults and identity'
 );
 SELECT col_is_pk('outbox', 'event', 'id', 'outbox.event.id is the primary key');
 SELECT has_index('outbox', 'event', 'event_txid_idx', ARRAY['txid'], 'outbox.event has an index on txid');
+SELECT is_empty(
+    $$SELECT conname FROM pg_constraint WHERE conrelid = 'outbox.event'::regclass AND contype = 'c'$$,
+    'outbox.event has no table CHECK constraint (a table''s CHECKs are planned again by every statement)'
+);
 SELECT results_eq(
-    $$SELECT conname::text COLLATE "default" FROM pg_constraint
-      WHERE conrelid = 'outbox.event'::regclass AND contype = 'c' ORDER BY conname$$,
-    $$VALUES ('event_headers_string_object'), ('event_topic_legal_chars'),
-             ('event_topic_max_length'), ('event_topic_not_dot'), ('event_topic_not_empty')$$,
-    'outbox.event validates by named CHECK constraints'
+    $$SELECT t.typname::text COLLATE "default", format_type(t.typbasetype, t.typtypmod),
+             c.conname::text COLLATE "default", c.convalidated
+      FROM pg_type AS t JOIN pg_constraint AS c ON c.contypid = t.oid
+      WHERE t.typnamespace = 'outbox'::regnamespace AND t.typtype = 'd'
+      ORDER BY 1, 3$$,
+    $$VALUES ('event_headers', 'jsonb', 'event_headers_string_object', true),
+             ('event_topic', 'text', 'event_topic_legal_chars', true),
+             ('event_topic', 'text', 'event_topic_max_length', true),
+             ('event_topic', 'text', 'event_topic_not_dot', true),
+             ('event_topic', 'text', 'event_topic_not_empty', true)$$,
+    'topic and headers are validated by the named CHECK constraints of two domains (no reserved topic yet)'
 );
 
 -- outbox.relay_state --------------------------------------------------------
@@ -75,7 +85,6 @@ SELECT results_eq(
       ORDER BY 1$$,
     $$VALUES
       ('outbox.advance(text,bigint,bigint,text,text,bigint,bigint)', 'bigint'),
-      ('outbox.event_refuse_reserved()', 'trigger'),
       ('outbox.fetch_page(pg_snapshot,pg_snapshot,bigint,integer,bigint)',
        'TABLE(id bigint, topic text, key bytea, payload bytea, header_names text[], header_values text[], created_ms bigint)'),
       ('outbox.fetch_page_bounds(pg_snapshot,pg_snapshot,bigint,integer,bigint)', 'bigint[]'),
@@ -98,10 +107,13 @@ SELECT results_eq(
       ('outbox.publish(text,text,jsonb,jsonb)', 'bigint'),
       ('outbox.publish(text,text,text,jsonb)', 'bigint'),
       ('outbox.purge(text,bigint,integer)', 'bigint'),
+      ('outbox.refuse_reserved_topic(text)', 'boolean'),
       ('outbox.relay_awake(boolean)', 'boolean'),
       ('outbox.relay_forget(text)', 'boolean'),
       ('outbox.relayed(xid8,bigint,pg_snapshot,pg_snapshot,bigint)', 'boolean'),
       ('outbox.reserve_topics(text,bigint,text[])', 'integer'),
+      ('outbox.reserved_topic_apply()', 'text[]'),
+      ('outbox.reserved_topic_changed()', 'trigger'),
       ('outbox.status(text)',
        'TABLE(name text, owner text, generation bigint, lease_expires_at timestamp with time zone, lease_expires_in_ms bigint, batch_seq bigint, pos_done text, pos_next text, pos_after_id bigint, created_at timestamp with time zone, updated_at timestamp with time zone, advanced_at timestamp with time zone, lag_rows bigint, lag_oldest_age_ms bigint)'),
       ('outbox.version()', 'integer'),
@@ -139,7 +151,8 @@ SELECT results_eq(
       WHERE p.pronamespace = 'outbox'::regnamespace AND p.prosecdef ORDER BY 1$$,
     $$VALUES ('advance'), ('lag'), ('lease_acquire'), ('lease_release'), ('lease_renew'),
              ('notify_disable'), ('notify_enable'), ('position_get'), ('position_reset'),
-             ('purge'), ('relay_forget'), ('reserve_topics'), ('status'), ('window_open')$$,
+             ('purge'), ('relay_forget'), ('reserve_topics'), ('reserved_topic_apply'), ('status'),
+             ('window_open')$$,
     'exactly the state-writing and state-reading functions are SECURITY DEFINER'
 );
 SELECT is_empty(
@@ -150,7 +163,7 @@ SELECT is_empty(
 );
 SELECT is(
     (SELECT provolatile::text FROM pg_proc WHERE oid = 'outbox.headers_valid(jsonb)'::regprocedure),
-    'i', 'headers_valid() is IMMUTABLE (it backs a CHECK constraint)');
+    'i', 'headers_valid() is IMMUTABLE (it backs a domain''s CHECK constraint)');
 SELECT is(
     (SELECT provolatile::text FROM pg_proc
      WHERE oid = 'outbox.fetch_page(pg_snapshot,pg_snapshot,bigint,integer,bigint)'::regprocedure),
@@ -199,12 +212,13 @@ SELECT is_empty(
     $$SELECT p.oid::regprocedure FROM pg_proc AS p
       WHERE p.pronamespace = 'outbox'::regnamespace
         AND has_function_privilege('public', p.oid, 'EXECUTE')
-        AND p.proname NOT IN ('headers_valid', 'headers_bytes', 'relayed', 'version', 'notify_enabled')$$,
-    'PUBLIC may execute only the pure helper functions'
+        AND p.proname NOT IN ('headers_valid', 'headers_bytes', 'relayed', 'version', 'notify_enabled',
+                              'refuse_reserved_topic')$$,
+    'PUBLIC may execute only the pure helper functions (and the reserved-topic refusal, which writers'' rows call)'
 );
 
 -- The contract's constants ---------------------------------------------------
-SELECT is(outbox.version(), 3, 'schema version 3');
+SELECT is(outbox.version(), 4, 'schema version 4');
 SELECT is((SELECT count(*)::int FROM outbox.event WHERE topic <> 'plan'), 0, 'a fresh install has no outbox rows');
 SELECT is((SELECT count(*)::int FROM outbox.relay_state), 0, 'a fresh install has no relay');
 SELECT is(outbox.notify_enabled(), false, 'NOTIFY is off after install');

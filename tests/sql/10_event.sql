@@ -1,7 +1,7 @@
 -- 10_event.sql: what outbox.event accepts and refuses, and publish() with
 -- each of its overloads.
 BEGIN;
-SELECT plan(42);
+SELECT plan(47);
 
 -- Good rows ----------------------------------------------------------------
 SELECT lives_ok(
@@ -25,32 +25,52 @@ SELECT throws_ok($$INSERT INTO outbox.event (topic) VALUES (NULL)$$,
                  '23502', 'null value in column "topic" of relation "event" violates not-null constraint',
                  'NULL topic: 23502');
 SELECT throws_ok($$INSERT INTO outbox.event (topic) VALUES ('')$$,
-                 '23514', 'new row for relation "event" violates check constraint "event_topic_not_empty"',
+                 '23514', 'value for domain outbox.event_topic violates check constraint "event_topic_not_empty"',
                  'empty topic: 23514 event_topic_not_empty');
 SELECT throws_ok($$INSERT INTO outbox.event (topic) VALUES ('a b')$$,
-                 '23514', 'new row for relation "event" violates check constraint "event_topic_legal_chars"',
+                 '23514', 'value for domain outbox.event_topic violates check constraint "event_topic_legal_chars"',
                  'a space in the topic: event_topic_legal_chars');
 SELECT throws_ok($$INSERT INTO outbox.event (topic) VALUES ('orders/eu')$$,
-                 '23514', 'new row for relation "event" violates check constraint "event_topic_legal_chars"',
+                 '23514', 'value for domain outbox.event_topic violates check constraint "event_topic_legal_chars"',
                  'a slash in the topic: event_topic_legal_chars');
 SELECT throws_ok($$INSERT INTO outbox.event (topic) VALUES ('zamówienia')$$,
-                 '23514', 'new row for relation "event" violates check constraint "event_topic_legal_chars"',
+                 '23514', 'value for domain outbox.event_topic violates check constraint "event_topic_legal_chars"',
                  'a non-ASCII letter in the topic: event_topic_legal_chars');
 SELECT throws_ok(format($$INSERT INTO outbox.event (topic) VALUES (%L)$$, repeat('a', 250)),
-                 '23514', 'new row for relation "event" violates check constraint "event_topic_max_length"',
+                 '23514', 'value for domain outbox.event_topic violates check constraint "event_topic_max_length"',
                  'a 250-character topic: event_topic_max_length');
 SELECT throws_ok($$INSERT INTO outbox.event (topic) VALUES ('.')$$,
-                 '23514', 'new row for relation "event" violates check constraint "event_topic_not_dot"',
+                 '23514', 'value for domain outbox.event_topic violates check constraint "event_topic_not_dot"',
                  'topic ".": event_topic_not_dot');
 SELECT throws_ok($$INSERT INTO outbox.event (topic) VALUES ('..')$$,
-                 '23514', 'new row for relation "event" violates check constraint "event_topic_not_dot"',
+                 '23514', 'value for domain outbox.event_topic violates check constraint "event_topic_not_dot"',
                  'topic "..": event_topic_not_dot');
 
 SELECT throws_ok(format($$INSERT INTO outbox.event (topic, headers) VALUES ('t', %L)$$, h),
-                 '23514', 'new row for relation "event" violates check constraint "event_headers_string_object"',
+                 '23514', 'value for domain outbox.event_headers violates check constraint "event_headers_string_object"',
                  format('headers %s: event_headers_string_object', h))
 FROM (VALUES ('{"a": 1}'), ('{"a": null}'), ('{"a": true}'), ('{"a": {"b": "c"}}'),
              ('{"a": ["b"]}'), ('{"a": "ok", "b": 2}'), ('["a", "b"]'), ('"a"'), ('null')) AS t(h);
+
+-- The rules hold for every way a value gets into the columns: the domains
+-- check each value converted to them.
+SELECT throws_ok($$INSERT INTO outbox.event (topic, headers) SELECT t, NULL FROM (VALUES ('ok'), ('not ok')) AS v(t)$$,
+                 '23514', 'value for domain outbox.event_topic violates check constraint "event_topic_legal_chars"',
+                 'INSERT ... SELECT: each row is checked');
+SELECT throws_ok($$UPDATE outbox.event SET topic = 'a/b' WHERE topic = 't'$$,
+                 '23514', 'value for domain outbox.event_topic violates check constraint "event_topic_legal_chars"',
+                 'UPDATE ... SET topic is checked');
+SELECT throws_ok($$UPDATE outbox.event SET headers = '{"a": 1}' WHERE topic = 't'$$,
+                 '23514', 'value for domain outbox.event_headers violates check constraint "event_headers_string_object"',
+                 'UPDATE ... SET headers is checked');
+PREPARE pg_temp_ins(text, jsonb) AS INSERT INTO outbox.event (topic, headers) VALUES ($1, $2);
+SELECT throws_ok($$EXECUTE pg_temp_ins('.', NULL)$$, '23514',
+                 'value for domain outbox.event_topic violates check constraint "event_topic_not_dot"',
+                 'a prepared INSERT with parameters is checked (topic)');
+SELECT throws_ok($$EXECUTE pg_temp_ins('t', '[1]')$$, '23514',
+                 'value for domain outbox.event_headers violates check constraint "event_headers_string_object"',
+                 'a prepared INSERT with parameters is checked (headers)');
+DEALLOCATE pg_temp_ins;
 
 SELECT ok(outbox.headers_valid(NULL), 'headers_valid(NULL)');
 SELECT ok(outbox.headers_valid('{"a": "1", "b": ""}'), 'headers_valid(object of strings)');
@@ -64,7 +84,7 @@ CREATE TEMP TABLE published (overload text, id bigint);
 
 INSERT INTO published SELECT 'bytea', outbox.publish('t', '\x6b'::bytea, '\x00ff'::bytea);
 SELECT results_eq(
-    $$SELECT e.topic, e.key, e.payload, e.headers FROM outbox.event AS e
+    $$SELECT e.topic::text, e.key, e.payload, e.headers::jsonb FROM outbox.event AS e
       JOIN published AS p ON p.id = e.id WHERE p.overload = 'bytea'$$,
     $$VALUES ('t'::text, '\x6b'::bytea, '\x00ff'::bytea, NULL::jsonb)$$,
     'publish(text, bytea, bytea) stores the bytes as given and returns the new id');
@@ -85,7 +105,7 @@ SELECT is(
 
 INSERT INTO published SELECT 'text', outbox.publish('t', 'ключ'::text, 'значение'::text, '{"h": "v"}');
 SELECT results_eq(
-    $$SELECT e.key, e.payload, e.headers FROM outbox.event AS e
+    $$SELECT e.key, e.payload, e.headers::jsonb FROM outbox.event AS e
       JOIN published AS p ON p.id = e.id WHERE p.overload = 'text'$$,
     $$VALUES ('\xd0bad0bbd18ed187'::bytea, convert_to('значение', 'UTF8'), '{"h": "v"}'::jsonb)$$,
     'publish(text, text, text, jsonb) stores key and payload as UTF-8 bytes, and the headers');
@@ -115,7 +135,7 @@ INSERT INTO published
 SELECT 'named', outbox.publish(topic => 'named', key => '\x01'::bytea, payload => '\x02'::bytea,
                                headers => '{"x": "y"}');
 SELECT results_eq(
-    $$SELECT e.topic, e.key, e.payload, e.headers FROM outbox.event AS e
+    $$SELECT e.topic::text, e.key, e.payload, e.headers::jsonb FROM outbox.event AS e
       JOIN published AS p ON p.id = e.id WHERE p.overload = 'named'$$,
     $$VALUES ('named'::text, '\x01'::bytea, '\x02'::bytea, '{"x": "y"}'::jsonb)$$,
     'publish() accepts named arguments topic, key, payload, headers');
@@ -127,10 +147,10 @@ SELECT ok((SELECT bool_and(e.txid = pg_current_xact_id()) FROM outbox.event AS e
           'publish() rows carry the caller''s transaction id');
 
 SELECT throws_ok($$SELECT outbox.publish('bad topic', 'k', 'v')$$, '23514',
-                 'new row for relation "event" violates check constraint "event_topic_legal_chars"',
+                 'value for domain outbox.event_topic violates check constraint "event_topic_legal_chars"',
                  'publish() is held to the same checks');
 SELECT throws_ok($$SELECT outbox.publish('t', 'k', 'v', '{"n": 1}')$$, '23514',
-                 'new row for relation "event" violates check constraint "event_headers_string_object"',
+                 'value for domain outbox.event_headers violates check constraint "event_headers_string_object"',
                  'publish() refuses headers that are not strings');
 SELECT throws_ok($$SELECT outbox.publish(NULL, 'k', 'v')$$, '23502', NULL,
                  'publish() refuses a NULL topic');
