@@ -24,6 +24,12 @@ Variants (--list prints them):
             statement-level reserved-topic triggers of migration 0002
   v2-<part> v2 without one component, so that the cost of each is known
   ...       design options for version 3, measured the same way
+  o-bare-n  txid default and index plus the NOTIFY trigger, which notifies
+            only while no relay is awake; AWAKE=1 holds the relay's lock for
+            the whole run (a relay publishing), otherwise every transaction
+            notifies (no relay awake)
+NOTIFY_EVENT=1 switches notify_enable()'s trigger on for outbox.event itself
+(the "event" variants): the wake-up on, as the quick start has it.
 
 Runs are interleaved: each of ROUNDS (3) rounds runs the variants in a
 rotated order, with a plain run before the first and after every PAIR (2)
@@ -293,6 +299,9 @@ variant("o-all1", [p for p in without("trig2", *CHECKS) if p] + ["chk_all1", "tr
 variant("o-brin", [p for p in without("trig2", "txidx")] + ["txbrin", "trigwhen"],
         "o-when with a BRIN index on txid instead of the btree")
 variant("o-bare", ["txdef", "txidx"], "txid default and index only")
+variant("o-bare-n", ["txdef", "txidx", "notify"],
+        "txid default and index, and the NOTIFY trigger (notifies only while no relay is awake: AWAKE=1 "
+        "holds the relay's lock for the whole run)")
 BASE3 = ["txdef", "txidx", "avopts"]
 TOPIC4 = ["chk_empty", "chk_chars", "chk_len", "chk_dot"]
 variant("o-hdr", BASE3 + TOPIC4 + ["chk_hdr_inline", "trig2"], "v2 with the headers CHECK written out")
@@ -609,6 +618,18 @@ def main():
         if base_of(n) not in names:
             names.insert(0, base_of(n))
     conn, version = setup(names)
+    if os.environ.get("NOTIFY_EVENT") == "1":
+        # the wake-up on: the quick start's NOTIFY trigger on outbox.event
+        conn.cursor().execute("SELECT outbox.notify_enable()")
+        print("NOTIFY trigger on outbox.event (notify_enable())")
+    awake = None
+    if os.environ.get("AWAKE") == "1":
+        # a relay that is awake: it holds this lock, so the trigger of the
+        # "-n" variants does not notify (sql/migrations/0003)
+        awake = psycopg2.connect(DB_URL)
+        awake.autocommit = True
+        awake.cursor().execute("SELECT outbox.relay_awake(true)")
+        print("a relay session holds the \"relay awake\" lock for the whole run")
     print("writer_bench: schema version %s, %s, %d clients, %d s per run, %d rounds, PostgreSQL %s"
           % (version, "micro" if micro else ("mixed, " if mixed else "") + "pgbench -M " + MODE, CLIENTS, SECONDS, ROUNDS,
              conn.server_version), flush=True)
