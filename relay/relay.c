@@ -71,6 +71,7 @@ struct relay {
 
 	int64_t last_probe_ms; /* Kafka reachability and the purge, while idle */
 	int64_t next_lag_ms;   /* the lag, every few seconds, busy or idle */
+	int64_t last_lag_ms;
 	int failed_attempts;   /* of the current batch, in a row */
 	bool producer_started;
 };
@@ -1126,6 +1127,7 @@ static void measure_lag(struct relay *r)
 		metrics_unlock();
 	}
 	took = now_ms() - t0;
+	r->last_lag_ms = t0;
 	r->next_lag_ms = now_ms() + (took * 50 > 3000 ? took * 50 : 3000);
 }
 
@@ -1169,6 +1171,10 @@ static enum step loop(struct relay *r)
 		if (r->batch.nrecs == 0) {
 			bool notified;
 
+			/* Drained: the lag is small again, so back to counting it
+			 * every 3 s instead of waiting out the backlog's pace. */
+			if (r->next_lag_ms > r->last_lag_ms + 3000)
+				r->next_lag_ms = r->last_lag_ms + 3000;
 			if (r->awake) {
 				/* Release, then look once more before sleeping:
 				 * a writer that found us awake did not notify. */
