@@ -5,29 +5,9 @@
 -- 70_notify.sql: notifications arrive in commit order, so what the listener
 -- got before the marker is exactly what the step sent). Leaves NOTIFY off.
 \ir lib/dblink.sql
+\ir lib/notifications.sql
 SELECT plan(12);
 
-CREATE FUNCTION pg_temp.notifications(p_conn text) RETURNS int LANGUAGE plpgsql AS $$
-DECLARE
-    v_marker text := 'marker-' || clock_timestamp()::text;
-    v_n int := 0;
-    v_deadline timestamptz := clock_timestamp() + interval '10 seconds';
-    v_note record;
-BEGIN
-    PERFORM dblink_exec('marker', format('NOTIFY outbox_event, %L', v_marker));
-    LOOP
-        FOR v_note IN SELECT * FROM dblink_get_notify(p_conn) LOOP
-            IF v_note.notify_name = 'outbox_event' AND v_note.extra = v_marker THEN
-                RETURN v_n;
-            END IF;
-            v_n := v_n + (v_note.notify_name = 'outbox_event')::int;
-        END LOOP;
-        EXIT WHEN clock_timestamp() > v_deadline;
-        PERFORM pg_sleep(0.01);
-    END LOOP;
-    RETURN NULL;
-END
-$$;
 
 -- The relay session's call, answered as a boolean.
 CREATE FUNCTION pg_temp.relay_awake(p_awake boolean) RETURNS boolean LANGUAGE sql AS $$
