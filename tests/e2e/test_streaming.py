@@ -50,11 +50,11 @@ def test_open_transaction_takes_rows_as_they_commit(outbox_db, topics, relays, t
     than rows. Before: rows waited in the relay until the batch closed."""
     names = topics(3)
     cfg = write_config(tmp_path / "r.conf", outbox_db, "r-stream", **{
-        "relay.lease_ttl_ms": 6000, "batch.max_wait_ms": 4000, "batch.poll_interval_ms": 200,
+        "relay.lease_ttl_ms": 6000, "batch.max_wait_ms": 8000, "batch.poll_interval_ms": 200,
         "batch.max_rows": 100000})
     relay = relays(cfg)
     relay.wait_log("publishing")
-    t = feed(outbox_db, names, 0, 60, 0.05)  # 20 rows/s for 3 s: one transaction
+    t = feed(outbox_db, names, 0, 60, 0.1)  # 10 rows/s for 6 s: one transaction of up to 8 s
     time.sleep(1.5)
     seen, committed = uncommitted_then_committed(names[0], 1.0)
     assert seen > 0, "no row reached the broker's log while the transaction was open"
@@ -64,7 +64,7 @@ def test_open_transaction_takes_rows_as_they_commit(outbox_db, topics, relays, t
     wait_for(drained(conn), timeout=60, what="the rows to be published")
     check_exactly_once(read_all(names), range(60))
     batches = scalar(conn, "SELECT batch_seq FROM outbox.relay_state")
-    assert batches <= 4, f"{batches} transactions for 60 rows arriving within 3 s"
+    assert batches <= 4, f"{batches} transactions for 60 rows arriving within 6 s"
     assert relay.stop() == 0
 
 
