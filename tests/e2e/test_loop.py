@@ -27,7 +27,7 @@ def test_lease_kept_while_a_batch_waits_for_rows(outbox_db, topics, relays, tmp_
     standby.wait_log("standby")
     conn = connect(outbox_db)
     t0 = time.monotonic()
-    for n in range(70):  # a row every 0.1 s for 7 s: one transaction stays open
+    for n in range(60):  # a row every 0.1 s for 6 s: one transaction stays open
         insert_rows(conn, names, n, 1)
         time.sleep(0.1)
     assert scalar(conn, "SELECT batch_seq FROM outbox.relay_state") == 0, \
@@ -38,7 +38,7 @@ def test_lease_kept_while_a_batch_waits_for_rows(outbox_db, topics, relays, tmp_
     assert leader.proc.poll() is None, f"leader exited {leader.proc.poll()}:\n{leader.text()}"
     assert "publishing" not in standby.text(), f"the standby took over:\n{standby.text()}"
     assert "lost" not in leader.text()
-    check_exactly_once(read_all(names), range(70))
+    check_exactly_once(read_all(names), range(60))
     assert leader.stop() == 0
 
 
