@@ -3,7 +3,9 @@
  * the first) it passes the point NAME. Names: after-fetch, after-produce
  * (after flushing the records to the broker), during-commit (EndTxn sent,
  * answer not awaited), after-commit (before the database advance),
- * after-advance. */
+ * after-advance. With OUTBOX_RELAY_CRASH_ACTION=stop it SIGSTOPs itself
+ * there instead (a zombie frozen at a known point) and, once continued,
+ * goes on as if nothing happened. */
 #ifndef OUTBOX_CRASH_H
 #define OUTBOX_CRASH_H
 

@@ -879,8 +879,10 @@ static enum pub_status commit(struct publisher *pub)
 #endif
 		error = rd_kafka_commit_transaction(pub->rk, timeout > 0 ? timeout : 1);
 #ifdef OUTBOX_CRASH_POINTS
-		if (die)
+		if (die) {
 			crash_now("during-commit");
+			die = false; /* continued after a stop: a timed-out call, retried */
+		}
 #endif
 		if (!error)
 			return PUB_OK;
