@@ -63,6 +63,7 @@ static const struct option options[] = {
 	{"batch.max_bytes", OPT_INT64, OFF(batch_max_bytes), NULL, 16 << 20, 1024, 1LL << 31, NULL, true},
 	{"batch.max_wait_ms", OPT_INT, OFF(batch_max_wait_ms), NULL, 50, 0, 60000, NULL, true},
 	{"batch.poll_interval_ms", OPT_INT, OFF(poll_interval_ms), NULL, 200, 1, 60000, NULL, true},
+	{"batch.look_interval_ms", OPT_INT, OFF(look_interval_ms), NULL, 0, 0, 60000, NULL, true},
 	{"batch.notify", OPT_BOOL, OFF(notify), NULL, 1, 0, 0, NULL, false},
 	{"http.listen", OPT_STRING, OFF(http_listen), "127.0.0.1:8080", 0, 0, 0, NULL, false},
 	{"http.max_connections", OPT_INT, OFF(http_max_connections), NULL, 16, 1, 1024, NULL, false},

@@ -45,6 +45,7 @@ struct config {
 	int64_t batch_max_bytes;
 	int batch_max_wait_ms;
 	int poll_interval_ms;
+	int look_interval_ms; /* 0: max_wait_ms / 10 */
 	bool notify;
 
 	/* http */

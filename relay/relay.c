@@ -878,11 +878,12 @@ static void set_awake(struct relay *r, bool awake)
 	r->awake = held;
 }
 
-/* How often an open transaction looks for new rows: a tenth of
- * batch.max_wait_ms, at least 1 ms, at most batch.poll_interval_ms. */
+/* How often an open transaction looks for new rows: batch.look_interval_ms,
+ * by default a tenth of batch.max_wait_ms; at least 1 ms, at most
+ * batch.poll_interval_ms. */
 static int stream_poll_ms(const struct config *cfg)
 {
-	int ms = cfg->batch_max_wait_ms / 10;
+	int ms = cfg->look_interval_ms > 0 ? cfg->look_interval_ms : cfg->batch_max_wait_ms / 10;
 
 	if (ms < 1)
 		ms = 1;

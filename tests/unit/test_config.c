@@ -53,7 +53,7 @@ static void test_all_options(void **state)
 			   "  checkpoint_replication_factor = 3; transaction_timeout_ms = 20000;\n"
 			   "  commit_timeout_ms = 20000; properties = [\"linger.ms=1\", \"a.b=c=d\"]; };\n"
 			   "batch = { max_rows = 7; max_bytes = 2147483648L; max_wait_ms = 9;\n"
-			   "  poll_interval_ms = 11; notify = false; };\n"
+			   "  poll_interval_ms = 11; look_interval_ms = 3; notify = false; };\n"
 			   "log = { level = \"debug\"; format = \"json\"; };\n";
 	char err[512];
 	struct config *cfg = config_load_string(text, "t.conf", err, sizeof(err));
@@ -77,6 +77,7 @@ static void test_all_options(void **state)
 	assert_true(cfg->batch_max_bytes == 2147483648LL);
 	assert_int_equal(cfg->batch_max_wait_ms, 9);
 	assert_int_equal(cfg->poll_interval_ms, 11);
+	assert_int_equal(cfg->look_interval_ms, 3);
 	assert_false(cfg->notify);
 	assert_int_equal(cfg->log_level, LOG_DEBUG);
 	assert_int_equal(cfg->log_format, LOG_JSON);
@@ -96,6 +97,8 @@ static const struct {
 	 "t.conf:3: batch.max_rows: 0 is out of range (1..1000000)"},
 	{MIN_OK "batch = { max_rows = 1000001; };\n",
 	 "t.conf:3: batch.max_rows: 1000001 is out of range (1..1000000)"},
+	{MIN_OK "batch = { look_interval_ms = 60001; };\n",
+	 "t.conf:3: batch.look_interval_ms: 60001 is out of range (0..60000)"},
 	{MIN_OK "batch = { max_rows = \"10\"; };\n",
 	 "t.conf:3: batch.max_rows: expected an integer, got a string"},
 	{MIN_OK "batch = { max_rows = 1.5; };\n",
