@@ -104,7 +104,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 			     "application/json", body, len);
 	}
 	if (strcmp(url, "/metrics") == 0) {
-		body = metrics_render(&m, &len);
+		body = metrics_render(&m, ready, &len);
 		return reply(conn, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", body, len);
 	}
 	if (strcmp(url, "/status") == 0) {

@@ -229,7 +229,7 @@ static void histogram(struct sbuf *b, const char *name, const char *help,
 		  (unsigned long long)h->count);
 }
 
-char *metrics_render(const struct metrics *m, size_t *len)
+char *metrics_render(const struct metrics *m, bool ready, size_t *len)
 {
 	struct sbuf b;
 
@@ -243,6 +243,8 @@ char *metrics_render(const struct metrics *m, size_t *len)
 	gauge(&b, "leader", "1 while this process holds the lease and publishes.",
 	      m->role == ROLE_LEADER && m->lease_held);
 	gauge(&b, "standby", "1 while this process waits for the lease.", m->role == ROLE_STANDBY);
+	gauge(&b, "ready", "1 when /readyz answers 200 (the same decision, made at the scrape).",
+	      ready);
 	gauge(&b, "lease_generation", "Lease generation (fencing token) held or last held.",
 	      (double)m->generation);
 	gauge(&b, "postgres_up", "1 when the last PostgreSQL call succeeded.", m->db_ok);

@@ -106,8 +106,10 @@ bool metrics_ready(const struct metrics *m, int64_t now_mono_ms, int64_t max_lag
 		   int64_t max_lag_seconds, int64_t stall_ms, char *reason, size_t reasonlen);
 
 /* Append the Prometheus text exposition (format 0.0.4) of m to a
- * malloc'd buffer; returns it (NUL-terminated) and its length in *len. */
-char *metrics_render(const struct metrics *m, size_t *len);
+ * malloc'd buffer; returns it (NUL-terminated) and its length in *len.
+ * ready is metrics_ready()'s decision for the same snapshot, exported as
+ * outbox_relay_ready so that a dashboard shows what /readyz answers. */
+char *metrics_render(const struct metrics *m, bool ready, size_t *len);
 
 /* /status as JSON; malloc'd. */
 char *metrics_status_json(const struct metrics *m, bool ready, const char *reason, size_t *len);

@@ -5,8 +5,10 @@
 # Also sets up the virtualenv of the deployment validators (tests/deploy).
 set -euo pipefail
 
+# dpkg-dev: dpkg-shlibdeps, for the Debian package's Depends (scripts/package-deb).
+# prometheus: promtool, and the server the dashboard test runs (tests/deploy).
 packages=(
-	build-essential cmake pkg-config git ca-certificates curl procps iproute2
+	build-essential cmake pkg-config git ca-certificates curl procps iproute2 dpkg-dev
 	libpq-dev librdkafka-dev libconfig-dev libmicrohttpd-dev libcmocka-dev
 	postgresql-15 postgresql-contrib postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl
 	openjdk-17-jre-headless maven kcat valgrind prometheus systemd python3-venv
@@ -33,7 +35,7 @@ install_packages() {
 	if [ ! -f /etc/postgresql-common/createcluster.conf ] || ! grep -q '^create_main_cluster = false' /etc/postgresql-common/createcluster.conf; then
 		echo 'create_main_cluster = false' >> /etc/postgresql-common/createcluster.conf
 	fi
-	# Packages with a daemon (prometheus, for its promtool) must not start it:
+	# Packages with a daemon (prometheus, for promtool and its server binary) must not start it:
 	# tell invoke-rc.d that no service may start while we install.
 	policy=/usr/sbin/policy-rc.d
 	own_policy=false

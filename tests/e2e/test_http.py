@@ -74,6 +74,7 @@ def test_endpoints_and_exposition(outbox_db, topics, relays, tmp_path):
     assert code == 200 and ctype.startswith("text/plain; version=0.0.4")
     assert metric(port, "outbox_relay_rows_published_total") == 500
     assert metric(port, "outbox_relay_leader") == 1
+    assert metric(port, "outbox_relay_ready") == 1
     assert metric(port, "outbox_relay_batches_committed_total") >= 10
     assert metric(port, "outbox_relay_batches_read_ahead_total") >= 1
     promtool = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
@@ -103,6 +104,7 @@ def test_standby_and_poison_and_lag(outbox_db, topics, relays, tmp_path):
              10, "standby readiness")
     assert metric(sport, "outbox_relay_standby") == 1
     assert metric(sport, "outbox_relay_leader") == 0
+    assert metric(sport, "outbox_relay_ready") == 1, "a healthy standby is ready"
 
     # publishing paused on the poison row: not ready, and the lag grows
     wait_for(lambda: ready(lport)[0] == 503, 10, "not ready on poison")
@@ -112,6 +114,7 @@ def test_standby_and_poison_and_lag(outbox_db, topics, relays, tmp_path):
     wait_for(lambda: metric(lport, "outbox_relay_lag_rows") >= 55, 20, "lag to rise")
     assert metric(lport, "outbox_relay_lag_seconds") > 0
     assert metric(lport, "outbox_relay_poison_stopped") == 1
+    assert metric(lport, "outbox_relay_ready") == 0, "the gauge says what /readyz says"
 
     with conn.cursor() as cur:
         cur.execute("DELETE FROM outbox.event WHERE id = %s", (poison_id,))

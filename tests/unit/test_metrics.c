@@ -151,12 +151,13 @@ static void test_render(void **state)
 	histogram_observe(&m.commit_seconds, commit_bucket_bounds, COMMIT_BUCKETS, 0.2);
 	histogram_observe(&m.commit_seconds, commit_bucket_bounds, COMMIT_BUCKETS, 99);
 	histogram_observe(&m.batch_rows, batch_bucket_bounds, BATCH_BUCKETS, 10000);
-	text = metrics_render(&m, &len);
+	text = metrics_render(&m, true, &len);
 	assert_int_equal(strlen(text), len);
 	assert_non_null(strstr(text, "outbox_relay_info{relay=\"orders \\\"main\\\"\",owner=\"host:1\\\\x\"} 1\n"));
 	assert_non_null(strstr(text, "# TYPE outbox_relay_rows_published_total counter\n"
 				     "outbox_relay_rows_published_total 12345\n"));
 	assert_non_null(strstr(text, "outbox_relay_leader 1\n"));
+	assert_non_null(strstr(text, "# TYPE outbox_relay_ready gauge\noutbox_relay_ready 1\n"));
 	assert_non_null(strstr(text, "outbox_relay_lease_generation 7\n"));
 	assert_non_null(strstr(text, "outbox_relay_lag_rows 10\n"));
 	assert_non_null(strstr(text, "outbox_relay_lag_seconds 0.5\n"));
