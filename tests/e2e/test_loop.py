@@ -20,6 +20,7 @@ def test_lease_kept_while_a_batch_waits_for_rows(outbox_db, topics, relays, tmp_
     names = topics(3)
     cfg = write_config(tmp_path / "r.conf", outbox_db, "r-wait", **{
         "relay.lease_ttl_ms": 2000, "batch.max_wait_ms": 9000, "batch.poll_interval_ms": 200,
+        "batch.look_interval_ms": 200,
         "batch.max_rows": 1000})
     leader = relays(cfg)
     leader.wait_log("publishing")

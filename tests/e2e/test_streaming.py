@@ -51,6 +51,7 @@ def test_open_transaction_takes_rows_as_they_commit(outbox_db, topics, relays, t
     names = topics(3)
     cfg = write_config(tmp_path / "r.conf", outbox_db, "r-stream", **{
         "relay.lease_ttl_ms": 6000, "batch.max_wait_ms": 8000, "batch.poll_interval_ms": 200,
+        "batch.look_interval_ms": 200,
         "batch.max_rows": 100000})
     relay = relays(cfg)
     relay.wait_log("publishing")
@@ -73,7 +74,8 @@ def test_open_transaction_ends_when_rows_stop(outbox_db, topics, relays, tmp_pat
     nothing the transaction commits."""
     names = topics(3)
     cfg = write_config(tmp_path / "r.conf", outbox_db, "r-lone", **{
-        "batch.max_wait_ms": 20000, "batch.poll_interval_ms": 100})
+        "batch.max_wait_ms": 20000, "batch.poll_interval_ms": 100,
+        "batch.look_interval_ms": 100})
     relay = relays(cfg)
     relay.wait_log("publishing")
     conn = connect(outbox_db)
@@ -92,7 +94,8 @@ def test_poison_row_in_open_transaction_waits_for_next_batch(outbox_db, topics, 
     and the relay stops on it as the first row of the next batch."""
     names = topics(3)
     cfg = write_config(tmp_path / "r.conf", outbox_db, "r-spoison", **{
-        "batch.max_wait_ms": 3000, "batch.poll_interval_ms": 100})
+        "batch.max_wait_ms": 3000, "batch.poll_interval_ms": 100,
+        "batch.look_interval_ms": 100})
     relay = relays(cfg)
     relay.wait_log("publishing")
     conn = connect(outbox_db)
@@ -134,7 +137,8 @@ def test_writers_do_not_notify_while_the_relay_is_awake(outbox_db, topics, relay
     names = topics(3)
     psql(outbox_db, "-c", "SELECT outbox.notify_enable()")
     cfg = write_config(tmp_path / "r.conf", outbox_db, "r-awake", **{
-        "batch.notify": True, "batch.max_wait_ms": 500, "batch.poll_interval_ms": 5000})
+        "batch.notify": True, "batch.max_wait_ms": 500, "batch.poll_interval_ms": 5000,
+        "batch.look_interval_ms": 50})
     relay = relays(cfg)
     relay.wait_log("publishing")
     conn = connect(outbox_db)

@@ -34,7 +34,8 @@ static void test_defaults(void **state)
 	assert_int_equal(cfg->batch_max_rows, 10000);
 	assert_int_equal(cfg->batch_max_bytes, 16 << 20);
 	/* transactions stay open 50 ms at a steady rate (issue 16) */
-	assert_int_equal(cfg->batch_max_wait_ms, 50);
+	assert_int_equal(cfg->batch_max_wait_ms, 250);
+	assert_int_equal(cfg->look_interval_ms, 10);
 	assert_int_equal(cfg->lease_ttl_ms, 10000);
 	assert_true(cfg->notify);
 	assert_false(cfg->allow_other_names);
