@@ -1107,6 +1107,12 @@ static enum step publish_batch(struct relay *r)
 			count_commit(r, now_ms() - t0);
 			break;
 		}
+		/* With topics.create, a row's topic found missing only in the
+		 * transaction is no poison: aborted like a transient failure,
+		 * the batch is checked again (vet_again creates the topic) and
+		 * sent again. */
+		if (st == PUB_POISON && publisher_poison_topic_missing(r->pub))
+			st = PUB_RESEND;
 		{
 			struct metrics *m = metrics_lock();
 			m->kafka_errors++;
@@ -1163,20 +1169,6 @@ static enum step publish_batch(struct relay *r)
 		case PUB_POISON: {
 			size_t i = 0;
 
-			if (publisher_poison_topic_missing(r->pub)) {
-				/* Aborted: nothing of it is visible. Checked
-				 * again, which creates the topic, and sent again. */
-				log_warning("%s; creating the topic before the batch is sent again",
-					    publisher_errstr(r->pub));
-				count_failure(r);
-				if (!back_off(r)) {
-					s = step_stopped(r);
-					goto out;
-				}
-				if ((s = vet_again(r)) != STEP_OK)
-					goto out;
-				continue;
-			}
 			while (i < r->batch.nrecs && r->batch.recs[i].id != publisher_poison_id(r->pub))
 				i++;
 			if (i == r->batch.nrecs || r->batch.recs[i].dead_reason) {

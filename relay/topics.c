@@ -127,8 +127,9 @@ enum topic_create topics_create(rd_kafka_t *rk, const char *name, int partitions
 		return TOPIC_BAD_SETTINGS;
 	}
 	opts = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
-	/* The request ends with our deadline rather than socket.timeout.ms. */
-	(void)rd_kafka_AdminOptions_set_request_timeout(opts, left > 0 ? left : 1, NULL, 0);
+	/* The request ends soon after our deadline (which decides: "timed
+	 * out") rather than socket.timeout.ms later. */
+	(void)rd_kafka_AdminOptions_set_request_timeout(opts, (left > 0 ? left : 1) + 1000, NULL, 0);
 	if (validate_only)
 		(void)rd_kafka_AdminOptions_set_validate_only(opts, 1, NULL, 0);
 	q = rd_kafka_queue_new(rk);

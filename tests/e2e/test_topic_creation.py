@@ -53,6 +53,7 @@ def assert_created_as_configured(names):
         assert got["max.message.bytes"] == "200000", got
 
 
+@pytest.mark.sanitizer
 def test_rows_for_three_new_topics_published_exactly_once(outbox_db, relays, tmp_path):
     tps = new_names(3)
     conn = connect(outbox_db)
@@ -86,11 +87,13 @@ def test_a_new_topic_met_while_a_transaction_is_open(outbox_db, topics, relays, 
     (new,) = new_names(1)
     conn = connect(outbox_db)
     cfg = write_config(tmp_path / "relay.conf", outbox_db, "r-create-open",
-                       **{"batch.max_wait_ms": 3000, "log.level": "debug"}, **CREATION)
+                       **{"batch.max_wait_ms": 4000, "batch.poll_interval_ms": 1000,
+                          "log.level": "debug"}, **CREATION)
     relay = relays(cfg)
     relay.wait_log(r'relay "r-create-open" publishing')
-    # A row every 50 ms keeps a transaction open (it looks every 300 ms and
-    # commits after two empty looks); the new topic's row comes mid-stream.
+    # A row every 50 ms keeps a transaction open (it looks every 400 ms and
+    # commits after two empty looks, or 4 s after it began); the new topic's
+    # row comes mid-stream.
     for n in range(40):
         insert(conn, new if n == 20 else old, n, key=f"k{n}")
         time.sleep(0.05)
@@ -106,6 +109,7 @@ def test_a_new_topic_met_while_a_transaction_is_open(outbox_db, topics, relays, 
     check_exactly_once(read_all([old, new]), range(40), partitions=3)
 
 
+@pytest.mark.sanitizer
 @pytest.mark.parametrize("policy", ["stop", "dead-letter"])
 def test_a_name_the_broker_refuses_is_a_poison_row(policy, outbox_db, topics, relays, tmp_path):
     """The schema keeps illegal names out, but only the broker knows that

@@ -531,9 +531,7 @@ static void test_missing_topic_created_not_poison(void **state)
 	assert_int_equal(
 		publisher_check(fx->pub, &fx->b, 0, now_ms() + 2000, true, why, sizeof(why)),
 		CHECK_LATER);
-	/* our deadline or librdkafka's request timeout, whichever ends first */
-	assert_memory_equal(why, "could not create topic \"events\": ", 33);
-	assert_non_null(strstr(why, "imed out"));
+	assert_string_equal(why, "could not create topic \"events\": timed out");
 	assert_true(now_ms() - t0 < 5000);
 	/* the relay's own topics are never created, whatever topics.create */
 	fx->b.recs[1].topic = fx->cfg->checkpoint_topic;
