@@ -555,8 +555,8 @@ static enum pub_check topic_create(struct publisher *pub, struct topic_handle *t
 		if (err == RD_KAFKA_RESP_ERR__INTR || now_ms() >= deadline_ms ||
 		    !wait_until(pub->w, next < deadline_ms ? next : deadline_ms)) {
 			snprintf(why, whylen,
-				 "topic \"%s\" was created but the producer's metadata does not show it "
-				 "with a leader for each partition yet",
+				 "topic \"%s\" was created but the producer's metadata does not "
+				 "show it with a leader for each partition yet",
 				 th->name);
 			return CHECK_LATER;
 		}

@@ -1016,8 +1016,8 @@ static enum pub_status stream_rows(struct relay *r)
 				(void)poison(r, i, why);
 				continue;
 			}
-			log_debug("outbox row %" PRId64 " and the rows read with it wait for the next "
-				  "batch: %s",
+			log_debug("outbox row %" PRId64 " and the rows read with it wait for the "
+				  "next batch: %s",
 				  r->batch.recs[i].id, why);
 			refused = true;
 		}
