@@ -10,6 +10,7 @@
 #include "checkpoint.h"
 #include "log.h"
 #include "publisher.h"
+#include "topics.h"
 #include "wait.h"
 
 /* Nothing relayed: every transaction id is >= 1, so none is visible in 1:1:. */
@@ -270,127 +271,11 @@ static int slice(const struct waiter *w, int64_t deadline)
 	return ms > READ_POLL_MS ? READ_POLL_MS : ms;
 }
 
-/* Wait for an admin request's reply on q in slices, ticking between them.
- * NULL on timeout or stop (errbuf says which). */
-static rd_kafka_event_t *queue_wait(rd_kafka_queue_t *q, const struct waiter *w, int64_t deadline,
-				    const char *what, char *errbuf, size_t errlen)
-{
-	for (;;) {
-		rd_kafka_event_t *ev;
-
-		if (!wait_tick(w)) {
-			snprintf(errbuf, errlen, "%s: stopped", what);
-			return NULL;
-		}
-		if (now_ms() >= deadline) {
-			snprintf(errbuf, errlen, "%s: timed out", what);
-			return NULL;
-		}
-		ev = rd_kafka_queue_poll(q, slice(w, deadline));
-		if (ev)
-			return ev;
-	}
-}
-
-/* 1 when `topic` exists, 0 when not, -1 when the broker could not say.
- * Asks for every topic's metadata: a request naming the topic could make a
- * broker with auto.create.topics.enable create it with its defaults (not
- * compacted, several partitions) before we can. */
-static int topic_exists(rd_kafka_t *rk, const char *topic, const struct waiter *w,
-			int64_t deadline, char *errbuf, size_t errlen)
-{
-	for (;;) {
-		const struct rd_kafka_metadata *md;
-		rd_kafka_resp_err_t err;
-		int ms = wait_slice(w, deadline), found = 0;
-
-		if (!wait_tick(w)) {
-			snprintf(errbuf, errlen, "could not look up topic \"%s\": stopped", topic);
-			return -1;
-		}
-		/* rd_kafka_metadata keeps its timeout; give it at least 1 s so
-		 * that a slow but healthy cluster can answer at all. */
-		err = rd_kafka_metadata(rk, 1, NULL, &md, ms < 1000 ? 1000 : ms);
-		if (!err) {
-			for (int i = 0; i < md->topic_cnt; i++)
-				if (strcmp(md->topics[i].topic, topic) == 0 &&
-				    md->topics[i].err == RD_KAFKA_RESP_ERR_NO_ERROR)
-					found = 1;
-			rd_kafka_metadata_destroy(md);
-			return found;
-		}
-		if (now_ms() >= deadline || err != RD_KAFKA_RESP_ERR__TIMED_OUT) {
-			snprintf(errbuf, errlen, "could not look up topic \"%s\": %s", topic,
-				 rd_kafka_err2str(err));
-			return -1;
-		}
-	}
-}
-
-int kafka_topic_ensure(rd_kafka_t *rk, const char *topic, int rf, bool compact,
-		       const struct waiter *w, int64_t deadline_ms, char *errbuf, size_t errlen)
-{
-	char rderr[256], what[300];
-	rd_kafka_NewTopic_t *nt;
-	rd_kafka_queue_t *q;
-	rd_kafka_event_t *ev;
-	const rd_kafka_CreateTopics_result_t *res;
-	const rd_kafka_topic_result_t **tres;
-	size_t n;
-	int rc = -1, exists;
-
-	/* Look before creating: a relay then needs the Create ACL only for a
-	 * topic that is really missing (CreateTopics checks authorization
-	 * before existence, so "already exists" is no answer without it). */
-	exists = topic_exists(rk, topic, w, deadline_ms, errbuf, errlen);
-	if (exists != 0)
-		return exists > 0 ? 0 : -1;
-	nt = rd_kafka_NewTopic_new(topic, 1, rf, rderr, sizeof(rderr));
-	if (!nt) {
-		snprintf(errbuf, errlen, "could not describe topic \"%s\": %s", topic, rderr);
-		return -1;
-	}
-	/* Compaction keeps the newest checkpoint per relay name for ever. */
-	if (compact && (rd_kafka_NewTopic_set_config(nt, "cleanup.policy", "compact") ||
-			rd_kafka_NewTopic_set_config(nt, "min.compaction.lag.ms", "3600000"))) {
-		snprintf(errbuf, errlen, "could not set topic config");
-		rd_kafka_NewTopic_destroy(nt);
-		return -1;
-	}
-	q = rd_kafka_queue_new(rk);
-	rd_kafka_CreateTopics(rk, &nt, 1, NULL, q);
-	snprintf(what, sizeof(what), "could not create topic \"%s\"", topic);
-	ev = queue_wait(q, w, deadline_ms, what, errbuf, errlen);
-	if (!ev)
-		goto out;
-	if (rd_kafka_event_error(ev)) {
-		snprintf(errbuf, errlen, "%s: %s", what, rd_kafka_event_error_string(ev));
-		goto out;
-	}
-	res = rd_kafka_event_CreateTopics_result(ev);
-	tres = rd_kafka_CreateTopics_result_topics(res, &n);
-	if (n == 1 && rd_kafka_topic_result_error(tres[0]) != RD_KAFKA_RESP_ERR_NO_ERROR &&
-	    rd_kafka_topic_result_error(tres[0]) != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
-		snprintf(errbuf, errlen, "%s: %s", what, rd_kafka_topic_result_error_string(tres[0]));
-		goto out;
-	}
-	if (n == 1 && rd_kafka_topic_result_error(tres[0]) == RD_KAFKA_RESP_ERR_NO_ERROR)
-		log_info("created topic \"%s\" (%s, replication factor %d)", topic,
-			 compact ? "compacted" : "one partition", rf);
-	rc = 0;
-out:
-	if (ev)
-		rd_kafka_event_destroy(ev);
-	rd_kafka_queue_destroy(q);
-	rd_kafka_NewTopic_destroy(nt);
-	return rc;
-}
-
 int checkpoint_ensure_topic(rd_kafka_t *rk, const struct config *cfg, const struct waiter *w,
 			    int64_t deadline_ms, char *errbuf, size_t errlen)
 {
-	return kafka_topic_ensure(rk, cfg->checkpoint_topic, cfg->checkpoint_replication_factor, true,
-				  w, deadline_ms, errbuf, errlen);
+	return topics_ensure(rk, cfg->checkpoint_topic, cfg->checkpoint_replication_factor, true, w,
+			     deadline_ms, errbuf, errlen);
 }
 
 /*

@@ -85,15 +85,7 @@ enum checkpoint_record checkpoint_classify(const char *relay_name, const void *k
 
 struct waiter;
 
-/* Create `topic` with one partition (compacted when `compact`) through the
- * admin API of `rk` when a metadata lookup does not find it; an existing
- * topic is left alone, so no Create ACL is needed for it. Blocks in the
- * waiter's slices until deadline_ms; 0, or -1 with errbuf (also on stop). */
-int kafka_topic_ensure(rd_kafka_t *rk, const char *topic, int rf, bool compact,
-		       const struct waiter *w, int64_t deadline_ms, char *errbuf,
-		       size_t errlen) MUSTCHECK;
-
-/* kafka_topic_ensure for the checkpoint topic (compacted, one partition). */
+/* topics_ensure (topics.h) for the checkpoint topic (compacted, one partition). */
 int checkpoint_ensure_topic(rd_kafka_t *rk, const struct config *cfg, const struct waiter *w,
 			    int64_t deadline_ms, char *errbuf, size_t errlen) MUSTCHECK;
 

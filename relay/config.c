@@ -18,7 +18,8 @@ struct option {
 	enum opt_type type;
 	size_t offset;          /* into struct config */
 	const char *def_str;    /* OPT_STRING, OPT_CHOICE */
-	long long def_int;      /* OPT_INT, OPT_INT64, OPT_BOOL */
+	long long def_int;      /* OPT_INT, OPT_INT64, OPT_BOOL; for OPT_STRLIST, the
+				 * offset of its int count */
 	long long min, max;     /* OPT_INT, OPT_INT64; for OPT_STRING, min is the minimum length */
 	const char *const *choices;
 	bool reloadable;        /* SIGHUP applies it to a running relay */
@@ -58,7 +59,15 @@ static const struct option options[] = {
 	{"kafka.commit_timeout_ms", OPT_INT, OFF(commit_timeout_ms), NULL, 30000, 1000, 900000,
 	 NULL, false},
 	{"kafka.dead_letter_topic", OPT_STRING, OFF(dead_letter_topic), "", 0, 0, 0, NULL, false},
-	{"kafka.properties", OPT_STRLIST, OFF(kafka_props), NULL, 0, 0, 0, NULL, false},
+	{"kafka.properties", OPT_STRLIST, OFF(kafka_props), NULL, OFF(n_kafka_props), 0, 0, NULL,
+	 false},
+	{"topics.create", OPT_BOOL, OFF(topics_create), NULL, 0, 0, 0, NULL, false},
+	/* -1 = the broker's default; 0 is refused by check_topics */
+	{"topics.partitions", OPT_INT, OFF(topics_partitions), NULL, -1, -1, 100000, NULL, false},
+	{"topics.replication_factor", OPT_INT, OFF(topics_replication_factor), NULL, -1, -1, 32,
+	 NULL, false},
+	{"topics.config", OPT_STRLIST, OFF(topics_config), NULL, OFF(n_topics_config), 0, 0, NULL,
+	 false},
 	{"batch.max_rows", OPT_INT, OFF(batch_max_rows), NULL, 10000, 1, 1000000, NULL, true},
 	{"batch.max_bytes", OPT_INT64, OFF(batch_max_bytes), NULL, 16 << 20, 1024, 1LL << 31, NULL, true},
 	{"batch.max_wait_ms", OPT_INT, OFF(batch_max_wait_ms), NULL, 250, 0, 60000, NULL, true},
@@ -76,7 +85,7 @@ static const struct option options[] = {
 	{"log.format", OPT_CHOICE, OFF(log_format), "text", 0, 0, 0, log_format_choices, true},
 };
 
-static const char *const groups[] = {"relay", "postgres", "kafka", "batch", "http", "log"};
+static const char *const groups[] = {"relay", "postgres", "kafka", "topics", "batch", "http", "log"};
 
 struct loader {
 	const char *name;
@@ -161,9 +170,13 @@ static const char *type_name(int t)
 	return "unknown";
 }
 
+/* A list of "name=value" strings into a NULL-terminated array at o->offset
+ * and its count at o->def_int. */
 static int apply_strlist(struct loader *ld, const struct option *o, config_setting_t *s,
 			 struct config *cfg)
 {
+	char ***list = (char ***)((char *)cfg + o->offset);
+	int *count = (int *)((char *)cfg + o->def_int);
 	int n = config_setting_length(s);
 
 	if (config_setting_type(s) != CONFIG_TYPE_ARRAY && config_setting_type(s) != CONFIG_TYPE_LIST) {
@@ -171,7 +184,7 @@ static int apply_strlist(struct loader *ld, const struct option *o, config_setti
 		     type_name(config_setting_type(s)));
 		return -1;
 	}
-	cfg->kafka_props = xcalloc((size_t)n + 1, sizeof(char *));
+	*list = xcalloc((size_t)n + 1, sizeof(char *));
 	for (int i = 0; i < n; i++) {
 		config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
 		const char *v = config_setting_get_string(e);
@@ -180,7 +193,7 @@ static int apply_strlist(struct loader *ld, const struct option *o, config_setti
 			fail(ld, e, o->path, "element %d: expected a \"name=value\" string", i + 1);
 			return -1;
 		}
-		cfg->kafka_props[cfg->n_kafka_props++] = xstrdup(v);
+		(*list)[(*count)++] = xstrdup(v);
 	}
 	return 0;
 }
@@ -270,7 +283,9 @@ static int apply_settings(struct loader *ld, config_t *lc, struct config *cfg)
 		for (size_t k = 0; k < ARRAY_LEN(groups); k++)
 			known = known || strcmp(groups[k], gname) == 0;
 		if (!known) {
-			fail(ld, g, gname, "unknown group (expected one of: relay, postgres, kafka, batch, http, log)");
+			fail(ld, g, gname,
+			     "unknown group (expected one of: relay, postgres, kafka, topics, batch, "
+			     "http, log)");
 			return -1;
 		}
 		if (config_setting_type(g) != CONFIG_TYPE_GROUP) {
@@ -401,6 +416,57 @@ static int check_required(struct loader *ld, config_t *lc, struct config *cfg)
 	return 0;
 }
 
+/* The topics.* settings beyond their table ranges: no partition count or
+ * replication factor of 0, and topic configs with a plausible name (Kafka's
+ * are lowercase, dotted), a value, and no name twice. What the broker thinks
+ * of the values only the broker can say (relay.c asks it at start). */
+static int check_topics(struct loader *ld, config_t *lc, struct config *cfg)
+{
+	config_setting_t *list = setting(lc, "topics.config");
+
+	if (cfg->topics_partitions == 0) {
+		fail(ld, setting(lc, "topics.partitions"), "topics.partitions",
+		     "0 is not a partition count (1..100000, or -1 for the broker's num.partitions)");
+		return -1;
+	}
+	if (cfg->topics_replication_factor == 0) {
+		fail(ld, setting(lc, "topics.replication_factor"), "topics.replication_factor",
+		     "0 is not a replication factor (1..32, or -1 for the broker's "
+		     "default.replication.factor)");
+		return -1;
+	}
+	for (int i = 0; i < cfg->n_topics_config; i++) {
+		const char *kv = cfg->topics_config[i], *eq = strchr(kv, '=');
+		config_setting_t *e = list ? config_setting_get_elem(list, (unsigned)i) : NULL;
+		int len = (int)(eq - kv);
+
+		for (const char *p = kv; p < eq; p++) {
+			if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '.' ||
+			      *p == '_' || *p == '-')) {
+				fail(ld, e, "topics.config",
+				     "element %d: \"%.*s\" is not a topic config name (lowercase "
+				     "letters, digits, '.', '_' and '-', like \"cleanup.policy\")",
+				     i + 1, len, kv);
+				return -1;
+			}
+		}
+		if (!eq[1]) {
+			fail(ld, e, "topics.config", "element %d: \"%.*s\" has no value", i + 1, len,
+			     kv);
+			return -1;
+		}
+		for (int k = 0; k < i; k++) {
+			if (strncmp(cfg->topics_config[k], kv, (size_t)len + 1) == 0) {
+				fail(ld, e, "topics.config",
+				     "element %d: \"%.*s\" is set twice (also element %d)", i + 1,
+				     len, kv, k + 1);
+				return -1;
+			}
+		}
+	}
+	return 0;
+}
+
 PRINTF(5, 6)
 static void warn(struct loader *ld, config_t *lc, struct config *cfg, const char *key,
 		 const char *fmt, ...)
@@ -469,7 +535,7 @@ static struct config *load(config_t *lc, bool ok, const char *name, char *errbuf
 		goto fail;
 	apply_env(cfg);
 	/* Re-check after the environment so a variable can supply a required value. */
-	if (check_required(&ld, lc, cfg) < 0)
+	if (check_required(&ld, lc, cfg) < 0 || check_topics(&ld, lc, cfg) < 0)
 		goto fail;
 	check_timing(&ld, lc, cfg);
 	return cfg;
@@ -517,12 +583,19 @@ void config_free(struct config *cfg)
 {
 	if (!cfg)
 		return;
-	for (size_t i = 0; i < ARRAY_LEN(options); i++)
+	for (size_t i = 0; i < ARRAY_LEN(options); i++) {
+		char *field = (char *)cfg + options[i].offset;
+
 		if (options[i].type == OPT_STRING)
-			free(*(char **)((char *)cfg + options[i].offset));
-	for (int i = 0; i < cfg->n_kafka_props; i++)
-		free(cfg->kafka_props[i]);
-	free(cfg->kafka_props);
+			free(*(char **)field);
+		if (options[i].type == OPT_STRLIST) {
+			char **list = *(char ***)field;
+
+			for (int k = 0; list && list[k]; k++)
+				free(list[k]);
+			free(list);
+		}
+	}
 	free(cfg->path);
 	free(cfg->warnings);
 	free(cfg);
@@ -553,7 +626,8 @@ void config_log(const struct config *cfg)
 			log_debug("config %s = %s", o->path, o->choices[*(const int *)field]);
 			break;
 		case OPT_STRLIST:
-			log_debug("config %s = %d entries", o->path, cfg->n_kafka_props);
+			log_debug("config %s = %d entries", o->path,
+				  *(const int *)((const char *)cfg + o->def_int));
 			break;
 		}
 	}
@@ -573,13 +647,17 @@ static bool option_differs(const struct option *o, const struct config *a, const
 		return *(const bool *)fa != *(const bool *)fb;
 	case OPT_STRING:
 		return strcmp(*(char *const *)fa, *(char *const *)fb) != 0;
-	case OPT_STRLIST:
-		if (a->n_kafka_props != b->n_kafka_props)
+	case OPT_STRLIST: {
+		char *const *la = *(char *const *const *)fa, *const *lb = *(char *const *const *)fb;
+		int n = *(const int *)((const char *)a + o->def_int);
+
+		if (n != *(const int *)((const char *)b + o->def_int))
 			return true;
-		for (int i = 0; i < a->n_kafka_props; i++)
-			if (strcmp(a->kafka_props[i], b->kafka_props[i]) != 0)
+		for (int i = 0; i < n; i++)
+			if (strcmp(la[i], lb[i]) != 0)
 				return true;
 		return false;
+	}
 	}
 	return false;
 }

@@ -40,6 +40,13 @@ struct config {
 	char **kafka_props;  /* "name=value", passed to librdkafka as is */
 	int n_kafka_props;
 
+	/* topics: destination topics (those outbox rows name) */
+	bool topics_create;            /* create a missing one (Admin API) */
+	int topics_partitions;         /* -1 = the broker's num.partitions */
+	int topics_replication_factor; /* -1 = the broker's default.replication.factor */
+	char **topics_config;          /* "name=value" topic configs, NULL-terminated */
+	int n_topics_config;
+
 	/* batch */
 	int batch_max_rows;
 	int64_t batch_max_bytes;

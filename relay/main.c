@@ -16,6 +16,7 @@
 #include "outbox.h"
 #include "publisher.h"
 #include "relay.h"
+#include "topics.h"
 #include "version.h"
 
 #define DEFAULT_CONFIG "/etc/outbox-relay/relay.conf"
@@ -101,6 +102,29 @@ static void handled_signals(sigset_t *set)
 	sigaddset(set, SIGHUP);
 }
 
+/* check, with topics.create: what the broker thinks of the topics.*
+ * settings (validate only: nothing is created). 1 when it refuses them. */
+static int check_topics(const struct config *cfg, rd_kafka_t *rk)
+{
+	char why[1024];
+
+	switch (topics_check_settings(rk, cfg, NULL, now_ms() + 10000, why, sizeof(why))) {
+	case TOPIC_CREATED:
+	case TOPIC_EXISTS:
+		printf("topics: ok (the broker accepts topics.partitions, "
+		       "topics.replication_factor and topics.config)\n");
+		return 0;
+	case TOPIC_BAD_SETTINGS:
+		printf("topics: FAILED: %s\n", why);
+		return 1;
+	case TOPIC_REFUSED:
+	case TOPIC_LATER:
+		break;
+	}
+	printf("topics: not checked: %s\n", why);
+	return 0;
+}
+
 /* check: every step is reported; the exit code says whether all passed. */
 static int cmd_check(const struct config *cfg)
 {
@@ -152,6 +176,8 @@ static int cmd_check(const struct config *cfg)
 		printf("kafka: ok (%d broker(s); checkpoint topic \"%s\" %s)\n", md->broker_cnt,
 		       cfg->checkpoint_topic, has_ckpt ? "exists" : "will be created on start");
 		rd_kafka_metadata_destroy(md);
+		if (cfg->topics_create)
+			failed += check_topics(cfg, rk);
 	}
 	rd_kafka_destroy(rk);
 	return failed ? EXIT_STARTUP : EXIT_OK;

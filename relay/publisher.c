@@ -10,6 +10,7 @@
 #include "crash.h"
 #include "log.h"
 #include "publisher.h"
+#include "topics.h"
 
 /* After a metadata lookup failed (the broker could not be asked), every
  * lookup answers "could not ask" at once for this long: one failure answers
@@ -48,6 +49,7 @@ struct publisher {
 	rd_kafka_resp_err_t dr_err;
 	int64_t dr_id;
 	int64_t poison_id;
+	bool poison_missing; /* see publisher_poison_topic_missing */
 	/* Every row refused for size in the current transaction: a produce
 	 * request carries many rows, and the broker refuses it as a whole. */
 	int64_t *size_ids;
@@ -57,6 +59,12 @@ struct publisher {
 const char *pub_status_str(enum pub_status st)
 {
 	static const char *const names[] = {"ok", "resend", "unknown", "fenced", "poison", "fatal"};
+	return names[st];
+}
+
+const char *pub_check_str(enum pub_check st)
+{
+	static const char *const names[] = {"ok", "unsure", "poison", "later", "fatal"};
 	return names[st];
 }
 
@@ -438,8 +446,11 @@ static int topic_refresh(struct publisher *pub, struct topic_handle *th, int64_t
 		}
 		if (err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART && attempt == 0)
 			continue; /* once more, a request of its own, before concluding */
+		/* With topics.create, a name the broker calls invalid is left to
+		 * the creation, whose refusal gives the broker's reason. */
 		if (err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
-		    err == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED) {
+		    err == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED ||
+		    (err == RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION && pub->cfg->topics_create)) {
 			th->exists = false;
 			th->denied = err == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED;
 			th->checked_ms = now_ms();
@@ -452,6 +463,109 @@ static int topic_refresh(struct publisher *pub, struct topic_handle *th, int64_t
 	th->checked_ms = now_ms();
 	th->max_bytes = topic_max_bytes(pub, th->name, deadline_ms);
 	return 0;
+}
+
+/* How long a created topic may take to show in the producer's metadata is
+ * the caller's deadline; between looks, this pause. */
+#define CREATED_LOOK_MS 100
+
+/* "3 partitions, replication factor 1, cleanup.policy=delete": what
+ * topics.* asks for, for the log. */
+static void creation_settings(const struct config *cfg, char *buf, size_t len)
+{
+	size_t n;
+
+	if (cfg->topics_partitions > 0)
+		n = (size_t)snprintf(buf, len, "%d partitions", cfg->topics_partitions);
+	else
+		n = (size_t)snprintf(buf, len, "the broker's default partitions");
+	if (n < len && cfg->topics_replication_factor > 0)
+		n += (size_t)snprintf(buf + n, len - n, ", replication factor %d",
+				      cfg->topics_replication_factor);
+	else if (n < len)
+		n += (size_t)snprintf(buf + n, len - n, ", the broker's default replication factor");
+	for (int i = 0; i < cfg->n_topics_config && n < len; i++)
+		n += (size_t)snprintf(buf + n, len - n, ", %s", cfg->topics_config[i]);
+}
+
+/* True when md shows the topic with a leader for each of its partitions. */
+static bool topic_ready(const struct rd_kafka_metadata *md)
+{
+	const rd_kafka_metadata_topic_t *mt = md->topic_cnt == 1 ? &md->topics[0] : NULL;
+
+	if (!mt || mt->err || mt->partition_cnt <= 0)
+		return false;
+	for (int p = 0; p < mt->partition_cnt; p++)
+		if (mt->partitions[p].leader < 0)
+			return false;
+	return true;
+}
+
+/*
+ * topics.create: create th's topic for outbox row `id`, then wait until the
+ * producer's own metadata shows it with a leader for each partition. The
+ * wait matters: librdkafka fails records for a topic its metadata still
+ * calls missing at once (__UNKNOWN_TOPIC), which would look like poison.
+ * Another client creating it first is as good (TOPIC_ALREADY_EXISTS). A
+ * topic that does not show by deadline_ms is CHECK_LATER, never poison.
+ */
+static enum pub_check topic_create(struct publisher *pub, struct topic_handle *th, int64_t id,
+				   int64_t deadline_ms, char *why, size_t whylen)
+{
+	const struct config *cfg = pub->cfg;
+	char settings[512];
+
+	switch (topics_create(pub->rk, th->name, cfg->topics_partitions,
+			      cfg->topics_replication_factor, cfg->topics_config,
+			      cfg->n_topics_config, false, pub->w, deadline_ms, why, whylen)) {
+	case TOPIC_CREATED:
+		creation_settings(cfg, settings, sizeof(settings));
+		log_info("created topic \"%s\" for outbox row %" PRId64 " (%s)", th->name, id,
+			 settings);
+		break;
+	case TOPIC_EXISTS:
+		log_info("topic \"%s\" for outbox row %" PRId64 " exists already (created meanwhile)",
+			 th->name, id);
+		break;
+	case TOPIC_LATER:
+		return CHECK_LATER;
+	case TOPIC_REFUSED:
+		return CHECK_POISON;
+	case TOPIC_BAD_SETTINGS: {
+		size_t n = strlen(why);
+
+		snprintf(why + n, whylen - n,
+			 "; the broker refuses topics.partitions, topics.replication_factor or "
+			 "topics.config");
+		return CHECK_FATAL;
+	}
+	}
+	for (;;) {
+		const struct rd_kafka_metadata *md;
+		rd_kafka_resp_err_t err = metadata_wait(pub, th->rkt, &md, deadline_ms);
+		bool ready = false;
+		int64_t next = now_ms() + CREATED_LOOK_MS;
+
+		if (!err) {
+			ready = topic_ready(md);
+			rd_kafka_metadata_destroy(md);
+		}
+		if (ready)
+			break;
+		if (err == RD_KAFKA_RESP_ERR__INTR || now_ms() >= deadline_ms ||
+		    !wait_until(pub->w, next < deadline_ms ? next : deadline_ms)) {
+			snprintf(why, whylen,
+				 "topic \"%s\" was created but the producer's metadata does not "
+				 "show it with a leader for each partition yet",
+				 th->name);
+			return CHECK_LATER;
+		}
+	}
+	th->exists = true;
+	th->denied = false;
+	th->checked_ms = now_ms();
+	th->max_bytes = topic_max_bytes(pub, th->name, deadline_ms);
+	return CHECK_OK;
 }
 
 /* What the broker will count against max.message.bytes for a batch holding
@@ -501,8 +615,8 @@ static const char *size_refusal(struct publisher *pub, const struct batch *b,
 	return NULL;
 }
 
-int publisher_check(struct publisher *pub, const struct batch *b, size_t i, int64_t deadline_ms,
-		    char *why, size_t whylen)
+enum pub_check publisher_check(struct publisher *pub, const struct batch *b, size_t i,
+			       int64_t deadline_ms, bool may_create, char *why, size_t whylen)
 {
 	const struct record *r = &b->recs[i];
 	struct topic_handle *th;
@@ -513,31 +627,44 @@ int publisher_check(struct publisher *pub, const struct batch *b, size_t i, int6
 		snprintf(why, whylen,
 			 "topic \"%s\" is the relay's checkpoint topic; outbox rows may not target it",
 			 r->topic);
-		return 1;
+		return CHECK_POISON;
 	}
 	if (pub->cfg->dead_letter_topic[0] && strcmp(r->topic, pub->cfg->dead_letter_topic) == 0) {
 		snprintf(why, whylen,
 			 "topic \"%s\" is the relay's dead-letter topic; outbox rows may not target it",
 			 r->topic);
-		return 1;
+		return CHECK_POISON;
 	}
 	if (size_refusal(pub, b, r, NULL, why, whylen))
-		return 1;
+		return CHECK_POISON;
 	th = topic_get(pub, r->topic);
 	if (!th->rkt) {
 		snprintf(why, whylen, "\"%s\" is not a valid topic name", r->topic);
-		return 1;
+		return CHECK_POISON;
 	}
 	if (topic_refresh(pub, th, deadline_ms) < 0)
-		return -1;
+		return CHECK_UNSURE;
+	if (!th->exists && !th->denied && pub->cfg->topics_create) {
+		enum pub_check st;
+
+		if (!may_create) {
+			snprintf(why, whylen,
+				 "topic \"%s\" does not exist yet: it is created before the next "
+				 "transaction",
+				 r->topic);
+			return CHECK_LATER;
+		}
+		if ((st = topic_create(pub, th, r->id, deadline_ms, why, whylen)) != CHECK_OK)
+			return st;
+	}
 	if (!th->exists) {
 		snprintf(why, whylen,
 			 th->denied ? "writing to topic \"%s\" is not allowed (TOPIC_AUTHORIZATION_FAILED)"
 				    : "topic \"%s\" does not exist",
 			 r->topic);
-		return 1;
+		return CHECK_POISON;
 	}
-	return size_refusal(pub, b, r, th, why, whylen) ? 1 : 0;
+	return size_refusal(pub, b, r, th, why, whylen) ? CHECK_POISON : CHECK_OK;
 }
 
 /* What a refused record means. librdkafka sorts transaction errors into
@@ -715,6 +842,36 @@ static rd_kafka_resp_err_t produce_dead_letter(struct publisher *pub, const stru
 		       r->key_len, payload, plen, r->timestamp_ms, hdrs, r->id);
 }
 
+/* A row refused with err in the transaction is poison, unless its topic
+ * is missing and topics.create is on: then the topic is looked up afresh
+ * and the caller checks the batch again (publisher_poison_topic_missing),
+ * which creates it. */
+static void poison_row(struct publisher *pub, int64_t id, const char *topic,
+		       rd_kafka_resp_err_t err)
+{
+	pub->poison_id = id;
+	pub->poison_missing = pub->cfg->topics_create && topic &&
+			      (err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC ||
+			       err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART);
+	if (pub->poison_missing) {
+		struct topic_handle *th = topic_get(pub, topic);
+
+		th->exists = false;
+		th->checked_ms = 0;
+	}
+}
+
+/* The topic of row `id` of the current transaction's batch, or NULL. */
+static const char *row_topic(const struct publisher *pub, int64_t id)
+{
+	for (size_t i = 0; pub->cur && i < pub->cur->nrecs; i++)
+		if (pub->cur->recs[i].id == id)
+			return pub->cur->recs[i].dead_reason && pub->cfg->dead_letter_topic[0]
+				       ? NULL /* a dead letter: its topic is not the row's */
+				       : pub->cur->recs[i].topic;
+	return NULL;
+}
+
 /* Rows [from, b->nrecs) of b into the open transaction. */
 static enum pub_status produce_rows(struct publisher *pub, const struct batch *b, size_t from)
 {
@@ -758,7 +915,7 @@ static enum pub_status produce_rows(struct publisher *pub, const struct batch *b
 				 err == RD_KAFKA_RESP_ERR__INTR ? "stopped while waiting for room in the producer queue"
 								: rd_kafka_err2str(err));
 			if (ec == ERR_ROW && !dead) {
-				pub->poison_id = r->id;
+				poison_row(pub, r->id, r->topic, err);
 				return abort_txn(pub, PUB_POISON);
 			}
 			if (rd_kafka_fatal_error(pub->rk, NULL, 0))
@@ -920,7 +1077,7 @@ static enum pub_status commit(struct publisher *pub)
 			}
 			if (is_size_error(pub->dr_err))
 				return size_culprit(pub);
-			pub->poison_id = pub->dr_id;
+			poison_row(pub, pub->dr_id, row_topic(pub, pub->dr_id), pub->dr_err);
 			snprintf(pub->errstr, sizeof(pub->errstr),
 				 "could not deliver outbox row %" PRId64 ": %s (%s)", pub->dr_id,
 				 rd_kafka_err2str(pub->dr_err), rd_kafka_err2name(pub->dr_err));
@@ -959,6 +1116,7 @@ enum pub_status publisher_begin(struct publisher *pub, const struct batch *b)
 	pub->dr_err = RD_KAFKA_RESP_ERR_NO_ERROR;
 	pub->nsize_ids = 0;
 	pub->poison_id = 0;
+	pub->poison_missing = false;
 	pub->errstr[0] = '\0';
 	pub->cur = b;
 	pub->txn_begin_ms = now_ms();
@@ -1027,6 +1185,11 @@ const char *publisher_errstr(const struct publisher *pub)
 int64_t publisher_poison_id(const struct publisher *pub)
 {
 	return pub->poison_id;
+}
+
+bool publisher_poison_topic_missing(const struct publisher *pub)
+{
+	return pub->poison_missing;
 }
 
 rd_kafka_t *publisher_handle(struct publisher *pub)

@@ -93,22 +93,45 @@ enum pub_status publisher_begin(struct publisher *pub, const struct batch *b) MU
 enum pub_status publisher_add(struct publisher *pub, const struct batch *b, size_t from) MUSTCHECK;
 enum pub_status publisher_end(struct publisher *pub, const char *ckpt_value) MUSTCHECK;
 
-/* Look at record i of b before its transaction: 1 when it can never be
- * published, with the reason in why: its topic is the relay's checkpoint or
- * dead-letter topic, does not exist (UNKNOWN_TOPIC_OR_PART twice in a row),
- * may not be written (TOPIC_AUTHORIZATION_FAILED), or the record is larger
- * than the producer's message.max.bytes, the producer queue
+/* What publisher_check found out about a row. */
+enum pub_check {
+	CHECK_OK,     /* it looks fine */
+	CHECK_UNSURE, /* the broker could not be asked, or answered with a
+		       * transient topic error: the transaction will tell */
+	CHECK_POISON, /* it can never be published: why says why */
+	CHECK_LATER,  /* topics.create: its topic is missing and not created
+		       * yet (may_create false, or the creation got no answer
+		       * or a transient error), or created but not yet in the
+		       * producer's metadata: check it again later */
+	CHECK_FATAL,  /* topics.create: the broker refuses the topics.*
+		       * settings themselves, whatever the topic: stop */
+};
+
+const char *pub_check_str(enum pub_check st);
+
+/* Look at record i of b before its transaction. CHECK_POISON, with the
+ * reason in why, when its topic is the relay's checkpoint or dead-letter
+ * topic, does not exist (UNKNOWN_TOPIC_OR_PART twice in a row), may not be
+ * written (TOPIC_AUTHORIZATION_FAILED), or the record is larger than the
+ * producer's message.max.bytes, the producer queue
  * (queue.buffering.max.kbytes, which librdkafka would otherwise answer with
  * QUEUE_FULL for ever) or, without compression, the topic's
  * max.message.bytes (with compression.type set only the broker can tell).
- * 0 when it looks fine; -1 when the broker could not be asked or answered
- * with a transient topic error (LEADER_NOT_AVAILABLE, ...): the transaction
- * will tell. Lookups block until deadline_ms at most (monotonic, now_ms()),
- * in the waiter's slices. Topic facts are cached; a failed lookup answers
- * -1 at once for the next 5 s, so one unreachable broker costs one lookup
- * per batch, not one per row. */
-int publisher_check(struct publisher *pub, const struct batch *b, size_t i, int64_t deadline_ms,
-		    char *why, size_t whylen) MUSTCHECK;
+ * With topics.create a missing topic (or one whose name the lookup calls
+ * invalid) is created instead, when may_create (never inside an open
+ * transaction: CHECK_LATER then), and waited for until the producer's
+ * metadata shows a leader for each of its partitions; the broker's refusal
+ * of the topic is CHECK_POISON with its reason, of the settings
+ * CHECK_FATAL (why says which). The checkpoint and dead-letter topics are
+ * never created here. CHECK_UNSURE when the broker could not be asked or
+ * answered with a transient topic error (LEADER_NOT_AVAILABLE, ...).
+ * Lookups block until deadline_ms at most (monotonic, now_ms()), in the
+ * waiter's slices. Topic facts are cached; a failed lookup answers
+ * CHECK_UNSURE at once for the next 5 s, so one unreachable broker costs
+ * one lookup per batch, not one per row. */
+enum pub_check publisher_check(struct publisher *pub, const struct batch *b, size_t i,
+			       int64_t deadline_ms, bool may_create, char *why,
+			       size_t whylen) MUSTCHECK;
 
 /* True once a commit or abort timed out or was retried: the producer must be
  * destroyed and a new one created before the next transaction, so that a
@@ -120,6 +143,12 @@ const char *publisher_errstr(const struct publisher *pub);
 
 /* For PUB_POISON: the outbox id of the row and why. */
 int64_t publisher_poison_id(const struct publisher *pub);
+
+/* For PUB_POISON: true when the row's topic turned out missing in the
+ * transaction (deleted since it was looked up, or not looked up: the broker
+ * could not be asked) and topics.create is on. Not the row's fault yet:
+ * check the batch again, which creates the topic, then send it. */
+bool publisher_poison_topic_missing(const struct publisher *pub);
 
 /* The client handle, for admin calls (checkpoint topic). Borrowed. */
 rd_kafka_t *publisher_handle(struct publisher *pub);

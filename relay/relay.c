@@ -18,6 +18,7 @@
 #include "publisher.h"
 #include "relay.h"
 #include "sdnotify.h"
+#include "topics.h"
 #include "version.h"
 #include "wait.h"
 
@@ -74,6 +75,7 @@ struct relay {
 	int64_t last_lag_ms;
 	int failed_attempts;   /* of the current batch, in a row */
 	bool producer_started;
+	bool topics_checked;   /* the broker has judged the topics.* settings */
 };
 
 /*
@@ -451,6 +453,41 @@ static enum step read_checkpoint(struct relay *r, struct position *ck, bool *fou
 }
 
 /*
+ * topics.create: once per process, have the broker judge the topics.*
+ * settings (topics_check_settings), so that a value it refuses (a
+ * replication factor above the broker count, a bad topics.config value)
+ * stops the relay at start rather than at the first new topic, maybe days
+ * later.
+ */
+static enum step check_topic_settings(struct relay *r)
+{
+	char why[1024];
+
+	switch (topics_check_settings(publisher_handle(r->pub), r->cfg, &r->w,
+				      now_ms() + r->cfg->commit_timeout_ms, why, sizeof(why))) {
+	case TOPIC_CREATED:
+	case TOPIC_EXISTS:
+		log_debug("the broker accepts the topics.* settings");
+		break;
+	case TOPIC_BAD_SETTINGS:
+		log_error("%s: the broker refuses topics.partitions, topics.replication_factor or "
+			  "topics.config (asked at start, validate only): %s",
+			  r->cfg->path, why);
+		return step_exit(r, EXIT_STARTUP);
+	case TOPIC_REFUSED:
+	case TOPIC_LATER:
+		if (!wait_tick(&r->w))
+			return step_stopped(r);
+		log_info("could not have the topics.* settings checked at start (%s); the first "
+			 "topic created will tell",
+			 why);
+		break;
+	}
+	r->topics_checked = true;
+	return STEP_OK;
+}
+
+/*
  * A new producer: init_transactions fences every older producer with our
  * transactional.id and settles its open transaction, so the checkpoint read
  * afterwards is final.
@@ -518,14 +555,17 @@ static enum step producer_start(struct relay *r)
 			return step_stopped(r);
 	}
 	while (checkpoint_ensure_topic(publisher_handle(r->pub), r->cfg, &r->w,
-				       now_ms() + r->cfg->commit_timeout_ms, err, sizeof(err)) < 0 ||	       (r->cfg->dead_letter_topic[0] &&
-		kafka_topic_ensure(publisher_handle(r->pub), r->cfg->dead_letter_topic,
-				   r->cfg->checkpoint_replication_factor, false, &r->w,
-				   now_ms() + r->cfg->commit_timeout_ms, err, sizeof(err)) < 0)) {
+				       now_ms() + r->cfg->commit_timeout_ms, err, sizeof(err)) < 0 ||
+	       (r->cfg->dead_letter_topic[0] &&
+		topics_ensure(publisher_handle(r->pub), r->cfg->dead_letter_topic,
+			      r->cfg->checkpoint_replication_factor, false, &r->w,
+			      now_ms() + r->cfg->commit_timeout_ms, err, sizeof(err)) < 0)) {
 		log_warning("%s", err);
 		if (!back_off(r))
 			return step_stopped(r);
 	}
+	if (r->cfg->topics_create && !r->topics_checked && check_topic_settings(r) == STEP_EXIT)
+		return STEP_EXIT;
 	/* The lease may have lapsed while initialization waited for the broker
 	 * (a pause, a long outage), and a relay that took over may have been
 	 * fenced by it: nothing may be published unless the lease is still
@@ -800,20 +840,48 @@ static enum step poison(struct relay *r, size_t i, const char *why)
 	return STEP_REFILL;
 }
 
-/* Check every row before the transaction: STEP_OK or STEP_REFILL. */
+/* Check every row before the transaction, creating missing topics with
+ * topics.create: STEP_OK, STEP_REFILL or STEP_EXIT. A topic not created yet
+ * (no answer, a transient error, not yet in the producer's metadata) is
+ * waited for with back-off, row by row: it is not the row's fault. */
 static enum step vet_batch(struct relay *r)
 {
 	char why[512];
 	int64_t deadline = now_ms() + r->cfg->commit_timeout_ms;
 
-	for (size_t i = 0; i < r->batch.nrecs; i++) {
-		if (r->batch.recs[i].dead_reason)
+	for (size_t i = 0; i < r->batch.nrecs;) {
+		const struct record *rec = &r->batch.recs[i];
+
+		if (rec->dead_reason) {
+			i++;
 			continue;
+		}
 		if (!wait_tick(&r->w))
 			return step_stopped(r);
-		if (publisher_check(r->pub, &r->batch, i, deadline, why, sizeof(why)) == 1 &&
-		    poison(r, i, why) == STEP_REFILL)
-			return STEP_REFILL;
+		switch (publisher_check(r->pub, &r->batch, i, deadline, true, why, sizeof(why))) {
+		case CHECK_OK:
+		case CHECK_UNSURE:
+			break;
+		case CHECK_POISON:
+			if (poison(r, i, why) == STEP_REFILL)
+				return STEP_REFILL;
+			break;
+		case CHECK_LATER:
+			log_warning("outbox row %" PRId64 " waits for its topic \"%s\": %s; trying "
+				    "again",
+				    rec->id, rec->topic, why);
+			metrics_set_blocked("waiting for topic \"%s\" of outbox row %" PRId64 ": %s",
+					    rec->topic, rec->id, why);
+			if (!back_off(r))
+				return step_stopped(r);
+			deadline = now_ms() + r->cfg->commit_timeout_ms;
+			continue; /* the same row again */
+		case CHECK_FATAL:
+			log_error("outbox row %" PRId64 ": %s", rec->id, why);
+			metrics_set_error("%s", why);
+			return step_exit(r, EXIT_STARTUP);
+		}
+		i++;
 	}
 	if (r->halted_id) {
 		log_info("outbox row %" PRId64 " no longer blocks publishing", r->halted_id);
@@ -901,7 +969,9 @@ static int stream_poll_ms(const struct config *cfg)
  * database error ends it too: what was read goes, and the trouble shows
  * again at the next fill. A row that cannot be published under the stop
  * policy is left, with its page, to the next batch, whose vetting stops on
- * it. Returns the publisher's status (not PUB_OK: the transaction is over).
+ * it, as is a row whose topic topics.create has yet to create: the next
+ * batch's vetting creates it, before its transaction. Returns the
+ * publisher's status (not PUB_OK: the transaction is over).
  */
 static enum pub_status stream_rows(struct relay *r)
 {
@@ -933,13 +1003,24 @@ static enum pub_status stream_rows(struct relay *r)
 		}
 		deadline = now_ms() + cfg->commit_timeout_ms;
 		for (size_t i = from; i < r->batch.nrecs && !refused; i++) {
-			if (r->batch.recs[i].dead_reason ||
-			    publisher_check(r->pub, &r->batch, i, deadline, why, sizeof(why)) != 1)
+			enum pub_check ck;
+
+			if (r->batch.recs[i].dead_reason)
 				continue;
-			if (cfg->poison_policy == POISON_DEAD_LETTER)
+			/* No topic is created while the transaction is open: a
+			 * row whose topic is missing waits for the next batch,
+			 * whose vetting creates it. */
+			ck = publisher_check(r->pub, &r->batch, i, deadline, false, why, sizeof(why));
+			if (ck == CHECK_OK || ck == CHECK_UNSURE)
+				continue;
+			if (ck == CHECK_POISON && cfg->poison_policy == POISON_DEAD_LETTER) {
 				(void)poison(r, i, why);
-			else
-				refused = true;
+				continue;
+			}
+			log_debug("outbox row %" PRId64 " and the rows read with it wait for the "
+				  "next batch: %s",
+				  r->batch.recs[i].id, why);
+			refused = true;
 		}
 		if (refused) {
 			batch_truncate(&r->batch, from);
@@ -980,6 +1061,23 @@ static enum pub_status produce_batch(struct relay *r, char **value)
 	return st == PUB_OK ? publisher_end(r->pub, *value) : st;
 }
 
+/* With topics.create, before a batch whose transaction failed is sent
+ * again: check it again, so that a topic missing in the transaction (deleted
+ * since it was looked up, or not looked up: the broker could not be asked)
+ * is created, not failed on or waited for in every attempt. The batch stays
+ * the same rows with the same checkpoint; only a row found poison changes it
+ * (a dead letter, or a refill). */
+static enum step vet_again(struct relay *r)
+{
+	enum step s;
+
+	if (!r->cfg->topics_create)
+		return STEP_OK;
+	if ((s = vet_batch(r)) == STEP_REFILL)
+		drop_ahead(r);
+	return s;
+}
+
 /* Publish r->batch as one transaction until it is committed: STEP_OK when
  * committed, STEP_REFILL when the batch must be gathered again (poison
  * row), STEP_EXIT. */
@@ -1010,6 +1108,12 @@ static enum step publish_batch(struct relay *r)
 			count_commit(r, now_ms() - t0);
 			break;
 		}
+		/* With topics.create, a row's topic found missing only in the
+		 * transaction is no poison: aborted like a transient failure,
+		 * the batch is checked again (vet_again creates the topic) and
+		 * sent again. */
+		if (st == PUB_POISON && publisher_poison_topic_missing(r->pub))
+			st = PUB_RESEND;
 		{
 			struct metrics *m = metrics_lock();
 			m->kafka_errors++;
@@ -1035,6 +1139,8 @@ static enum step publish_batch(struct relay *r)
 				s = step_stopped(r);
 				goto out;
 			}
+			if ((s = vet_again(r)) != STEP_OK)
+				goto out;
 			continue;
 		case PUB_UNKNOWN:
 			log_warning("outcome of batch %" PRId64 " unknown (%s); recreating the "
@@ -1053,6 +1159,8 @@ static enum step publish_batch(struct relay *r)
 				count_commit(r, now_ms() - t0);
 				goto out;
 			}
+			if ((s = vet_again(r)) != STEP_OK)
+				goto out;
 			continue;
 		case PUB_FENCED:
 			log_error("%s: another relay took over transactional.id \"%s\"; stopping",
@@ -1061,6 +1169,7 @@ static enum step publish_batch(struct relay *r)
 			goto out;
 		case PUB_POISON: {
 			size_t i = 0;
+
 			while (i < r->batch.nrecs && r->batch.recs[i].id != publisher_poison_id(r->pub))
 				i++;
 			if (i == r->batch.nrecs || r->batch.recs[i].dead_reason) {

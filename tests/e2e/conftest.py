@@ -273,7 +273,7 @@ def write_config(path, db_url, name, **opts):
     }
     for k, v in opts.items():
         g, key = k.split(".", 1)
-        groups[g][key] = v
+        groups.setdefault(g, {})[key] = v
 
     def lit(v):
         if isinstance(v, bool):

@@ -9,9 +9,10 @@ import time
 import uuid
 
 import pytest
+from confluent_kafka.admin import AdminClient
 
 from claims_util import http_config, insert, metric, ready, status
-from conftest import create_topics, header, read_all, wait_for, write_config
+from conftest import BOOTSTRAP, QUIET, create_topics, header, read_all, wait_for, write_config
 from test_relay import check_exactly_once, connect, drained, insert_rows, scalar
 
 
@@ -65,6 +66,10 @@ def test_missing_topic_stops_then_creating_it_resumes(outbox_db, topics, relays,
     relay = relays(cfg)
     wait_halted(relay, poison_id)
     assert_halted(relay, port, conn, good, poison_id, f'topic "{missing}" does not exist')
+    # topics.create is off by default: the relay creates nothing itself
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP, **QUIET})
+    assert missing not in admin.list_topics(timeout=10).topics
+    assert "topics-check" not in relay.text()
 
     create_topics([missing])  # the operator creates the topic
     fixed = time.monotonic()

@@ -42,6 +42,12 @@ static void test_defaults(void **state)
 	assert_int_equal(cfg->on_database_ahead, DB_AHEAD_REFUSE);
 	assert_int_equal(cfg->log_level, LOG_INFO);
 	assert_int_equal(cfg->n_kafka_props, 0);
+	/* destination topics are not created unless asked for (issue 14.4) */
+	assert_false(cfg->topics_create);
+	assert_int_equal(cfg->topics_partitions, -1);
+	assert_int_equal(cfg->topics_replication_factor, -1);
+	assert_int_equal(cfg->n_topics_config, 0);
+	assert_null(cfg->topics_config);
 	config_free(cfg);
 }
 
@@ -53,6 +59,8 @@ static void test_all_options(void **state)
 			   "kafka = { bootstrap_servers = \"k:1\"; checkpoint_topic = \"ck\";\n"
 			   "  checkpoint_replication_factor = 3; transaction_timeout_ms = 20000;\n"
 			   "  commit_timeout_ms = 20000; properties = [\"linger.ms=1\", \"a.b=c=d\"]; };\n"
+			   "topics = { create = true; partitions = 3; replication_factor = 2;\n"
+			   "  config = [\"cleanup.policy=delete\", \"retention.ms=86400000\"]; };\n"
 			   "batch = { max_rows = 7; max_bytes = 2147483648L; max_wait_ms = 9;\n"
 			   "  poll_interval_ms = 11; look_interval_ms = 3; notify = false; };\n"
 			   "log = { level = \"debug\"; format = \"json\"; };\n";
@@ -74,6 +82,13 @@ static void test_all_options(void **state)
 	assert_string_equal(cfg->kafka_props[0], "linger.ms=1");
 	assert_string_equal(cfg->kafka_props[1], "a.b=c=d");
 	assert_null(cfg->kafka_props[2]);
+	assert_true(cfg->topics_create);
+	assert_int_equal(cfg->topics_partitions, 3);
+	assert_int_equal(cfg->topics_replication_factor, 2);
+	assert_int_equal(cfg->n_topics_config, 2);
+	assert_string_equal(cfg->topics_config[0], "cleanup.policy=delete");
+	assert_string_equal(cfg->topics_config[1], "retention.ms=86400000");
+	assert_null(cfg->topics_config[2]);
 	assert_int_equal(cfg->batch_max_rows, 7);
 	assert_true(cfg->batch_max_bytes == 2147483648LL);
 	assert_int_equal(cfg->batch_max_wait_ms, 9);
@@ -92,7 +107,8 @@ static const struct {
 } bad[] = {
 	{"relay = { name = \"r1\" \n", "t.conf:2: syntax error"},
 	{MIN_OK "relya = { name = \"x\"; };\n",
-	 "t.conf:3: relya: unknown group (expected one of: relay, postgres, kafka, batch, http, log)"},
+	 "t.conf:3: relya: unknown group (expected one of: relay, postgres, kafka, topics, batch, "
+	 "http, log)"},
 	{MIN_OK "batch = {\n max_row = 5;\n};\n", "t.conf:4: batch.max_row: unknown option"},
 	{MIN_OK "batch = { max_rows = 0; };\n",
 	 "t.conf:3: batch.max_rows: 0 is out of range (1..1000000)"},
@@ -150,6 +166,37 @@ static const struct {
 	 "Kafka's limit of 249 characters; set kafka.checkpoint_topic"},
 	{"kafka = { bootstrap_servers = \"k\"; };\nrelay = {\n name = \"r\";\n on_database_ahead = \"yes\"; };\n",
 	 "t.conf:4: relay.on_database_ahead: \"yes\" is not one of: refuse, trust-database"},
+	/* topics.* (issue 14.4) */
+	{MIN_OK "topics = {\n create = 1; };\n",
+	 "t.conf:4: topics.create: expected true or false, got an integer"},
+	{MIN_OK "topics = { create = true;\n partitions = 0; };\n",
+	 "t.conf:4: topics.partitions: 0 is not a partition count (1..100000, or -1 for the "
+	 "broker's num.partitions)"},
+	{MIN_OK "topics = { partitions = -2; };\n",
+	 "t.conf:3: topics.partitions: -2 is out of range (-1..100000)"},
+	{MIN_OK "topics = { partitions = 100001; };\n",
+	 "t.conf:3: topics.partitions: 100001 is out of range (-1..100000)"},
+	{MIN_OK "topics = { partitions = \"3\"; };\n",
+	 "t.conf:3: topics.partitions: expected an integer, got a string"},
+	{MIN_OK "topics = { replication_factor = 0; };\n",
+	 "t.conf:3: topics.replication_factor: 0 is not a replication factor (1..32, or -1 for "
+	 "the broker's default.replication.factor)"},
+	{MIN_OK "topics = { replication_factor = 33; };\n",
+	 "t.conf:3: topics.replication_factor: 33 is out of range (-1..32)"},
+	{MIN_OK "topics = { partition = 3; };\n", "t.conf:3: topics.partition: unknown option"},
+	{MIN_OK "topics = { config = \"cleanup.policy=delete\"; };\n",
+	 "t.conf:3: topics.config: expected an array of \"name=value\" strings, got a string"},
+	{MIN_OK "topics = { config = [\"cleanup.policy\"]; };\n",
+	 "t.conf:3: topics.config: element 1: expected a \"name=value\" string"},
+	{MIN_OK "topics = { config = [\"retention.ms=1\",\n \"Cleanup.Policy=delete\"]; };\n",
+	 "t.conf:4: topics.config: element 2: \"Cleanup.Policy\" is not a topic config name "
+	 "(lowercase letters, digits, '.', '_' and '-', like \"cleanup.policy\")"},
+	{MIN_OK "topics = { config = [\"retention.ms=\"]; };\n",
+	 "t.conf:3: topics.config: element 1: \"retention.ms\" has no value"},
+	{MIN_OK "topics = { config = [\"retention.ms=1\", \"segment.ms=9\",\n"
+		"  \"retention.ms=2\"]; };\n",
+	 "t.conf:4: topics.config: element 3: \"retention.ms\" is set twice (also element 1)"},
+	{MIN_OK "topics = 5;\n", "t.conf:3: topics: expected a group { ... }, got an integer"},
 };
 
 static void test_bad_inputs(void **state)

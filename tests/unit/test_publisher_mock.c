@@ -421,11 +421,12 @@ static void test_unreachable_broker_one_lookup(void **state)
 		r->payload_len = 1;
 	}
 	for (size_t i = 0; i < b.nrecs; i++) {
-		int rc = publisher_check(pub, &b, i, deadline, why, sizeof(why));
+		enum pub_check rc = publisher_check(pub, &b, i, deadline, true, why, sizeof(why));
 		int64_t took = now_ms() - t0;
 
-		if (rc != -1)
-			fail_msg("row %zu: expected -1 (could not ask), got %d (%s)", i, rc, why);
+		if (rc != CHECK_UNSURE)
+			fail_msg("row %zu: expected unsure (could not ask), got %s (%s)", i,
+				 pub_check_str(rc), why);
 		/* one lookup bounded by the caller's 3 s deadline, then none */
 		if (took > 6000)
 			fail_msg("row %zu: %lld ms spent on lookups so far", i, (long long)took);
@@ -453,7 +454,9 @@ static void test_lookup_stops_on_waiter(void **state)
 	r->id = 1;
 	r->topic = "stop-me";
 	publisher_set_waiter(pub, &w);
-	assert_int_equal(publisher_check(pub, &b, 0, now_ms() + 30000, why, sizeof(why)), -1);
+	assert_int_equal(
+		publisher_check(pub, &b, 0, now_ms() + 30000, true, why, sizeof(why)),
+		CHECK_UNSURE);
 	assert_int_equal(t.n, 3);
 	assert_true(now_ms() - t0 < 2000);
 	/* the ping takes a caller's timeout, and the waiter too */
@@ -474,10 +477,13 @@ static void test_leader_not_available_is_transient(void **state)
 	char why[256] = "";
 
 	rd_kafka_mock_topic_set_error(fx->mc, "events", RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE);
-	if (publisher_check(fx->pub, &fx->b, 0, now_ms() + 5000, why, sizeof(why)) != -1)
+	if (publisher_check(fx->pub, &fx->b, 0, now_ms() + 5000, true, why, sizeof(why)) !=
+	    CHECK_UNSURE)
 		fail_msg("LEADER_NOT_AVAILABLE taken as the row's fault: %s", why);
 	rd_kafka_mock_topic_set_error(fx->mc, "events", RD_KAFKA_RESP_ERR_NO_ERROR);
-	assert_int_equal(publisher_check(fx->pub, &fx->b, 0, now_ms() + 5000, why, sizeof(why)), 0);
+	assert_int_equal(
+		publisher_check(fx->pub, &fx->b, 0, now_ms() + 5000, true, why, sizeof(why)),
+		CHECK_OK);
 }
 
 /* 12.5: an unknown topic (asked twice) and a forbidden one are the row's */
@@ -487,14 +493,80 @@ static void test_unknown_or_denied_topic_is_poison(void **state)
 	char why[256] = "";
 
 	rd_kafka_mock_topic_set_error(fx->mc, "events", RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART);
-	assert_int_equal(publisher_check(fx->pub, &fx->b, 0, now_ms() + 5000, why, sizeof(why)), 1);
+	assert_int_equal(
+		publisher_check(fx->pub, &fx->b, 0, now_ms() + 5000, true, why, sizeof(why)),
+		CHECK_POISON);
 	assert_non_null(strstr(why, "does not exist"));
 	fx->b.recs[1].topic = "secret-events";
 	assert_int_equal(rd_kafka_mock_topic_create(fx->mc, "secret-events", 1, 1), 0);
 	rd_kafka_mock_topic_set_error(fx->mc, "secret-events",
 				      RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED);
-	assert_int_equal(publisher_check(fx->pub, &fx->b, 1, now_ms() + 5000, why, sizeof(why)), 1);
+	assert_int_equal(
+		publisher_check(fx->pub, &fx->b, 1, now_ms() + 5000, true, why, sizeof(why)),
+		CHECK_POISON);
 	assert_non_null(strstr(why, "not allowed"));
+}
+
+static int setup_create(void **state)
+{
+	return setup_with(state, ", \"topic.metadata.propagation.max.ms=10\"", "",
+			  "topics = { create = true; partitions = 2; };\n");
+}
+
+/* 14.4: with topics.create a missing topic is not the row's fault: it is
+ * created before a transaction (the mock never answers CreateTopics: no
+ * answer is "later", never poison) and never while one is open */
+static void test_missing_topic_created_not_poison(void **state)
+{
+	struct fx *fx = *state;
+	char why[256] = "";
+	int64_t t0 = now_ms();
+
+	rd_kafka_mock_topic_set_error(fx->mc, "events", RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART);
+	assert_int_equal(
+		publisher_check(fx->pub, &fx->b, 0, now_ms() + 5000, false, why, sizeof(why)),
+		CHECK_LATER);
+	assert_string_equal(why, "topic \"events\" does not exist yet: it is created before the "
+				 "next transaction");
+	assert_int_equal(
+		publisher_check(fx->pub, &fx->b, 0, now_ms() + 2000, true, why, sizeof(why)),
+		CHECK_LATER);
+	assert_string_equal(why, "could not create topic \"events\": timed out");
+	assert_true(now_ms() - t0 < 5000);
+	/* the relay's own topics are never created, whatever topics.create */
+	fx->b.recs[1].topic = fx->cfg->checkpoint_topic;
+	assert_int_equal(
+		publisher_check(fx->pub, &fx->b, 1, now_ms() + 2000, true, why, sizeof(why)),
+		CHECK_POISON);
+	assert_non_null(strstr(why, "is the relay's checkpoint topic"));
+}
+
+/* 14.4: a row whose topic turns out missing only in the transaction (not
+ * looked up before it: the broker could not be asked) is poison without
+ * topics.create; with it, the publisher says so and forgets what it knew of
+ * the topic, so that the relay checks the batch again, which creates it */
+static void test_missing_topic_in_transaction(void **state)
+{
+	for (int create = 0; create <= 1; create++) {
+		struct fx *fx;
+		char why[256] = "";
+
+		setup_with(state, ", \"topic.metadata.propagation.max.ms=10\"", "",
+			   create ? "topics = { create = true; };\n" : "");
+		fx = *state;
+		assert_int_equal(rd_kafka_mock_topic_create(fx->mc, "gone", 1, 1), 0);
+		rd_kafka_mock_topic_set_error(fx->mc, "gone",
+					      RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART);
+		init_ok(fx);
+		fx->b.recs[1].topic = "gone";
+		expect(fx, send_batch(fx), PUB_POISON);
+		assert_int_equal(publisher_poison_id(fx->pub), 101);
+		assert_int_equal(publisher_poison_topic_missing(fx->pub), create);
+		assert_int_equal(publisher_check(fx->pub, &fx->b, 1, now_ms() + 5000, false, why,
+						 sizeof(why)),
+				 create ? CHECK_LATER : CHECK_POISON);
+		teardown(state);
+	}
 }
 
 /* 12.3: a row aimed at the relay's own checkpoint or dead-letter topic is
@@ -505,13 +577,17 @@ static void test_relay_topics_refused(void **state)
 	char why[256] = "", want[256];
 
 	fx->b.recs[0].topic = fx->cfg->checkpoint_topic;
-	assert_int_equal(publisher_check(fx->pub, &fx->b, 0, now_ms() + 5000, why, sizeof(why)), 1);
+	assert_int_equal(
+		publisher_check(fx->pub, &fx->b, 0, now_ms() + 5000, true, why, sizeof(why)),
+		CHECK_POISON);
 	snprintf(want, sizeof(want),
 		 "topic \"%s\" is the relay's checkpoint topic; outbox rows may not target it",
 		 fx->cfg->checkpoint_topic);
 	assert_string_equal(why, want);
 	fx->b.recs[1].topic = "the-dlq";
-	assert_int_equal(publisher_check(fx->pub, &fx->b, 1, now_ms() + 5000, why, sizeof(why)), 1);
+	assert_int_equal(
+		publisher_check(fx->pub, &fx->b, 1, now_ms() + 5000, true, why, sizeof(why)),
+		CHECK_POISON);
 	assert_string_equal(why,
 			    "topic \"the-dlq\" is the relay's dead-letter topic; outbox rows may not target it");
 }
@@ -533,7 +609,9 @@ static void test_row_larger_than_queue(void **state)
 	init_ok(fx);
 	fx->b.recs[2].payload = big;
 	fx->b.recs[2].payload_len = sizeof(big);
-	assert_int_equal(publisher_check(fx->pub, &fx->b, 2, now_ms() + 5000, why, sizeof(why)), 1);
+	assert_int_equal(
+		publisher_check(fx->pub, &fx->b, 2, now_ms() + 5000, true, why, sizeof(why)),
+		CHECK_POISON);
 	assert_string_equal(why, "record of 5242880 bytes exceeds the producer queue "
 				 "(queue.buffering.max.kbytes = 4098); raise batch.max_bytes");
 	/* and unchecked, the transaction names it instead of waiting */
@@ -686,6 +764,9 @@ int main(void)
 		T(test_leader_not_available_is_transient),
 		T(test_unknown_or_denied_topic_is_poison),
 		cmocka_unit_test_setup_teardown(test_relay_topics_refused, setup_dlq, teardown),
+		cmocka_unit_test_setup_teardown(test_missing_topic_created_not_poison, setup_create,
+						teardown),
+		cmocka_unit_test(test_missing_topic_in_transaction),
 		cmocka_unit_test_setup_teardown(test_row_larger_than_queue, setup_small_queue,
 						teardown),
 		cmocka_unit_test(test_secret_not_echoed),
