@@ -88,7 +88,7 @@ def test_a_new_topic_met_while_a_transaction_is_open(outbox_db, topics, relays, 
     conn = connect(outbox_db)
     cfg = write_config(tmp_path / "relay.conf", outbox_db, "r-create-open",
                        **{"batch.max_wait_ms": 4000, "batch.poll_interval_ms": 1000,
-                          "log.level": "debug"}, **CREATION)
+                          "batch.look_interval_ms": 400, "log.level": "debug"}, **CREATION)
     relay = relays(cfg)
     relay.wait_log(r'relay "r-create-open" publishing')
     # A row every 50 ms keeps a transaction open (it looks every 400 ms and
