@@ -144,14 +144,17 @@ static void scrub(char *s, const char *secret)
  * Parse the conninfo before connecting: libpq's parse errors quote parts of
  * the string ('missing "=" after "..."', 'invalid percent-encoded token:
  * "..."'), so they are reported with every quoted part redacted. On success
- * *secret gets a copy of the password (NULL when there is none).
+ * *secret gets a copy of the password, *options of the "options" (each NULL
+ * when there is none).
  */
-static int conninfo_check(const char *conninfo, char **secret, char *errbuf, size_t errlen)
+static int conninfo_check(const char *conninfo, char **secret, char **options, char *errbuf,
+			  size_t errlen)
 {
 	char *msg = NULL, red[512];
 	PQconninfoOption *opts;
 
 	*secret = NULL;
+	*options = NULL;
 	/* libpq expands only what looks like a connection string (a URI, or
 	 * anything with '='); the rest is a plain database name. */
 	if (strncmp(conninfo, "postgresql://", 13) != 0 && strncmp(conninfo, "postgres://", 11) != 0 &&
@@ -165,10 +168,20 @@ static int conninfo_check(const char *conninfo, char **secret, char *errbuf, siz
 		return -1;
 	}
 	for (PQconninfoOption *o = opts; o->keyword; o++)
-		if (strcmp(o->keyword, "password") == 0 && o->val && *o->val)
+		if (o->val && *o->val && strcmp(o->keyword, "password") == 0)
 			*secret = xstrdup(o->val);
+		else if (o->val && *o->val && strcmp(o->keyword, "options") == 0)
+			*options = xstrdup(o->val);
 	PQconninfoFree(opts);
 	return 0;
+}
+
+/* Add s to the message in buf (of size len), cut to fit. */
+static void append(char *buf, size_t len, const char *s)
+{
+	size_t used = strlen(buf);
+
+	snprintf(buf + used, len - used, "%s", s);
 }
 
 static int classify(struct outbox *ob, PGresult *res, const char *what);
@@ -189,16 +202,14 @@ static int connect_failed(struct outbox *ob, char *errbuf, size_t errlen)
 	if (!refused)
 		return OB_TRANSIENT;
 	if (ob->cfg->pg_pooling == POOLING_NONE)
-		strncat(errbuf,
-			" (a connection pooler such as PgBouncer refuses the startup options "
-			"that the relay sends on a direct connection; set postgres.pooling to "
-			"\"session\" or \"transaction\", the pooler's pool_mode)",
-			errlen - strlen(errbuf) - 1);
+		append(errbuf, errlen,
+		       " (a connection pooler such as PgBouncer refuses the startup options "
+		       "that the relay sends on a direct connection; set postgres.pooling to "
+		       "\"session\" or \"transaction\", the pooler's pool_mode)");
 	else
-		strncat(errbuf,
-			" (postgres.conninfo carries a parameter the pooler does not know: remove it, "
-			"or list it in the pooler's ignore_startup_parameters)",
-			errlen - strlen(errbuf) - 1);
+		append(errbuf, errlen,
+		       " (postgres.conninfo carries a parameter the pooler does not know: remove it, "
+		       "or list it in the pooler's ignore_startup_parameters)");
 	return OB_FAILED;
 }
 
@@ -240,24 +251,28 @@ static int settings_apply(struct outbox *ob, char *errbuf, size_t errlen)
 
 struct outbox *outbox_connect(const struct config *cfg, int *status, char *errbuf, size_t errlen)
 {
-	char opts[128];
 	/* Our defaults come before dbname: the values expanded from the user's
-	 * conninfo override them. Startup options only on a direct connection
-	 * (SETTINGS_SQL above). */
+	 * conninfo override them. But "options" comes after, as the user's
+	 * own options (if any) followed by ours, and only on a direct
+	 * connection (SETTINGS_SQL above). */
 	const char *keys[] = {"fallback_application_name", "connect_timeout", "keepalives_idle",
 			      "keepalives_interval", "keepalives_count", "dbname", "options", NULL};
-	const char *vals[] = {"outbox-relay", "10", "10", "5", "3", cfg->pg_conninfo, opts, NULL};
+	const char *vals[] = {"outbox-relay", "10", "10", "5", "3", cfg->pg_conninfo, NULL, NULL};
 	const char *hs, *ro;
 	struct outbox *ob;
-	char *secret;
+	char *secret, *user_opts, *opts;
+	size_t len;
 	int rc;
 
 	if (status)
 		*status = OB_TRANSIENT;
-	if (conninfo_check(cfg->pg_conninfo, &secret, errbuf, errlen) < 0)
+	if (conninfo_check(cfg->pg_conninfo, &secret, &user_opts, errbuf, errlen) < 0)
 		return NULL;
-	snprintf(opts, sizeof(opts), "-c statement_timeout=%d -c max_parallel_workers_per_gather=0",
-		 cfg->pg_statement_timeout_ms);
+	len = (user_opts ? strlen(user_opts) : 0) + 96;
+	opts = xmalloc(len);
+	snprintf(opts, len, "%s%s-c statement_timeout=%d -c max_parallel_workers_per_gather=0",
+		 user_opts ? user_opts : "", user_opts ? " " : "", cfg->pg_statement_timeout_ms);
+	vals[6] = opts;
 	if (cfg->pg_pooling != POOLING_NONE)
 		keys[6] = NULL;
 	ob = xcalloc(1, sizeof(*ob));
@@ -265,6 +280,8 @@ struct outbox *outbox_connect(const struct config *cfg, int *status, char *errbu
 	ob->secret = secret;
 	snprintf(ob->timeout, sizeof(ob->timeout), "%d", cfg->pg_statement_timeout_ms);
 	ob->conn = PQconnectdbParams(keys, vals, 1);
+	free(opts);
+	free(user_opts);
 	if (PQstatus(ob->conn) != CONNECTION_OK)
 		rc = connect_failed(ob, errbuf, errlen);
 	else
@@ -350,11 +367,10 @@ static int classify(struct outbox *ob, PGresult *res, const char *what)
 		 * one server connection, run on another) or "already exists"
 		 * (left on a server connection by an earlier client): only our
 		 * hot statements are named. */
-		size_t len = strlen(ob->errstr);
-		snprintf(ob->errstr + len, sizeof(ob->errstr) - len,
-			 ": a transaction-mode pooler runs each transaction on any server "
-			 "connection; set postgres.prepared_statements = false (or use PgBouncer "
-			 "1.21 or later with max_prepared_statements)");
+		append(ob->errstr, sizeof(ob->errstr),
+		       ": a transaction-mode pooler runs each transaction on any server "
+		       "connection; set postgres.prepared_statements = false (or use PgBouncer "
+		       "1.21 or later with max_prepared_statements)");
 		return OB_FAILED;
 	}
 	if (strcmp(state, "25006") == 0) {
@@ -362,11 +378,10 @@ static int classify(struct outbox *ob, PGresult *res, const char *what)
 		 * during recovery", "... in a read-only transaction") or a server
 		 * with default_transaction_read_only on. No retry on this server
 		 * will cure it; a failover or a fixed conninfo will. */
-		size_t len = strlen(ob->errstr);
-		snprintf(ob->errstr + len, sizeof(ob->errstr) - len,
-			 ": the relay points at a read-only server (a standby, or "
-			 "default_transaction_read_only is on); postgres.conninfo must name the "
-			 "primary");
+		append(ob->errstr, sizeof(ob->errstr),
+		       ": the relay points at a read-only server (a standby, or "
+		       "default_transaction_read_only is on); postgres.conninfo must name the "
+		       "primary");
 		return OB_READ_ONLY;
 	}
 	/* connection exceptions, shutdown, resources, serialization, timeouts */
