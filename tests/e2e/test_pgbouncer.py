@@ -10,7 +10,7 @@ import threading
 import time
 from urllib.parse import urlsplit, urlunsplit
 
-import psycopg2
+import pytest
 
 from conftest import PG_URL, read_all, relay_cmd, wait_for, write_config
 from test_ha import Writer
@@ -172,6 +172,7 @@ def test_session_pooling(outbox_db, topics, relays, tmp_path):
     assert_positions_agree(conn, "r-pgb-session")
 
 
+@pytest.mark.sanitizer  # the pipeline of every statement: under ASan+UBSan too
 def test_transaction_pooling(outbox_db, topics, relays, tmp_path):
     """Transaction pooling: the relay's transactions share three server
     connections with two writers and two probes, all clients of the same
@@ -222,6 +223,7 @@ def test_transaction_pooling(outbox_db, topics, relays, tmp_path):
     assert_positions_agree(conn, "r-pgb-txn")
 
 
+@pytest.mark.sanitizer
 def test_pooler_without_pooling_option_is_refused(outbox_db, tmp_path):
     """postgres.pooling left at "none" (a direct connection) in front of
     PgBouncer: refused at start, exit code 1, with the option to set,
