@@ -31,6 +31,7 @@ static const char *const db_ahead_choices[] = {"refuse", "trust-database", NULL}
 static const char *const poison_choices[] = {"stop", "dead-letter", NULL};
 static const char *const log_level_choices[] = {"debug", "info", "warning", "error", NULL};
 static const char *const log_format_choices[] = {"text", "json", NULL};
+static const char *const pooling_choices[] = {"none", "session", "transaction", NULL};
 
 /* The single source of truth; conf/relay.conf documents each entry. */
 static const struct option options[] = {
@@ -44,6 +45,7 @@ static const struct option options[] = {
 	{"relay.poison_retry_ms", OPT_INT, OFF(poison_retry_ms), NULL, 30000, 1000, 3600000, NULL,
 	 true},
 	{"postgres.conninfo", OPT_STRING, OFF(pg_conninfo), "", 0, 0, 0, NULL, false},
+	{"postgres.pooling", OPT_CHOICE, OFF(pg_pooling), "none", 0, 0, 0, pooling_choices, false},
 	{"postgres.prepared_statements", OPT_BOOL, OFF(pg_prepared_statements), NULL, 1, 0, 0, NULL,
 	 false},
 	{"postgres.retention_ms", OPT_INT64, OFF(retention_ms), NULL, 0, 0, 1LL << 40, NULL, false},
@@ -349,6 +351,32 @@ static config_setting_t *setting(config_t *lc, const char *path)
 	return lc ? config_lookup(lc, path) : NULL;
 }
 
+/*
+ * postgres.pooling = "transaction": every transaction may run on another
+ * server connection, so nothing may live in the session. LISTEN (and the
+ * "relay awake" lock that goes with batch.notify) would sit on a server
+ * connection that writers then share; named prepared statements vanish
+ * unless the pooler carries them (PgBouncer 1.21+, max_prepared_statements).
+ * Both default to off then; batch.notify = true is refused, an explicit
+ * prepared_statements = true is taken as the operator's word.
+ */
+static int check_pooling(struct loader *ld, config_t *lc, struct config *cfg)
+{
+	if (cfg->pg_pooling != POOLING_TRANSACTION)
+		return 0;
+	if (setting(lc, "batch.notify") && cfg->notify) {
+		fail(ld, setting(lc, "batch.notify"), "batch.notify",
+		     "true needs a session connection (LISTEN), and postgres.pooling is "
+		     "\"transaction\"; set batch.notify = false (the relay then polls) or use "
+		     "session pooling");
+		return -1;
+	}
+	cfg->notify = false;
+	if (!setting(lc, "postgres.prepared_statements"))
+		cfg->pg_prepared_statements = false;
+	return 0;
+}
+
 static int check_required(struct loader *ld, config_t *lc, struct config *cfg)
 {
 	const char *why;
@@ -407,6 +435,8 @@ static int check_required(struct loader *ld, config_t *lc, struct config *cfg)
 		     "must be set when relay.poison_policy is \"dead-letter\"");
 		return -1;
 	}
+	if (check_pooling(ld, lc, cfg) < 0)
+		return -1;
 	if (cfg->commit_timeout_ms > cfg->transaction_timeout_ms) {
 		fail(ld, setting(lc, "kafka.commit_timeout_ms"), "kafka.commit_timeout_ms",
 		     "%d must not exceed kafka.transaction_timeout_ms (%d)", cfg->commit_timeout_ms,

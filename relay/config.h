@@ -11,6 +11,12 @@
 
 enum db_ahead_policy { DB_AHEAD_REFUSE, DB_AHEAD_TRUST_DATABASE };
 enum poison_policy { POISON_STOP, POISON_DEAD_LETTER };
+/* postgres.pooling: what sits between the relay and PostgreSQL. */
+enum pg_pooling {
+	POOLING_NONE,        /* a direct connection: settings ride in the startup packet */
+	POOLING_SESSION,     /* a pooler's session mode: settings by SET after connecting */
+	POOLING_TRANSACTION, /* transaction mode: no session state at all */
+};
 
 struct config {
 	char *path;
@@ -26,6 +32,7 @@ struct config {
 
 	/* postgres */
 	char *pg_conninfo;   /* "" = libpq's PG* environment */
+	int pg_pooling;      /* enum pg_pooling */
 	int pg_statement_timeout_ms;
 	bool pg_prepared_statements;
 	int64_t retention_ms; /* keep relayed rows this long; 0 = delete at once */

@@ -137,7 +137,7 @@ static int cmd_check(const struct config *cfg)
 	int version = 0, failed = 0;
 
 	printf("config %s: ok (relay \"%s\")\n", cfg->path, cfg->relay_name);
-	ob = outbox_connect(cfg, err, sizeof(err));
+	ob = outbox_connect(cfg, NULL, err, sizeof(err));
 	if (!ob) {
 		printf("postgresql: FAILED: %s\n", err);
 		failed++;
@@ -186,7 +186,7 @@ static int cmd_check(const struct config *cfg)
 static int cmd_status(const struct config *cfg)
 {
 	char err[1024];
-	struct outbox *ob = outbox_connect(cfg, err, sizeof(err));
+	struct outbox *ob = outbox_connect(cfg, NULL, err, sizeof(err));
 	int st;
 
 	if (!ob) {

@@ -32,9 +32,36 @@ static const struct {
 	{"outbox_relay_awake", "SELECT outbox.relay_awake($1)", 1},
 };
 
+/*
+ * The relay's session settings. With postgres.pooling = "none" they ride in
+ * the startup packet (options=-c ...). A pooler refuses that parameter
+ * (PgBouncer: "unsupported startup parameter: options") or, told to ignore
+ * it, drops it silently; so under "session" they are set once after
+ * connecting, and under "transaction", where each transaction may run on
+ * another server connection, for the transaction of every statement: this
+ * statement goes first in the same pipeline (one Sync, one transaction), and
+ * $2 = true makes it SET LOCAL. No parallel workers: the relay's statements
+ * are small, except the lag count over a backlog, which parallel workers
+ * made cost several times its serial CPU for a shorter wall time
+ * (bench/sql/RESULTS.md, "Issue 13").
+ */
+#define SETTINGS_SQL                                                                               \
+	"SELECT pg_catalog.set_config('statement_timeout', $1, $2), "                              \
+	"pg_catalog.set_config('max_parallel_workers_per_gather', '0', $2)"
+
+/* "none": how many of the two settings the server took from the startup
+ * packet. Fewer than two means something in between dropped them: a pooler
+ * told to ignore "options", which then is not a direct connection. */
+#define STARTUP_CHECK_SQL                                                                          \
+	"SELECT count(*) FROM pg_catalog.pg_settings WHERE source = 'client' AND name IN "         \
+	"('statement_timeout', 'max_parallel_workers_per_gather')"
+
 struct outbox {
 	const struct config *cfg;
 	PGconn *conn;
+	/* A pipeline left in a state we cannot vouch for: reconnect. */
+	bool broken;
+	char timeout[16]; /* statement_timeout in ms, for SETTINGS_SQL */
 	bool prepared[HOT_COUNT];
 	/* The conninfo's password, if it has one: scrubbed from every message
 	 * we keep (a misplaced value can end up quoted by libpq). */
@@ -117,14 +144,17 @@ static void scrub(char *s, const char *secret)
  * Parse the conninfo before connecting: libpq's parse errors quote parts of
  * the string ('missing "=" after "..."', 'invalid percent-encoded token:
  * "..."'), so they are reported with every quoted part redacted. On success
- * *secret gets a copy of the password (NULL when there is none).
+ * *secret gets a copy of the password, *options of the "options" (each NULL
+ * when there is none).
  */
-static int conninfo_check(const char *conninfo, char **secret, char *errbuf, size_t errlen)
+static int conninfo_check(const char *conninfo, char **secret, char **options, char *errbuf,
+			  size_t errlen)
 {
 	char *msg = NULL, red[512];
 	PQconninfoOption *opts;
 
 	*secret = NULL;
+	*options = NULL;
 	/* libpq expands only what looks like a connection string (a URI, or
 	 * anything with '='); the rest is a plain database name. */
 	if (strncmp(conninfo, "postgresql://", 13) != 0 && strncmp(conninfo, "postgres://", 11) != 0 &&
@@ -138,42 +168,127 @@ static int conninfo_check(const char *conninfo, char **secret, char *errbuf, siz
 		return -1;
 	}
 	for (PQconninfoOption *o = opts; o->keyword; o++)
-		if (strcmp(o->keyword, "password") == 0 && o->val && *o->val)
+		if (o->val && *o->val && strcmp(o->keyword, "password") == 0)
 			*secret = xstrdup(o->val);
+		else if (o->val && *o->val && strcmp(o->keyword, "options") == 0)
+			*options = xstrdup(o->val);
 	PQconninfoFree(opts);
 	return 0;
 }
 
-struct outbox *outbox_connect(const struct config *cfg, char *errbuf, size_t errlen)
+/* Add s to the message in buf (of size len), cut to fit. */
+static void append(char *buf, size_t len, const char *s)
 {
-	char opts[128];
+	size_t used = strlen(buf);
+
+	snprintf(buf + used, len - used, "%s", s);
+}
+
+static int classify(struct outbox *ob, PGresult *res, const char *what);
+static int run(struct outbox *ob, const char *name, const char *sql, int nparams,
+	       const char *const *params, int result_format, PGresult **out);
+
+/* What the server said at login, and a pooler's refusal of our startup
+ * options turned into the setting to change. */
+static int connect_failed(struct outbox *ob, char *errbuf, size_t errlen)
+{
+	const char *msg = PQerrorMessage(ob->conn);
+	bool refused = strstr(msg, "unsupported startup parameter") != NULL;
+
+	snprintf(errbuf, errlen, "could not connect to PostgreSQL: %s", msg);
+	/* libpq's message ends with a newline */
+	errbuf[strcspn(errbuf, "\n")] = '\0';
+	scrub(errbuf, ob->secret);
+	if (!refused)
+		return OB_TRANSIENT;
+	if (ob->cfg->pg_pooling == POOLING_NONE)
+		append(errbuf, errlen,
+		       " (a connection pooler such as PgBouncer refuses the startup options "
+		       "that the relay sends on a direct connection; set postgres.pooling to "
+		       "\"session\" or \"transaction\", the pooler's pool_mode)");
+	else
+		append(errbuf, errlen,
+		       " (postgres.conninfo carries a parameter the pooler does not know: remove it, "
+		       "or list it in the pooler's ignore_startup_parameters)");
+	return OB_FAILED;
+}
+
+/* The relay's settings, after login: checked (none), set for the session
+ * (session), or left to every statement (transaction). */
+static int settings_apply(struct outbox *ob, char *errbuf, size_t errlen)
+{
+	const char *p[2] = {ob->timeout, "false"};
+	PGresult *res;
+	int rc;
+
+	switch (ob->cfg->pg_pooling) {
+	case POOLING_SESSION:
+		rc = run(ob, NULL, SETTINGS_SQL, 2, p, 0, &res);
+		break;
+	case POOLING_NONE:
+		rc = run(ob, NULL, STARTUP_CHECK_SQL, 0, NULL, 0, &res);
+		if (rc == OB_OK && strcmp(PQgetvalue(res, 0, 0), "2") != 0) {
+			snprintf(errbuf, errlen,
+				 "PostgreSQL did not get the relay's startup options (statement_timeout, "
+				 "max_parallel_workers_per_gather): something between them dropped "
+				 "them, such as PgBouncer with ignore_startup_parameters = options; "
+				 "behind a pooler set postgres.pooling to \"session\" or \"transaction\", "
+				 "the pooler's pool_mode");
+			PQclear(res);
+			return OB_FAILED;
+		}
+		break;
+	default:
+		return OB_OK;
+	}
+	if (rc != OB_OK) {
+		snprintf(errbuf, errlen, "could not set up the connection: %s", ob->errstr);
+		return rc;
+	}
+	PQclear(res);
+	return OB_OK;
+}
+
+struct outbox *outbox_connect(const struct config *cfg, int *status, char *errbuf, size_t errlen)
+{
 	/* Our defaults come before dbname: the values expanded from the user's
-	 * conninfo override them. */
+	 * conninfo override them. But "options" comes after, as the user's
+	 * own options (if any) followed by ours, and only on a direct
+	 * connection (SETTINGS_SQL above). */
 	const char *keys[] = {"fallback_application_name", "connect_timeout", "keepalives_idle",
-			      "keepalives_interval", "keepalives_count", "options", "dbname", NULL};
-	const char *vals[] = {"outbox-relay", "10", "10", "5", "3", opts, cfg->pg_conninfo, NULL};
+			      "keepalives_interval", "keepalives_count", "dbname", "options", NULL};
+	const char *vals[] = {"outbox-relay", "10", "10", "5", "3", cfg->pg_conninfo, NULL, NULL};
 	const char *hs, *ro;
 	struct outbox *ob;
-	char *secret;
+	char *secret, *user_opts, *opts;
+	size_t len;
+	int rc;
 
-	if (conninfo_check(cfg->pg_conninfo, &secret, errbuf, errlen) < 0)
+	if (status)
+		*status = OB_TRANSIENT;
+	if (conninfo_check(cfg->pg_conninfo, &secret, &user_opts, errbuf, errlen) < 0)
 		return NULL;
-	/* No parallel workers: the relay's statements are small, except the
-	 * lag count over a backlog, which parallel workers made cost several
-	 * times its serial CPU for a shorter wall time (bench/sql/RESULTS.md,
-	 * "Issue 13"). */
-	snprintf(opts, sizeof(opts), "-c statement_timeout=%d -c max_parallel_workers_per_gather=0",
-		 cfg->pg_statement_timeout_ms);
+	len = (user_opts ? strlen(user_opts) : 0) + 96;
+	opts = xmalloc(len);
+	snprintf(opts, len, "%s%s-c statement_timeout=%d -c max_parallel_workers_per_gather=0",
+		 user_opts ? user_opts : "", user_opts ? " " : "", cfg->pg_statement_timeout_ms);
+	vals[6] = opts;
+	if (cfg->pg_pooling != POOLING_NONE)
+		keys[6] = NULL;
 	ob = xcalloc(1, sizeof(*ob));
 	ob->cfg = cfg;
 	ob->secret = secret;
+	snprintf(ob->timeout, sizeof(ob->timeout), "%d", cfg->pg_statement_timeout_ms);
 	ob->conn = PQconnectdbParams(keys, vals, 1);
-	if (PQstatus(ob->conn) != CONNECTION_OK) {
-		snprintf(errbuf, errlen, "could not connect to PostgreSQL: %s",
-			 PQerrorMessage(ob->conn));
-		/* libpq's message ends with a newline */
-		errbuf[strcspn(errbuf, "\n")] = '\0';
-		scrub(errbuf, ob->secret);
+	free(opts);
+	free(user_opts);
+	if (PQstatus(ob->conn) != CONNECTION_OK)
+		rc = connect_failed(ob, errbuf, errlen);
+	else
+		rc = settings_apply(ob, errbuf, errlen);
+	if (rc != OB_OK) {
+		if (status)
+			*status = rc;
 		outbox_free(ob);
 		return NULL;
 	}
@@ -187,6 +302,8 @@ struct outbox *outbox_connect(const struct config *cfg, char *errbuf, size_t err
 			    "advance there; postgres.conninfo must name the primary",
 			    hs && strcmp(hs, "on") == 0 ? "a hot standby"
 							: "default_transaction_read_only is on");
+	if (status)
+		*status = OB_OK;
 	return ob;
 }
 
@@ -214,7 +331,7 @@ bool outbox_read_only(const struct outbox *ob)
 
 bool outbox_connected(const struct outbox *ob)
 {
-	return ob && PQstatus(ob->conn) == CONNECTION_OK;
+	return ob && !ob->broken && PQstatus(ob->conn) == CONNECTION_OK;
 }
 
 /* Map a failed result onto enum ob_status and keep its message. */
@@ -245,16 +362,26 @@ static int classify(struct outbox *ob, PGresult *res, const char *what)
 		return OB_OTHER_NAME;
 	if (strcmp(state, "OR005") == 0)
 		return OB_UNKNOWN_RELAY;
+	if (strcmp(state, "26000") == 0 || strcmp(state, "42P05") == 0) {
+		/* A named prepared statement that "does not exist" (prepared on
+		 * one server connection, run on another) or "already exists"
+		 * (left on a server connection by an earlier client): only our
+		 * hot statements are named. */
+		append(ob->errstr, sizeof(ob->errstr),
+		       ": a transaction-mode pooler runs each transaction on any server "
+		       "connection; set postgres.prepared_statements = false (or use PgBouncer "
+		       "1.21 or later with max_prepared_statements)");
+		return OB_FAILED;
+	}
 	if (strcmp(state, "25006") == 0) {
 		/* read_only_sql_transaction: a hot standby ("cannot execute LISTEN
 		 * during recovery", "... in a read-only transaction") or a server
 		 * with default_transaction_read_only on. No retry on this server
 		 * will cure it; a failover or a fixed conninfo will. */
-		size_t len = strlen(ob->errstr);
-		snprintf(ob->errstr + len, sizeof(ob->errstr) - len,
-			 ": the relay points at a read-only server (a standby, or "
-			 "default_transaction_read_only is on); postgres.conninfo must name the "
-			 "primary");
+		append(ob->errstr, sizeof(ob->errstr),
+		       ": the relay points at a read-only server (a standby, or "
+		       "default_transaction_read_only is on); postgres.conninfo must name the "
+		       "primary");
 		return OB_READ_ONLY;
 	}
 	/* connection exceptions, shutdown, resources, serialization, timeouts */
@@ -283,14 +410,80 @@ static int take_result(struct outbox *ob, PGresult *res, const char *sql, PGresu
 	return rc;
 }
 
+/* In a pipeline: the first result of the next statement; the rest of its
+ * results, up to the NULL that ends them, are consumed. */
+static PGresult *pipeline_result(PGconn *conn)
+{
+	PGresult *res = PQgetResult(conn), *more;
+
+	while (res && PQstatus(conn) == CONNECTION_OK && (more = PQgetResult(conn)) != NULL)
+		PQclear(more);
+	return res;
+}
+
+/*
+ * Run one statement: the prepared statement `name`, or sql with text
+ * parameters. *out gets the result on success. Under transaction pooling
+ * SETTINGS_SQL goes first in one pipeline with a single Sync: both run in
+ * one transaction on one server connection, in one round trip.
+ */
+static int run(struct outbox *ob, const char *name, const char *sql, int nparams,
+	       const char *const *params, int result_format, PGresult **out)
+{
+	const char *set[2] = {ob->timeout, "true"};
+	PGresult *settings = NULL, *res = NULL, *sync;
+	bool sent;
+	int rc;
+
+	*out = NULL;
+	if (ob->broken) {
+		snprintf(ob->errstr, sizeof(ob->errstr),
+			 "%s: the connection was given up after a failed pipeline", sql);
+		return OB_TRANSIENT;
+	}
+	if (ob->cfg->pg_pooling != POOLING_TRANSACTION)
+		return take_result(ob,
+				   name ? PQexecPrepared(ob->conn, name, nparams, params, NULL, NULL,
+							 result_format)
+					: PQexecParams(ob->conn, sql, nparams, NULL, params, NULL,
+						       NULL, result_format),
+				   sql, out);
+	sent = PQenterPipelineMode(ob->conn) &&
+	       PQsendQueryParams(ob->conn, SETTINGS_SQL, 2, NULL, set, NULL, NULL, 0) &&
+	       (name ? PQsendQueryPrepared(ob->conn, name, nparams, params, NULL, NULL,
+					   result_format)
+		     : PQsendQueryParams(ob->conn, sql, nparams, NULL, params, NULL, NULL,
+					 result_format)) &&
+	       PQpipelineSync(ob->conn);
+	if (sent) {
+		settings = pipeline_result(ob->conn);
+		res = pipeline_result(ob->conn);
+		sync = PQgetResult(ob->conn);
+		sent = sync && PQresultStatus(sync) == PGRES_PIPELINE_SYNC;
+		PQclear(sync);
+	}
+	if (!sent || !PQexitPipelineMode(ob->conn)) {
+		/* Lost in the middle (the connection, mostly): whatever the
+		 * server did ended with the transaction; start afresh. */
+		rc = classify(ob, NULL, sql);
+		ob->broken = true;
+		PQclear(settings);
+		PQclear(res);
+		return rc;
+	}
+	if (!settings || PQresultStatus(settings) != PGRES_TUPLES_OK) {
+		PQclear(res);
+		return take_result(ob, settings, SETTINGS_SQL, out);
+	}
+	PQclear(settings);
+	return take_result(ob, res, sql, out);
+}
+
 /* Run one statement with text parameters; *out gets the result on success. */
 static int call(struct outbox *ob, const char *sql, int nparams, const char *const *params,
 		int result_format, PGresult **out)
 {
-	return take_result(ob,
-			   PQexecParams(ob->conn, sql, nparams, NULL, params, NULL, NULL,
-					result_format),
-			   sql, out);
+	return run(ob, NULL, sql, nparams, params, result_format, out);
 }
 
 /* A hot statement: prepared on first use when configured, else sent whole. */
@@ -310,10 +503,7 @@ static int call_hot(struct outbox *ob, enum hot_stmt st, const char *const *para
 		PQclear(*out);
 		ob->prepared[st] = true;
 	}
-	return take_result(ob,
-			   PQexecPrepared(ob->conn, hot[st].name, hot[st].nparams, params, NULL,
-					  NULL, result_format),
-			   hot[st].sql, out);
+	return run(ob, hot[st].name, hot[st].sql, hot[st].nparams, params, result_format, out);
 }
 
 static int64_t text_i64(const PGresult *res, int row, int col)

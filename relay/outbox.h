@@ -43,12 +43,17 @@ struct lease {
 	int64_t expires_in_ms;
 };
 
-/* Connect with cfg->postgres (borrowed; must outlive the result). Returns
- * NULL with errbuf set when the conninfo does not parse or the server cannot
- * be reached; the message never holds the conninfo's password (libpq's parse
- * errors are reported with every quoted fragment redacted). Logs a warning
- * when the server says it is a hot standby. */
-struct outbox *outbox_connect(const struct config *cfg, char *errbuf, size_t errlen) MUSTCHECK;
+/* Connect with cfg->postgres (borrowed; must outlive the result) and set
+ * the relay's session settings as postgres.pooling says. Returns NULL with
+ * errbuf set when the conninfo does not parse or the server cannot be
+ * reached; *status (may be NULL) then says OB_FAILED when no retry can
+ * work (a pooler that refuses or drops the startup options of pooling
+ * "none"), else OB_TRANSIENT. The
+ * message never holds the conninfo's password (libpq's parse errors are
+ * reported with every quoted fragment redacted). Logs a warning when the
+ * server says it is a hot standby. */
+struct outbox *outbox_connect(const struct config *cfg, int *status, char *errbuf,
+			      size_t errlen) MUSTCHECK;
 void outbox_free(struct outbox *ob);
 /* The last error's text; borrowed until the next call. */
 const char *outbox_errstr(const struct outbox *ob);

@@ -180,20 +180,29 @@ static void make_owner(struct relay *r)
 		 r->cfg->owner[0] ? "@" : "", host, (int)getpid(), rand() & 0xffff);
 }
 
-/* (Re)connect until it works or a stop is requested; false on stop. */
-static bool db_connect(struct relay *r)
+/* (Re)connect until it works: STEP_OK; STEP_EXIT on a stop request, or
+ * with EXIT_STARTUP when no retry can help (a pooler in front of a relay
+ * configured for a direct connection). */
+static enum step db_connect(struct relay *r)
 {
 	char err[1024];
 
 	while (!relay_stop_requested) {
+		int st;
+
 		outbox_free(r->ob);
-		r->ob = outbox_connect(r->cfg, err, sizeof(err));
+		r->ob = outbox_connect(r->cfg, &st, err, sizeof(err));
 		r->awake = false; /* a new session holds no lock */
 		if (r->ob && (!r->cfg->notify || outbox_listen(r->ob) == OB_OK)) {
 			r->backoff_ms = 0;
 			metrics_lock()->db_ok = true;
 			metrics_unlock();
-			return true;
+			return STEP_OK;
+		}
+		if (!r->ob && st == OB_FAILED) {
+			log_error("%s", err);
+			metrics_set_error("%s", err);
+			return step_exit(r, EXIT_STARTUP);
 		}
 		if (r->ob) {
 			/* A hot standby refuses LISTEN ("cannot execute LISTEN
@@ -216,7 +225,7 @@ static bool db_connect(struct relay *r)
 		if (!back_off(r))
 			break;
 	}
-	return false;
+	return step_stopped(r);
 }
 
 /* Handle a database error from any call: transient ones reconnect and back
@@ -250,8 +259,8 @@ static enum step db_trouble(struct relay *r, int st, const char *what)
 		}
 		if (!back_off(r))
 			return step_stopped(r);
-		if ((!r->ob || !outbox_connected(r->ob)) && !db_connect(r))
-			return step_stopped(r);
+		if (!r->ob || !outbox_connected(r->ob))
+			return db_connect(r);
 		return STEP_OK;
 	case OB_FENCED:
 		log_error("%s: %s", what, outbox_errstr(r->ob));
@@ -409,7 +418,7 @@ static enum step db_advance(struct relay *r, const struct position *pos)
 			if (!outbox_connected(r->ob)) {
 				char err[1024];
 				outbox_free(r->ob);
-				r->ob = outbox_connect(r->cfg, err, sizeof(err));
+				r->ob = outbox_connect(r->cfg, NULL, err, sizeof(err));
 				if (!r->ob)
 					log_warning("%s", err);
 			}
@@ -1338,8 +1347,8 @@ static enum step run_steps(struct relay *r)
 {
 	int version = 0, st;
 
-	if (!db_connect(r))
-		return step_stopped(r);
+	if (db_connect(r) == STEP_EXIT)
+		return STEP_EXIT;
 	while ((st = outbox_schema_version(r->ob, &version)) != OB_OK) {
 		if (st != OB_TRANSIENT) {
 			log_error("could not read the outbox schema version (is sql/install.sql "

@@ -7,11 +7,13 @@ set -euo pipefail
 
 # dpkg-dev: dpkg-shlibdeps, for the Debian package's Depends (scripts/package-deb).
 # prometheus: promtool, and the server the dashboard test runs (tests/deploy).
+# pgbouncer: the pooler deploy/local/up starts in front of PostgreSQL (its own processes,
+# never the system service).
 packages=(
 	build-essential cmake pkg-config git ca-certificates curl procps iproute2 dpkg-dev
 	libpq-dev librdkafka-dev libconfig-dev libmicrohttpd-dev libcmocka-dev
 	postgresql-15 postgresql-contrib postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl
-	openjdk-17-jre-headless maven kcat valgrind prometheus systemd python3-venv
+	openjdk-17-jre-headless maven kcat valgrind prometheus systemd python3-venv pgbouncer
 	python3 python3-pytest python3-psycopg2 python3-confluent-kafka
 )
 

@@ -14,6 +14,11 @@ KAFKA_CONTROLLER_PORT=${OUTBOX_KAFKA_CONTROLLER_PORT:-19093}
 KAFKA_PROXIED_PORT=${OUTBOX_KAFKA_PROXIED_PORT:-19094}
 KAFKA_PROXY_PORT=${OUTBOX_KAFKA_PROXY_PORT:-19095}
 KAFKA_HEAP=${OUTBOX_KAFKA_HEAP:-512m}
+# Two PgBouncer processes in front of PostgreSQL, one per pool mode. The
+# offsets keep environments whose PostgreSQL ports lie side by side (55432,
+# 55433, ...) apart: +100 and +200, not +100 and +101.
+PGBOUNCER_SESSION_PORT=${OUTBOX_PGBOUNCER_SESSION_PORT:-$((PG_PORT + 100))}
+PGBOUNCER_TRANSACTION_PORT=${OUTBOX_PGBOUNCER_TRANSACTION_PORT:-$((PG_PORT + 200))}
 
 # Jars are cached per pom.xml content, outside $STATE, so `down` keeps them
 # and a second `up` downloads nothing.
@@ -26,6 +31,9 @@ PG_DATA="$STATE/pg-data"
 PG_SOCK="$STATE/pg-run"
 PG_URL="postgresql://postgres@127.0.0.1:$PG_PORT/$PG_DB"
 KAFKA_BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
+PGBOUNCER_BIN=/usr/sbin/pgbouncer
+PGBOUNCER_DIR="$STATE/pgbouncer"
+PGBOUNCER_MODES="session transaction"
 KAFKA_PIDFILE="$STATE/kafka.pid"
 # Debian's python3, which has the Debian-packaged confluent_kafka and psycopg2
 # (a python3 earlier on PATH, e.g. from pyenv, may have neither).
@@ -45,5 +53,21 @@ kafka_pid() {
 	pid=$(cat "$KAFKA_PIDFILE")
 	# The pid must still be our broker, not a recycled number.
 	grep -q 'kafka.Kafka' "/proc/$pid/cmdline" 2>/dev/null || return 1
+	echo "$pid"
+}
+
+pgbouncer_port() { # mode
+	if [ "$1" = session ]; then echo "$PGBOUNCER_SESSION_PORT"; else echo "$PGBOUNCER_TRANSACTION_PORT"; fi
+}
+
+pgbouncer_url() { # mode
+	echo "postgresql://postgres@127.0.0.1:$(pgbouncer_port "$1")/$PG_DB"
+}
+
+pgbouncer_pid() { # mode
+	local pid file="$PGBOUNCER_DIR/$1.pid"
+	[ -f "$file" ] || return 1
+	pid=$(cat "$file")
+	grep -q pgbouncer "/proc/$pid/cmdline" 2>/dev/null || return 1
 	echo "$pid"
 }

@@ -67,7 +67,7 @@ static int check_reserve(const char *conninfo)
 
 	if (!cfg)
 		return 2;
-	ob = outbox_connect(cfg, err, sizeof(err));
+	ob = outbox_connect(cfg, NULL, err, sizeof(err));
 	if (!ob) {
 		fprintf(stderr, "%s\n", err);
 		return 2;
@@ -119,7 +119,7 @@ static int check_fd(const char *conninfo)
 	cfg = load(conninfo);
 	if (!cfg)
 		return 2;
-	ob = outbox_connect(cfg, err, sizeof(err));
+	ob = outbox_connect(cfg, NULL, err, sizeof(err));
 	if (!ob) {
 		fprintf(stderr, "%s\n", err);
 		return 2;

@@ -124,6 +124,13 @@ static const struct {
 	 "t.conf:3: batch.max_bytes: 100 is out of range (1024..2147483648)"},
 	{MIN_OK "batch = { notify = 1; };\n",
 	 "t.conf:3: batch.notify: expected true or false, got an integer"},
+	{MIN_OK "postgres = { pooling = \"statement\"; };\n",
+	 "t.conf:3: postgres.pooling: \"statement\" is not one of: none, session, transaction"},
+	/* LISTEN and the awake lock need a session (issue 14.3) */
+	{MIN_OK "postgres = { pooling = \"transaction\"; };\nbatch = {\n notify = true; };\n",
+	 "t.conf:5: batch.notify: true needs a session connection (LISTEN), and postgres.pooling "
+	 "is \"transaction\"; set batch.notify = false (the relay then polls) or use session "
+	 "pooling"},
 	{MIN_OK "log = { level = \"verbose\"; };\n",
 	 "t.conf:3: log.level: \"verbose\" is not one of: debug, info, warning, error"},
 	{MIN_OK "log = { format = 1; };\n",
@@ -198,6 +205,39 @@ static const struct {
 	 "t.conf:4: topics.config: element 3: \"retention.ms\" is set twice (also element 1)"},
 	{MIN_OK "topics = 5;\n", "t.conf:3: topics: expected a group { ... }, got an integer"},
 };
+
+/* postgres.pooling = "transaction" turns off what needs a session unless
+ * the file says otherwise (and batch.notify = true is refused above); the
+ * other modes leave the defaults alone. */
+static void test_pooling_defaults(void **state)
+{
+	static const struct {
+		const char *postgres;
+		int pooling;
+		bool notify, prepared;
+	} cases[] = {
+		{"", POOLING_NONE, true, true},
+		{"pooling = \"session\";", POOLING_SESSION, true, true},
+		{"pooling = \"transaction\";", POOLING_TRANSACTION, false, false},
+		/* PgBouncer 1.21+ with max_prepared_statements: the operator's word */
+		{"pooling = \"transaction\"; prepared_statements = true;", POOLING_TRANSACTION, false,
+		 true},
+	};
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char text[512], err[512];
+		struct config *cfg;
+
+		snprintf(text, sizeof(text), MIN_OK "postgres = { %s };\n", cases[i].postgres);
+		cfg = config_load_string(text, "t.conf", err, sizeof(err));
+		if (!cfg)
+			fail_msg("case %zu: %s", i, err);
+		assert_int_equal(cfg->pg_pooling, cases[i].pooling);
+		assert_int_equal(cfg->notify, cases[i].notify);
+		assert_int_equal(cfg->pg_prepared_statements, cases[i].prepared);
+		config_free(cfg);
+	}
+}
 
 static void test_bad_inputs(void **state)
 {
@@ -411,6 +451,7 @@ int main(void)
 		cmocka_unit_test(test_defaults),
 		cmocka_unit_test(test_all_options),
 		cmocka_unit_test(test_bad_inputs),
+		cmocka_unit_test(test_pooling_defaults),
 		cmocka_unit_test(test_missing_file),
 		cmocka_unit_test(test_env_overrides),
 		cmocka_unit_test(test_derived_checkpoint_topic),
