@@ -1,4 +1,5 @@
 /* main.c: command line, signals, and the start-up order of the daemon */
+#include <errno.h>
 #include <getopt.h>
 #include <pthread.h>
 #include <libpq-fe.h>
@@ -17,6 +18,7 @@
 #include "publisher.h"
 #include "relay.h"
 #include "topics.h"
+#include "verify.h"
 #include "version.h"
 
 #define DEFAULT_CONFIG "/etc/outbox-relay/relay.conf"
@@ -27,12 +29,19 @@ static void usage(FILE *out)
 		"outbox-relay %s: moves outbox rows from PostgreSQL to Kafka exactly once\n"
 		"\n"
 		"Usage: outbox-relay [COMMAND] [-c FILE]\n"
+		"       outbox-relay verify [-c FILE] [--topics T1,T2] [--since DURATION]\n"
+		"                           [--from-batch N] [--json]\n"
 		"\n"
 		"Commands:\n"
 		"  run       relay until stopped (the default)\n"
 		"  check     validate the configuration, reach PostgreSQL and Kafka, check the\n"
 		"            outbox schema version\n"
 		"  status    print the relay's position, lease owner, generation and lag\n"
+		"  verify    audit what the relay committed to Kafka (reads only): the\n"
+		"            checkpoint chain (batches contiguous, positions and generations\n"
+		"            never back) and, in the --topics and the dead-letter topic, each\n"
+		"            outbox-id once, in id order per key and partition, no record\n"
+		"            without an outbox-id\n"
 		"\n"
 		"Options:\n"
 		"  -c, --config FILE   configuration file (default: $OUTBOX_RELAY_CONFIG or\n"
@@ -40,9 +49,16 @@ static void usage(FILE *out)
 		"  -V, --version       print the version and the linked library versions\n"
 		"  -h, --help          print this help\n"
 		"\n"
+		"verify options:\n"
+		"  --topics T1,T2      destination topics to check (comma-separated)\n"
+		"  --since DURATION    only records newer than DURATION (90s, 15m, 2h, 7d)\n"
+		"  --from-batch N      check the checkpoint chain from batch N on\n"
+		"  --json              print the summary as one JSON object\n"
+		"\n"
 		"Exit codes: 0 stopped cleanly, 1 configuration or start-up error, 2 usage,\n"
 		"3 fenced (another relay took over), 5 positions disagree (operator decision\n"
-		"needed; see README.md).\n",
+		"needed; see README.md). verify: 0 nothing wrong, 6 violations found, 1\n"
+		"configuration or connection error or a partition not read to its end.\n",
 		OUTBOX_RELAY_VERSION);
 }
 
@@ -200,6 +216,74 @@ static int cmd_status(const struct config *cfg)
 	return st == OB_OK ? EXIT_OK : EXIT_STARTUP;
 }
 
+/* The options after `verify`; *opts gets owned strings (verify_opts_free). */
+static int parse_verify_opts(int argc, char **argv, const char **path, struct verify_opts *opts)
+{
+	static const struct option longopts[] = {
+		{"config", required_argument, NULL, 'c'},
+		{"topics", required_argument, NULL, 't'},
+		{"since", required_argument, NULL, 's'},
+		{"from-batch", required_argument, NULL, 'b'},
+		{"json", no_argument, NULL, 'j'},
+		{NULL, 0, NULL, 0},
+	};
+	char *end, *list, *tok, *save;
+	int c;
+
+	while ((c = getopt_long(argc, argv, "c:", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'c':
+			*path = optarg;
+			break;
+		case 't':
+			list = xstrdup(optarg);
+			for (tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+				opts->topics = xrealloc(opts->topics,
+							(size_t)(opts->ntopics + 1) * sizeof(char *));
+				opts->topics[opts->ntopics++] = xstrdup(tok);
+			}
+			free(list);
+			break;
+		case 's':
+			opts->since_ms = verify_parse_duration(optarg);
+			if (opts->since_ms < 0) {
+				fprintf(stderr, "outbox-relay: --since: \"%s\" is not a duration "
+						"(such as 90s, 15m, 2h, 7d)\n",
+					optarg);
+				return -1;
+			}
+			break;
+		case 'b':
+			errno = 0;
+			opts->from_batch = strtoll(optarg, &end, 10);
+			if (errno || end == optarg || *end || opts->from_batch < 1) {
+				fprintf(stderr, "outbox-relay: --from-batch: \"%s\" is not a batch "
+						"number (1 or more)\n",
+					optarg);
+				return -1;
+			}
+			break;
+		case 'j':
+			opts->json = true;
+			break;
+		default:
+			return -1;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "outbox-relay: unknown argument \"%s\"\n", argv[optind]);
+		return -1;
+	}
+	return 0;
+}
+
+static void verify_opts_free(struct verify_opts *opts)
+{
+	for (int i = 0; i < opts->ntopics; i++)
+		free(opts->topics[i]);
+	free(opts->topics);
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -210,6 +294,7 @@ int main(int argc, char **argv)
 	};
 	const char *path = getenv("OUTBOX_RELAY_CONFIG");
 	const char *cmd = "run";
+	struct verify_opts vopts = {0};
 	char err[1024];
 	struct config *cfg;
 	int c, ex;
@@ -234,6 +319,13 @@ int main(int argc, char **argv)
 	}
 	if (optind < argc)
 		cmd = argv[optind++];
+	if (strcmp(cmd, "verify") == 0) {
+		if (parse_verify_opts(argc, argv, &path, &vopts) < 0) {
+			verify_opts_free(&vopts);
+			usage(stderr);
+			return EXIT_USAGE;
+		}
+	}
 	/* options may also follow the command */
 	while ((c = getopt_long(argc, argv, "c:Vh", longopts, NULL)) != -1) {
 		if (c != 'c') {
@@ -242,7 +334,8 @@ int main(int argc, char **argv)
 		}
 		path = optarg;
 	}
-	if (optind < argc || (strcmp(cmd, "run") && strcmp(cmd, "check") && strcmp(cmd, "status"))) {
+	if (optind < argc || (strcmp(cmd, "run") && strcmp(cmd, "check") && strcmp(cmd, "status") &&
+				strcmp(cmd, "verify"))) {
 		fprintf(stderr, "outbox-relay: unknown command or argument \"%s\"\n",
 			optind < argc ? argv[optind] : cmd);
 		usage(stderr);
@@ -252,6 +345,7 @@ int main(int argc, char **argv)
 	cfg = config_load(path, err, sizeof(err));
 	if (!cfg) {
 		fprintf(stderr, "outbox-relay: %s\n", err);
+		verify_opts_free(&vopts);
 		return EXIT_STARTUP;
 	}
 	log_setup((enum log_level)cfg->log_level, (enum log_format)cfg->log_format);
@@ -260,6 +354,10 @@ int main(int argc, char **argv)
 		ex = cmd_check(cfg);
 	else if (strcmp(cmd, "status") == 0)
 		ex = cmd_status(cfg);
+	else if (strcmp(cmd, "verify") == 0) {
+		install_signals();
+		ex = verify_run(cfg, &vopts);
+	}
 	else {
 		struct http *http;
 		sigset_t handled, saved;
@@ -285,5 +383,6 @@ int main(int argc, char **argv)
 		log_info("outbox-relay stopped (exit code %d)", ex);
 	}
 	config_free(cfg);
+	verify_opts_free(&vopts);
 	return ex;
 }

@@ -1,0 +1,701 @@
+/* verify.c: `outbox-relay verify`: reads (read_committed, never writes) the
+ * checkpoint chain and the destination topics of this relay and reports
+ * every break of the exactly-once contract it can see */
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <librdkafka/rdkafka.h>
+
+#include "publisher.h"
+#include "relay.h"
+#include "verify.h"
+
+static const char *const kind_names[VK_KIND_COUNT] = {
+	[VK_CHAIN_GAP] = "checkpoint_gap",
+	[VK_CHAIN_BACKWARDS] = "checkpoint_seq_backwards",
+	[VK_GENERATION_BACK] = "generation_backwards",
+	[VK_POSITION_BACK] = "position_backwards",
+	[VK_CHECKPOINT_FOREIGN] = "checkpoint_foreign",
+	[VK_DUPLICATE] = "duplicate",
+	[VK_OUT_OF_ORDER] = "out_of_order",
+	[VK_NO_OUTBOX_ID] = "no_outbox_id",
+};
+
+const char *verify_kind_str(enum verify_kind kind)
+{
+	return kind >= 0 && kind < VK_KIND_COUNT ? kind_names[kind] : "?";
+}
+
+void verify_note(struct verify_report *rep, enum verify_kind kind, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (rep->count[kind] < VERIFY_EXAMPLES) {
+		va_start(ap, fmt);
+		vsnprintf(rep->example[kind][rep->count[kind]], sizeof(rep->example[kind][0]), fmt,
+			  ap);
+		va_end(ap);
+	}
+	rep->count[kind]++;
+}
+
+int64_t verify_total(const struct verify_report *rep)
+{
+	int64_t n = 0;
+
+	for (int k = 0; k < VK_KIND_COUNT; k++)
+		n += rep->count[k];
+	return n;
+}
+
+/* ---- the checkpoint chain (pure) ---- */
+
+void verify_chain_init(struct verify_chain *ch)
+{
+	memset(ch, 0, sizeof(*ch));
+	ch->first_seq = -1;
+	position_init(&ch->last);
+}
+
+void verify_chain_clear(struct verify_chain *ch)
+{
+	position_clear(&ch->last);
+}
+
+/* xmin and xmax of a pg_snapshot text; false when it does not parse. */
+static bool snapshot_bounds(const char *s, uint64_t *xmin, uint64_t *xmax)
+{
+	char *end;
+
+	if (!s)
+		return false;
+	errno = 0;
+	*xmin = strtoull(s, &end, 10);
+	if (errno || *end != ':')
+		return false;
+	*xmax = strtoull(end + 1, &end, 10);
+	return !errno && *end == ':';
+}
+
+void verify_chain_add(struct verify_chain *ch, const struct position *pos, int64_t offset,
+		      struct verify_report *rep)
+{
+	const struct position *prev = &ch->last;
+	uint64_t pmin, pmax, nmin, nmax;
+
+	if (ch->checkpoints == 0) {
+		ch->first_seq = pos->batch_seq;
+		goto take;
+	}
+	if (pos->batch_seq <= prev->batch_seq)
+		verify_note(rep, VK_CHAIN_BACKWARDS,
+			    "offset %" PRId64 ": batch %" PRId64 " after batch %" PRId64, offset,
+			    pos->batch_seq, prev->batch_seq);
+	else if (pos->batch_seq != prev->batch_seq + 1)
+		verify_note(rep, VK_CHAIN_GAP,
+			    "offset %" PRId64 ": batch %" PRId64 " after batch %" PRId64
+			    " (%" PRId64 " missing)",
+			    offset, pos->batch_seq, prev->batch_seq,
+			    pos->batch_seq - prev->batch_seq - 1);
+	if (pos->generation < prev->generation)
+		verify_note(rep, VK_GENERATION_BACK,
+			    "offset %" PRId64 ": batch %" PRId64 " generation %" PRId64
+			    " after %" PRId64,
+			    offset, pos->batch_seq, pos->generation, prev->generation);
+	/* Forward: the done snapshot never moves back; within one window
+	 * (same done and next) after_id only grows. */
+	if (snapshot_bounds(prev->done, &pmin, &pmax) && snapshot_bounds(pos->done, &nmin, &nmax) &&
+	    (nmin < pmin || nmax < pmax))
+		verify_note(rep, VK_POSITION_BACK,
+			    "offset %" PRId64 ": batch %" PRId64 " done \"%s\" before \"%s\"", offset,
+			    pos->batch_seq, pos->done, prev->done);
+	else if (strcmp(pos->done, prev->done) == 0 && pos->next && prev->next &&
+		 strcmp(pos->next, prev->next) == 0 && pos->after_id < prev->after_id)
+		verify_note(rep, VK_POSITION_BACK,
+			    "offset %" PRId64 ": batch %" PRId64 " after_id %" PRId64
+			    " before %" PRId64,
+			    offset, pos->batch_seq, pos->after_id, prev->after_id);
+take:
+	position_copy(&ch->last, pos);
+	ch->last.batch_seq = pos->batch_seq;
+	ch->last.generation = pos->generation;
+	ch->last.after_id = pos->after_id;
+	ch->checkpoints++;
+}
+
+int64_t verify_parse_duration(const char *s)
+{
+	char *end;
+	long long v;
+	int64_t unit = 1;
+
+	errno = 0;
+	v = strtoll(s, &end, 10);
+	if (errno || end == s || v <= 0)
+		return -1;
+	if (strcmp(end, "ms") == 0 || *end == '\0')
+		unit = 1;
+	else if (strcmp(end, "s") == 0)
+		unit = 1000;
+	else if (strcmp(end, "m") == 0)
+		unit = 60 * 1000;
+	else if (strcmp(end, "h") == 0)
+		unit = 3600 * 1000;
+	else if (strcmp(end, "d") == 0)
+		unit = 86400 * 1000;
+	else
+		return -1;
+	if (v > INT64_MAX / unit)
+		return -1;
+	return (int64_t)v * unit;
+}
+
+/* ---- reading Kafka ---- */
+
+/* One committed record of a destination or dead-letter topic: 32 bytes,
+ * the whole cost per row of the exactly-once and order checks. */
+struct vrec {
+	int64_t id;
+	int64_t offset;
+	uint64_t keyhash; /* FNV-1a of the key; 0 for no key */
+	uint32_t tp;      /* index into the topic-partition table */
+	uint32_t dead;    /* from the dead-letter topic */
+};
+
+struct vtp {
+	const char *topic; /* borrowed */
+	int32_t partition;
+};
+
+struct verify {
+	const struct config *cfg;
+	const struct verify_opts *opts;
+	struct verify_report rep;
+	struct verify_chain chain;
+	struct vrec *recs;
+	size_t nrecs, caprecs;
+	struct vtp *tps;
+	size_t ntps, captps;
+	int64_t rows, dead_letters, other_keys, records_read, ckpt_skipped_before;
+	int64_t ckpt_first_offset, ckpt_last_offset;
+	bool progress;
+	int64_t progress_at;
+	char err[1024];
+};
+
+static uint64_t key_hash(const void *key, size_t len)
+{
+	const unsigned char *p = key;
+	uint64_t h = 1469598103934665603ULL;
+
+	if (!key)
+		return 0;
+	for (size_t i = 0; i < len; i++) {
+		h ^= p[i];
+		h *= 1099511628211ULL;
+	}
+	return h | 1; /* never 0, the hash of no key */
+}
+
+static bool header_get(const rd_kafka_message_t *m, const char *name, const void **val,
+		       size_t *len)
+{
+	rd_kafka_headers_t *hdrs;
+
+	*val = NULL;
+	*len = 0;
+	return rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+	       rd_kafka_header_get_last(hdrs, name, val, len) == RD_KAFKA_RESP_ERR_NO_ERROR;
+}
+
+/* The outbox-id header as a number; false when absent or not a positive
+ * decimal. */
+static bool outbox_id_of(const rd_kafka_message_t *m, int64_t *id)
+{
+	const void *val;
+	size_t len;
+	char buf[24];
+	char *end;
+
+	if (!header_get(m, "outbox-id", &val, &len) || !val || len == 0 || len >= sizeof(buf))
+		return false;
+	memcpy(buf, val, len);
+	buf[len] = '\0';
+	if (!isdigit((unsigned char)buf[0]))
+		return false;
+	errno = 0;
+	*id = strtoll(buf, &end, 10);
+	return !errno && *end == '\0' && *id > 0;
+}
+
+static void progress(struct verify *v, bool done)
+{
+	if (!v->progress)
+		return;
+	if (done) {
+		fprintf(stderr, "\r%60s\r", "");
+		return;
+	}
+	if (now_ms() - v->progress_at < 1000)
+		return;
+	v->progress_at = now_ms();
+	fprintf(stderr, "\rverify: %" PRId64 " records read", v->records_read);
+}
+
+static void take_checkpoint(struct verify *v, const rd_kafka_message_t *m)
+{
+	const void *marker, *id;
+	size_t mlen, idlen;
+	bool marked = header_get(m, CHECKPOINT_MARKER_HEADER, &marker, &mlen);
+	bool has_id = header_get(m, "outbox-id", &id, &idlen);
+	struct position pos;
+	char why[256];
+
+	position_init(&pos);
+	switch (checkpoint_classify(v->cfg->relay_name, m->key, m->key_len, marked ? marker : NULL,
+				    mlen, has_id, m->payload, m->len, &pos, why, sizeof(why))) {
+	case CKPT_REC_OURS:
+	case CKPT_REC_LEGACY:
+		if (pos.batch_seq < v->opts->from_batch) {
+			v->ckpt_skipped_before++;
+			break;
+		}
+		if (v->chain.checkpoints == 0)
+			v->ckpt_first_offset = m->offset;
+		v->ckpt_last_offset = m->offset;
+		verify_chain_add(&v->chain, &pos, m->offset, &v->rep);
+		break;
+	case CKPT_REC_OTHER_KEY:
+		v->other_keys++;
+		break;
+	case CKPT_REC_NOT_OURS:
+	case CKPT_REC_UNDECODABLE:
+		verify_note(&v->rep, VK_CHECKPOINT_FOREIGN, "offset %" PRId64 ": %s", m->offset,
+			    why);
+		break;
+	}
+	position_clear(&pos);
+}
+
+static void take_record(struct verify *v, uint32_t tp, bool dead, const rd_kafka_message_t *m)
+{
+	struct vrec *r;
+	int64_t id;
+
+	if (!outbox_id_of(m, &id)) {
+		verify_note(&v->rep, VK_NO_OUTBOX_ID,
+			    "topic \"%s\" partition %" PRId32 " offset %" PRId64, v->tps[tp].topic,
+			    v->tps[tp].partition, m->offset);
+		return;
+	}
+	if (v->nrecs == v->caprecs) {
+		v->caprecs = v->caprecs ? v->caprecs * 2 : 4096;
+		v->recs = xrealloc(v->recs, v->caprecs * sizeof(*v->recs));
+	}
+	r = &v->recs[v->nrecs++];
+	r->id = id;
+	r->offset = m->offset;
+	r->keyhash = key_hash(m->key, m->key_len);
+	r->tp = tp;
+	r->dead = dead;
+	if (dead)
+		v->dead_letters++;
+	else
+		v->rows++;
+}
+
+static uint32_t tp_add(struct verify *v, const char *topic, int32_t partition)
+{
+	if (v->ntps == v->captps) {
+		v->captps = v->captps ? v->captps * 2 : 16;
+		v->tps = xrealloc(v->tps, v->captps * sizeof(*v->tps));
+	}
+	v->tps[v->ntps].topic = topic;
+	v->tps[v->ntps].partition = partition;
+	return (uint32_t)v->ntps++;
+}
+
+/* The consumer: read_committed, no group, nothing stored or committed. */
+static rd_kafka_t *reader_new(struct verify *v)
+{
+	char rderr[512];
+	rd_kafka_conf_t *conf = kafka_conf_new(v->cfg, true, v->err, sizeof(v->err));
+	rd_kafka_t *rk;
+
+	if (!conf)
+		return NULL;
+	if (rd_kafka_conf_set(conf, "isolation.level", "read_committed", rderr, sizeof(rderr)) ||
+	    rd_kafka_conf_set(conf, "enable.partition.eof", "true", rderr, sizeof(rderr)) ||
+	    rd_kafka_conf_set(conf, "enable.auto.commit", "false", rderr, sizeof(rderr)) ||
+	    rd_kafka_conf_set(conf, "enable.auto.offset.store", "false", rderr, sizeof(rderr)) ||
+	    rd_kafka_conf_set(conf, "fetch.wait.max.ms", "10", rderr, sizeof(rderr))) {
+		snprintf(v->err, sizeof(v->err), "verify reader config: %s", rderr);
+		rd_kafka_conf_destroy(conf);
+		return NULL;
+	}
+	rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, rderr, sizeof(rderr));
+	if (!rk) {
+		snprintf(v->err, sizeof(v->err), "could not create verify reader: %s", rderr);
+		rd_kafka_conf_destroy(conf);
+	}
+	return rk;
+}
+
+/* Where reading a partition starts: its log start, or with --since the
+ * first record not older than the cut. -1 with v->err on error. */
+static int64_t start_offset(struct verify *v, rd_kafka_t *rk, const char *topic, int32_t part,
+			    int64_t lo, int64_t hi)
+{
+	rd_kafka_topic_partition_list_t *l;
+	rd_kafka_resp_err_t err;
+	int64_t off;
+
+	if (v->opts->since_ms <= 0)
+		return lo;
+	l = rd_kafka_topic_partition_list_new(1);
+	rd_kafka_topic_partition_list_add(l, topic, part)->offset =
+		(int64_t)time(NULL) * 1000 - v->opts->since_ms;
+	err = rd_kafka_offsets_for_times(rk, l, 10000);
+	off = l->elems[0].offset;
+	if (!err)
+		err = l->elems[0].err;
+	rd_kafka_topic_partition_list_destroy(l);
+	if (err) {
+		snprintf(v->err, sizeof(v->err),
+			 "could not look up offsets by time in topic \"%s\" partition %" PRId32 ": %s",
+			 topic, part, rd_kafka_err2str(err));
+		return -1;
+	}
+	return off < 0 ? hi : off;
+}
+
+/*
+ * Read one partition from its start to the log end offset it had when the
+ * read began (the true end, not the last stable offset): a record at or
+ * past it, or the end event there, ends the read. While a foreign open
+ * transaction holds the last stable offset below it, read_committed
+ * waits; after the checkpoint read budget without progress the read fails
+ * (it would otherwise decide from a log it did not see to its end).
+ * ckpt: the checkpoint partition; else tp indexes the topic-partition.
+ */
+static int read_partition(struct verify *v, rd_kafka_t *rk, const char *topic, int32_t part,
+			  bool ckpt, uint32_t tp, bool dead)
+{
+	rd_kafka_topic_t *rkt;
+	rd_kafka_topic_conf_t *tconf;
+	rd_kafka_resp_err_t err;
+	int64_t lo, hi, start, deadline, at = -1;
+	int r = 0;
+
+	err = rd_kafka_query_watermark_offsets(rk, topic, part, &lo, &hi, 10000);
+	if (err) {
+		snprintf(v->err, sizeof(v->err),
+			 "could not read the end of topic \"%s\" partition %" PRId32 ": %s", topic,
+			 part, rd_kafka_err2str(err));
+		return -1;
+	}
+	start = start_offset(v, rk, topic, part, lo, hi);
+	if (start < 0)
+		return -1;
+	if (start >= hi)
+		return 0;
+	tconf = rd_kafka_topic_conf_new();
+	if (rd_kafka_topic_conf_set(tconf, "auto.offset.reset", "earliest", v->err,
+				    sizeof(v->err)) != RD_KAFKA_CONF_OK) {
+		rd_kafka_topic_conf_destroy(tconf);
+		return -1;
+	}
+	rkt = rd_kafka_topic_new(rk, topic, tconf);
+	if (!rkt) {
+		snprintf(v->err, sizeof(v->err), "could not read topic \"%s\": %s", topic,
+			 rd_kafka_err2str(rd_kafka_last_error()));
+		return -1;
+	}
+	if (rd_kafka_consume_start(rkt, part, start) < 0) {
+		snprintf(v->err, sizeof(v->err), "could not read topic \"%s\" partition %" PRId32 ": %s",
+			 topic, part, rd_kafka_err2str(rd_kafka_last_error()));
+		rd_kafka_topic_destroy(rkt);
+		return -1;
+	}
+	deadline = now_ms() + checkpoint_read_budget_ms(v->cfg);
+	for (;;) {
+		rd_kafka_message_t *m = rd_kafka_consume(rkt, part, 200);
+
+		progress(v, false);
+		if (!m) {
+			if (relay_stop_requested) {
+				snprintf(v->err, sizeof(v->err), "stopped");
+				r = -1;
+				break;
+			}
+			if (now_ms() < deadline)
+				continue;
+			snprintf(v->err, sizeof(v->err),
+				 "topic \"%s\" partition %" PRId32 ": read only to offset %" PRId64
+				 " of %" PRId64 ": another producer holds a transaction open, or "
+				 "the broker is slow; try again",
+				 topic, part, at, hi);
+			r = -1;
+			break;
+		}
+		if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+			at = m->offset;
+			rd_kafka_message_destroy(m);
+			if (at >= hi)
+				break;
+			continue;
+		}
+		if (m->err) {
+			snprintf(v->err, sizeof(v->err),
+				 "could not read topic \"%s\" partition %" PRId32 ": %s", topic, part,
+				 rd_kafka_message_errstr(m));
+			rd_kafka_message_destroy(m);
+			r = -1;
+			break;
+		}
+		if (m->offset >= hi) {
+			rd_kafka_message_destroy(m);
+			break;
+		}
+		at = m->offset + 1;
+		deadline = now_ms() + checkpoint_read_budget_ms(v->cfg);
+		v->records_read++;
+		if (ckpt)
+			take_checkpoint(v, m);
+		else
+			take_record(v, tp, dead, m);
+		rd_kafka_message_destroy(m);
+	}
+	rd_kafka_consume_stop(rkt, part);
+	rd_kafka_topic_destroy(rkt);
+	return r;
+}
+
+static int read_topic(struct verify *v, rd_kafka_t *rk, const char *topic, bool dead)
+{
+	const struct rd_kafka_metadata *md = NULL;
+	rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
+	rd_kafka_resp_err_t err;
+	int r = 0;
+
+	err = rd_kafka_metadata(rk, 0, rkt, &md, 10000);
+	rd_kafka_topic_destroy(rkt);
+	if (!err && (md->topic_cnt != 1 || md->topics[0].err))
+		err = md->topic_cnt == 1 ? md->topics[0].err : RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC;
+	if (err) {
+		if (md)
+			rd_kafka_metadata_destroy(md);
+		/* a dead-letter topic is only created by the first dead letter */
+		if (dead && (err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
+			     err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC))
+			return 0;
+		snprintf(v->err, sizeof(v->err), "could not look up topic \"%s\": %s", topic,
+			 rd_kafka_err2str(err));
+		return -1;
+	}
+	for (int i = 0; i < md->topics[0].partition_cnt && r == 0; i++) {
+		int32_t part = md->topics[0].partitions[i].id;
+		r = read_partition(v, rk, topic, part, false, tp_add(v, topic, part), dead);
+	}
+	rd_kafka_metadata_destroy(md);
+	return r;
+}
+
+static int cmp_id(const void *a, const void *b)
+{
+	const struct vrec *x = a, *y = b;
+
+	if (x->id != y->id)
+		return (x->id > y->id) - (x->id < y->id);
+	return (x->tp > y->tp) - (x->tp < y->tp);
+}
+
+static int cmp_place(const void *a, const void *b)
+{
+	const struct vrec *x = a, *y = b;
+
+	if (x->tp != y->tp)
+		return (x->tp > y->tp) - (x->tp < y->tp);
+	if (x->keyhash != y->keyhash)
+		return (x->keyhash > y->keyhash) - (x->keyhash < y->keyhash);
+	return (x->offset > y->offset) - (x->offset < y->offset);
+}
+
+/* Each outbox-id once; ids increasing per key and partition. */
+static void check_records(struct verify *v)
+{
+	qsort(v->recs, v->nrecs, sizeof(*v->recs), cmp_place);
+	for (size_t i = 1; i < v->nrecs; i++) {
+		const struct vrec *p = &v->recs[i - 1], *r = &v->recs[i];
+		if (p->tp == r->tp && p->keyhash == r->keyhash && r->id < p->id)
+			verify_note(&v->rep, VK_OUT_OF_ORDER,
+				    "topic \"%s\" partition %" PRId32 ": id %" PRId64 " at offset %" PRId64
+				    " after id %" PRId64 " at offset %" PRId64 " (same key)",
+				    v->tps[r->tp].topic, v->tps[r->tp].partition, r->id, r->offset,
+				    p->id, p->offset);
+	}
+	qsort(v->recs, v->nrecs, sizeof(*v->recs), cmp_id);
+	for (size_t i = 1; i < v->nrecs; i++) {
+		const struct vrec *p = &v->recs[i - 1], *r = &v->recs[i];
+		if (r->id == p->id)
+			verify_note(&v->rep, VK_DUPLICATE,
+				    "outbox-id %" PRId64 ": \"%s\"/%" PRId32 "@%" PRId64
+				    " and \"%s\"/%" PRId32 "@%" PRId64,
+				    r->id, v->tps[p->tp].topic, v->tps[p->tp].partition, p->offset,
+				    v->tps[r->tp].topic, v->tps[r->tp].partition, r->offset);
+	}
+}
+
+/* ---- the summary ---- */
+
+static void json_string(FILE *out, const char *s)
+{
+	fputc('"', out);
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c == '"' || c == '\\')
+			fprintf(out, "\\%c", c);
+		else if (c < 0x20)
+			fprintf(out, "\\u%04x", c);
+		else
+			fputc(c, out);
+	}
+	fputc('"', out);
+}
+
+static void print_json(const struct verify *v, FILE *out)
+{
+	int64_t min_id = v->nrecs ? v->recs[0].id : 0;
+	int64_t max_id = v->nrecs ? v->recs[v->nrecs - 1].id : 0;
+
+	fprintf(out, "{\"relay\":");
+	json_string(out, v->cfg->relay_name);
+	fprintf(out, ",\"checkpoint_topic\":");
+	json_string(out, v->cfg->checkpoint_topic);
+	fprintf(out,
+		",\"checkpoints\":%" PRId64 ",\"first_batch\":%" PRId64 ",\"last_batch\":%" PRId64
+		",\"checkpoints_before_from_batch\":%" PRId64 ",\"other_keys\":%" PRId64,
+		v->chain.checkpoints, v->chain.checkpoints ? v->chain.first_seq : 0,
+		v->chain.checkpoints ? v->chain.last.batch_seq : 0, v->ckpt_skipped_before,
+		v->other_keys);
+	fprintf(out, ",\"topics\":[");
+	for (int i = 0; i < v->opts->ntopics; i++) {
+		if (i)
+			fputc(',', out);
+		json_string(out, v->opts->topics[i]);
+	}
+	fprintf(out, "],\"dead_letter_topic\":");
+	json_string(out, v->cfg->dead_letter_topic);
+	fprintf(out,
+		",\"records_read\":%" PRId64 ",\"rows\":%" PRId64 ",\"dead_letters\":%" PRId64
+		",\"min_id\":%" PRId64 ",\"max_id\":%" PRId64 ",\"violations\":%" PRId64
+		",\"kinds\":{",
+		v->records_read, v->rows, v->dead_letters, min_id, max_id, verify_total(&v->rep));
+	for (int k = 0; k < VK_KIND_COUNT; k++) {
+		if (k)
+			fputc(',', out);
+		fprintf(out, "\"%s\":{\"count\":%" PRId64 ",\"examples\":[", kind_names[k],
+			v->rep.count[k]);
+		for (int e = 0; e < VERIFY_EXAMPLES && e < v->rep.count[k]; e++) {
+			if (e)
+				fputc(',', out);
+			json_string(out, v->rep.example[k][e]);
+		}
+		fprintf(out, "]}");
+	}
+	fprintf(out, "}}\n");
+}
+
+static void print_text(const struct verify *v, FILE *out)
+{
+	int64_t total = verify_total(&v->rep);
+
+	fprintf(out, "relay \"%s\"\n", v->cfg->relay_name);
+	if (v->chain.checkpoints)
+		fprintf(out,
+			"checkpoints: %" PRId64 " in topic \"%s\", batches %" PRId64 "..%" PRId64
+			" (offsets %" PRId64 "..%" PRId64 ")\n",
+			v->chain.checkpoints, v->cfg->checkpoint_topic, v->chain.first_seq,
+			v->chain.last.batch_seq, v->ckpt_first_offset, v->ckpt_last_offset);
+	else
+		fprintf(out, "checkpoints: none in topic \"%s\"\n", v->cfg->checkpoint_topic);
+	if (v->ckpt_skipped_before)
+		fprintf(out, "checkpoints before --from-batch: %" PRId64 " (not checked)\n",
+			v->ckpt_skipped_before);
+	if (v->other_keys)
+		fprintf(out, "checkpoint records of other relays: %" PRId64 " (ignored)\n",
+			v->other_keys);
+	fprintf(out, "topics:");
+	for (int i = 0; i < v->opts->ntopics; i++)
+		fprintf(out, " \"%s\"", v->opts->topics[i]);
+	fprintf(out, "%s\n", v->opts->ntopics ? "" : " none given (--topics)");
+	fprintf(out, "rows: %" PRId64, v->rows);
+	if (v->nrecs)
+		fprintf(out, " (outbox-ids %" PRId64 "..%" PRId64 ")", v->recs[0].id,
+			v->recs[v->nrecs - 1].id);
+	fprintf(out, "\n");
+	if (v->cfg->dead_letter_topic[0])
+		fprintf(out, "dead letters: %" PRId64 " in topic \"%s\"\n", v->dead_letters,
+			v->cfg->dead_letter_topic);
+	fprintf(out, "records read: %" PRId64 "\n", v->records_read);
+	if (total == 0) {
+		fprintf(out, "violations: none\n");
+		return;
+	}
+	fprintf(out, "violations: %" PRId64 "\n", total);
+	for (int k = 0; k < VK_KIND_COUNT; k++) {
+		if (!v->rep.count[k])
+			continue;
+		fprintf(out, "  %s: %" PRId64 "\n", kind_names[k], v->rep.count[k]);
+		for (int e = 0; e < VERIFY_EXAMPLES && e < v->rep.count[k]; e++)
+			fprintf(out, "    %s\n", v->rep.example[k][e]);
+	}
+}
+
+int verify_run(const struct config *cfg, const struct verify_opts *opts)
+{
+	struct verify *v = xcalloc(1, sizeof(*v));
+	rd_kafka_t *rk;
+	int ex = EXIT_STARTUP;
+
+	v->cfg = cfg;
+	v->opts = opts;
+	verify_chain_init(&v->chain);
+	v->progress = isatty(STDERR_FILENO);
+	v->progress_at = now_ms();
+	rk = reader_new(v);
+	if (!rk)
+		goto out;
+	if (read_partition(v, rk, cfg->checkpoint_topic, 0, true, 0, false) < 0)
+		goto out;
+	for (int i = 0; i < opts->ntopics; i++)
+		if (read_topic(v, rk, opts->topics[i], false) < 0)
+			goto out;
+	if (cfg->dead_letter_topic[0] && read_topic(v, rk, cfg->dead_letter_topic, true) < 0)
+		goto out;
+	check_records(v);
+	progress(v, true);
+	if (opts->json)
+		print_json(v, stdout);
+	else
+		print_text(v, stdout);
+	ex = verify_total(&v->rep) ? EXIT_VIOLATIONS : EXIT_OK;
+out:
+	progress(v, true);
+	if (ex == EXIT_STARTUP)
+		fprintf(stderr, "outbox-relay: verify: %s\n", v->err);
+	if (rk)
+		rd_kafka_destroy(rk);
+	verify_chain_clear(&v->chain);
+	free(v->recs);
+	free(v->tps);
+	free(v);
+	return ex;
+}

@@ -1,0 +1,74 @@
+/* verify.h: `outbox-relay verify`, a read-only audit of what this relay
+ * committed to Kafka: the checkpoint chain and the destination topics */
+#ifndef OUTBOX_VERIFY_H
+#define OUTBOX_VERIFY_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "checkpoint.h"
+#include "common.h"
+#include "config.h"
+
+/* Exit code of verify when the history holds a violation (0: clean;
+ * 1: configuration, connection, or a read that could not reach the end). */
+#define EXIT_VIOLATIONS 6
+
+/* The kinds of violation verify reports, each counted with a few examples. */
+enum verify_kind {
+	VK_CHAIN_GAP,          /* a checkpoint's batch_seq skips numbers */
+	VK_CHAIN_BACKWARDS,    /* batch_seq repeats or goes back */
+	VK_GENERATION_BACK,    /* a lease generation lower than an earlier one */
+	VK_POSITION_BACK,      /* the done snapshot or after_id moves back */
+	VK_CHECKPOINT_FOREIGN, /* our key, not a checkpoint our producer wrote */
+	VK_DUPLICATE,          /* one outbox-id in two committed records */
+	VK_OUT_OF_ORDER,       /* ids not increasing per key and partition */
+	VK_NO_OUTBOX_ID,       /* a committed record without a valid outbox-id */
+	VK_KIND_COUNT,
+};
+const char *verify_kind_str(enum verify_kind kind);
+
+#define VERIFY_EXAMPLES 5
+
+struct verify_report {
+	int64_t count[VK_KIND_COUNT];
+	char example[VK_KIND_COUNT][VERIFY_EXAMPLES][160];
+};
+
+/* Count a violation; keeps the first VERIFY_EXAMPLES messages. */
+void verify_note(struct verify_report *rep, enum verify_kind kind, const char *fmt, ...)
+	PRINTF(3, 4);
+int64_t verify_total(const struct verify_report *rep);
+
+/* The checkpoint chain as read in offset order. Pure; any thread. */
+struct verify_chain {
+	int64_t checkpoints;  /* positions taken */
+	int64_t first_seq;    /* -1 before the first */
+	struct position last; /* owned; valid when checkpoints > 0 */
+};
+
+void verify_chain_init(struct verify_chain *ch);
+void verify_chain_clear(struct verify_chain *ch);
+/* Take the next checkpoint (pos borrowed), read at `offset`, and note what
+ * is wrong with the move from the previous one in rep. */
+void verify_chain_add(struct verify_chain *ch, const struct position *pos, int64_t offset,
+		      struct verify_report *rep);
+
+/* What the command line asked for. */
+struct verify_opts {
+	int64_t since_ms;   /* > 0: read only records newer than now - since_ms */
+	int64_t from_batch; /* > 0: check the chain from this batch_seq on */
+	char **topics;      /* destination topics (owned by the caller) */
+	int ntopics;
+	bool json;
+};
+
+/* Parse a duration such as "90s", "15m", "2h", "7d" or plain milliseconds.
+ * Returns -1 when it does not parse or is not positive. */
+int64_t verify_parse_duration(const char *s);
+
+/* Run the audit and print the summary to stdout. Returns 0, EXIT_STARTUP
+ * or EXIT_VIOLATIONS. Main thread. */
+int verify_run(const struct config *cfg, const struct verify_opts *opts);
+
+#endif

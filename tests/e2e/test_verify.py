@@ -1,0 +1,148 @@
+"""`outbox-relay verify` on the real broker: a history the relay wrote alone
+is clean (exit 0, counts right); a history broken from outside is reported
+with the kind of break (exit 6); what read_committed hides (a foreign
+aborted transaction) is not a break."""
+import json
+import uuid
+
+from confluent_kafka import Producer
+
+from conftest import BOOTSTRAP, QUIET, ckpt_topic, read_all, relay_cmd, wait_for, write_config
+from test_relay import connect, db_position, drained, insert_rows
+
+ROWS = 300
+KINDS = ("checkpoint_gap", "checkpoint_seq_backwards", "generation_backwards",
+         "position_backwards", "checkpoint_foreign", "duplicate", "out_of_order",
+         "no_outbox_id")
+
+
+def relayed_history(outbox_db, topics, relays, tmp_path, name):
+    """ROWS rows in 3 transactions, relayed in batches of at most 100 rows by
+    the real relay, which is then stopped. Returns (config, topics, conn)."""
+    tps = topics(3, partitions=2)
+    conn = connect(outbox_db)
+    cfg = write_config(tmp_path / "relay.conf", outbox_db, name, **{"batch.max_rows": 100})
+    insert_rows(conn, tps, 0, ROWS, per_txn=100)
+    relay = relays(cfg)
+    wait_for(drained(conn), 60, "the rows to be relayed")
+    assert relay.stop() == 0, relay.text()
+    return cfg, tps, conn
+
+
+def verify(cfg, tps, *extra):
+    """verify --json: (exit code, the summary, or None when there is none)."""
+    res = relay_cmd("verify", "-c", cfg, "--topics", ",".join(tps), "--json", *extra)
+    assert res.returncode in (0, 6), res.stderr
+    return res.returncode, json.loads(res.stdout)
+
+
+def only(summary, kind, count):
+    """Exactly `count` violations, all of `kind`."""
+    assert summary["kinds"][kind]["count"] == count, summary
+    assert summary["violations"] == count, summary
+
+
+def plain_producer():
+    return Producer({"bootstrap.servers": BOOTSTRAP, **QUIET})
+
+
+def foreign_txn_producer():
+    p = Producer({"bootstrap.servers": BOOTSTRAP, "transactional.id": f"foreign-{uuid.uuid4().hex[:8]}",
+                  **QUIET})
+    p.init_transactions(30)
+    return p
+
+
+def test_clean_history(outbox_db, topics, relays, tmp_path):
+    name = "r-verify-clean"
+    cfg, tps, conn = relayed_history(outbox_db, topics, relays, tmp_path, name)
+    seq = db_position(conn, name)[0]
+    ex, s = verify(cfg, tps)
+    assert ex == 0, s
+    assert s["violations"] == 0 and all(s["kinds"][k]["count"] == 0 for k in KINDS)
+    assert s["rows"] == ROWS and s["dead_letters"] == 0
+    assert s["max_id"] - s["min_id"] == ROWS - 1
+    assert s["checkpoints"] == seq >= 3 and (s["first_batch"], s["last_batch"]) == (1, seq)
+    # the text summary says the same
+    res = relay_cmd("verify", "-c", cfg, "--topics", ",".join(tps))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"rows: {ROWS} " in res.stdout and "violations: none" in res.stdout
+    # --from-batch starts the chain later; --since with a long span reads it all
+    ex, s = verify(cfg, tps, "--from-batch", "2")
+    assert ex == 0 and s["checkpoints"] == seq - 1 and s["checkpoints_before_from_batch"] == 1
+    ex, s = verify(cfg, tps, "--since", "1h")
+    assert ex == 0 and s["rows"] == ROWS and s["checkpoints"] == seq
+
+
+def test_duplicate_from_outside(outbox_db, topics, relays, tmp_path):
+    """A plain producer writes a record with an outbox-id the relay wrote."""
+    cfg, tps, _ = relayed_history(outbox_db, topics, relays, tmp_path, "r-verify-dup")
+    victim = next(m for m in read_all([tps[0]]))
+    p = plain_producer()
+    p.produce(tps[0], key=victim.key(), value=victim.value(), partition=victim.partition(),
+              headers=victim.headers())
+    p.flush(30)
+    ex, s = verify(cfg, tps)
+    assert ex == 6
+    # the copy of the partition's first record, appended after later rows
+    # of its key, is also out of their order
+    assert s["kinds"]["duplicate"]["count"] == 1, s
+    assert s["kinds"]["out_of_order"]["count"] == 1, s
+    assert s["violations"] == 2, s
+    oid = dict(victim.headers())["outbox-id"].decode()
+    assert s["kinds"]["duplicate"]["examples"][0].startswith(f"outbox-id {oid}:")
+    assert s["rows"] == ROWS + 1
+
+
+def test_checkpoint_gap(outbox_db, topics, relays, tmp_path):
+    """Another transactional producer appends a checkpoint of this relay
+    (its key and marker) that skips a batch number."""
+    name = "r-verify-gap"
+    cfg, tps, conn = relayed_history(outbox_db, topics, relays, tmp_path, name)
+    seq, done, _, _ = db_position(conn, name)
+    gen = next(int(f.split("=")[1]) for f in
+               [m for m in read_all([ckpt_topic(outbox_db, name)])][-1].value().decode().split()
+               if f.startswith("gen="))
+    p = foreign_txn_producer()
+    p.begin_transaction()
+    p.produce(ckpt_topic(outbox_db, name), key=name.encode(), partition=0,
+              value=f"v1 seq={seq + 2} gen={gen} after=0 done={done} next=-".encode(),
+              headers=[("outbox-relay-checkpoint", name.encode())])
+    p.commit_transaction(30)
+    ex, s = verify(cfg, tps)
+    assert ex == 6
+    only(s, "checkpoint_gap", 1)
+    assert f"batch {seq + 2} after batch {seq} (1 missing)" in s["kinds"]["checkpoint_gap"]["examples"][0]
+
+
+def test_foreign_aborted_hidden_committed_reported(outbox_db, topics, relays, tmp_path):
+    """An aborted foreign transaction is not returned by read_committed and
+    is no violation; a committed foreign record without outbox-id is."""
+    cfg, tps, _ = relayed_history(outbox_db, topics, relays, tmp_path, "r-verify-foreign")
+    victim = next(m for m in read_all([tps[1]]))
+    p = foreign_txn_producer()
+    p.begin_transaction()
+    p.produce(tps[1], key=b"foreign", value=b"no outbox-id", partition=0)
+    p.produce(tps[1], key=victim.key(), value=victim.value(), partition=victim.partition(),
+              headers=victim.headers())
+    p.flush(30)
+    p.abort_transaction(30)
+    ex, s = verify(cfg, tps)
+    assert ex == 0, s
+    assert s["rows"] == ROWS
+    q = plain_producer()
+    q.produce(tps[1], key=b"foreign", value=b"no outbox-id", partition=1)
+    q.flush(30)
+    ex, s = verify(cfg, tps)
+    assert ex == 6
+    only(s, "no_outbox_id", 1)
+    assert f'topic "{tps[1]}" partition 1' in s["kinds"]["no_outbox_id"]["examples"][0]
+
+
+def test_usage_and_connection_errors(tmp_path):
+    assert relay_cmd("verify", "--since", "soon").returncode == 2
+    assert relay_cmd("verify", "--from-batch", "0").returncode == 2
+    cfg = write_config(tmp_path / "relay.conf", "postgresql:///nowhere", "r-verify-none",
+                       **{"kafka.bootstrap_servers": "127.0.0.1:1"})
+    res = relay_cmd("verify", "-c", cfg, timeout=60)
+    assert res.returncode == 1 and "verify:" in res.stderr, res.stderr
