@@ -948,3 +948,79 @@ int outbox_wait(struct outbox *ob, const struct waiter *w, int timeout_ms, bool 
 		}
 	}
 }
+
+/*
+ * For `verify` only (read-only, never on the relay's hot path): the kept rows
+ * in id order, with the same columns as fetch_page and whether each is
+ * relayed at the stored position. Plain SELECTs rather than outbox.*
+ * functions: an audit read must work against the installed schema without
+ * a migration, and it reads nothing the relay role cannot already read.
+ */
+#define RETAINED_ROWS_SQL                                                                          \
+	"SELECT e.id, e.topic, e.key, e.payload, "                                                 \
+	"CASE WHEN e.headers IS NOT NULL THEN "                                                    \
+	"ARRAY(SELECT pg_catalog.jsonb_object_keys(e.headers)) END, "                              \
+	"CASE WHEN e.headers IS NOT NULL THEN "                                                    \
+	"ARRAY(SELECT h.value FROM pg_catalog.jsonb_each_text(e.headers) AS h) END, "              \
+	"(pg_catalog.date_part('epoch', e.created_at) * 1000000)::bigint / 1000, "                 \
+	"outbox.relayed(e.txid, e.id, s.pos_done, s.pos_next, s.pos_after_id) "                    \
+	"FROM outbox.event AS e, outbox.relay_state AS s "                                         \
+	"WHERE s.name = $1 AND e.id > $2::bigint "                                                 \
+	"AND ($4::bigint = 0 OR e.created_at >= pg_catalog.now() - $4::bigint * interval '1 ms') " \
+	"ORDER BY e.id LIMIT $3::int"
+
+int outbox_retained_topics(struct outbox *ob, char ***topics, int *n)
+{
+	PGresult *res;
+	int rc = call(ob, "SELECT DISTINCT topic FROM outbox.event ORDER BY 1", 0, NULL, 0, &res);
+
+	*topics = NULL;
+	*n = 0;
+	if (rc != OB_OK)
+		return rc;
+	*n = PQntuples(res);
+	*topics = xcalloc((size_t)*n + 1, sizeof(char *));
+	for (int i = 0; i < *n; i++)
+		(*topics)[i] = xstrdup(PQgetvalue(res, i, 0));
+	PQclear(res);
+	return OB_OK;
+}
+
+int outbox_retained_page(struct outbox *ob, int64_t after_id, int max_rows, int64_t since_ms,
+			 struct batch *b, bool *relayed, int *nrows)
+{
+	char after[24], rows[16], since[24];
+	const char *p[4] = {ob->cfg->relay_name, after, rows, since};
+	PGresult *res;
+	int rc, n;
+
+	snprintf(after, sizeof(after), "%" PRId64, after_id);
+	snprintf(rows, sizeof(rows), "%d", max_rows);
+	snprintf(since, sizeof(since), "%" PRId64, since_ms);
+	rc = call(ob, RETAINED_ROWS_SQL, 4, p, 1, &res);
+	if (rc != OB_OK)
+		return rc;
+	n = PQntuples(res);
+	*nrows = n;
+	if (n == 0) {
+		PQclear(res);
+		return OB_OK;
+	}
+	batch_add_page(b, res);
+	for (int i = 0; i < n; i++) {
+		struct record *r = batch_add_record(b);
+
+		r->id = bin_i64(PQgetvalue(res, i, 0));
+		r->topic = PQgetvalue(res, i, 1);
+		r->key = PQgetisnull(res, i, 2) ? NULL : PQgetvalue(res, i, 2);
+		r->key_len = (size_t)PQgetlength(res, i, 2);
+		r->payload = PQgetisnull(res, i, 3) ? NULL : PQgetvalue(res, i, 3);
+		r->payload_len = (size_t)PQgetlength(res, i, 3);
+		r->timestamp_ms = PQgetisnull(res, i, 6) ? 0 : bin_i64(PQgetvalue(res, i, 6));
+		relayed[i] = !PQgetisnull(res, i, 7) && PQgetvalue(res, i, 7)[0] == 1;
+		rc = decode_headers(ob, res, i, b, r);
+		if (rc != OB_OK)
+			return rc;
+	}
+	return OB_OK;
+}

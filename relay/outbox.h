@@ -96,6 +96,17 @@ int outbox_lag(struct outbox *ob, int64_t *rows, int64_t *oldest_age_ms) MUSTCHE
 /* Print outbox.status() as "column: value" lines. */
 int outbox_status_print(struct outbox *ob, FILE *out) MUSTCHECK;
 
+/* For `verify` (read-only): the distinct topics of the rows in the table,
+ * as a malloc'd array of *n malloc'd strings (the caller frees both). */
+int outbox_retained_topics(struct outbox *ob, char ***topics, int *n) MUSTCHECK;
+/* For `verify`: up to max_rows rows of the table with id > after_id in id
+ * order, relayed or not (since_ms > 0: only rows created in the last
+ * since_ms), appended to b as outbox_fetch_page does; relayed[i] (the
+ * caller's array of max_rows) says whether row i is relayed at the stored
+ * position. *nrows 0: no more. */
+int outbox_retained_page(struct outbox *ob, int64_t after_id, int max_rows, int64_t since_ms,
+			 struct batch *b, bool *relayed, int *nrows) MUSTCHECK;
+
 /* LISTEN on the channel of outbox.notify_enable(). */
 int outbox_listen(struct outbox *ob) MUSTCHECK;
 /* outbox.relay_awake(awake): hold (true) or release (false) the lock that

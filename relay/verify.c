@@ -13,6 +13,8 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include "batch.h"
+#include "outbox.h"
 #include "publisher.h"
 #include "relay.h"
 #include "verify.h"
@@ -26,6 +28,9 @@ static const char *const kind_names[VK_KIND_COUNT] = {
 	[VK_DUPLICATE] = "duplicate",
 	[VK_OUT_OF_ORDER] = "out_of_order",
 	[VK_NO_OUTBOX_ID] = "no_outbox_id",
+	[VK_MISSING] = "missing_in_kafka",
+	[VK_CONTENT] = "content_differs",
+	[VK_NOT_IN_DB] = "not_in_database",
 };
 
 const char *verify_kind_str(enum verify_kind kind)
@@ -159,14 +164,19 @@ int64_t verify_parse_duration(const char *s)
 
 /* ---- reading Kafka ---- */
 
+/* Kept rows read from PostgreSQL per query. */
+#define VERIFY_PAGE_ROWS 5000
+
 /* One committed record of a destination or dead-letter topic: 32 bytes,
  * the whole cost per row of the exactly-once and order checks. */
 struct vrec {
 	int64_t id;
 	int64_t offset;
 	uint64_t keyhash; /* FNV-1a of the key; 0 for no key */
+	uint64_t digest;  /* verify_digest of the record */
 	uint32_t tp;      /* index into the topic-partition table */
-	uint32_t dead;    /* from the dead-letter topic */
+	uint16_t dead;    /* from the dead-letter topic */
+	uint16_t matched; /* a kept row has this id */
 };
 
 struct vtp {
@@ -185,23 +195,94 @@ struct verify {
 	size_t ntps, captps;
 	int64_t rows, dead_letters, other_keys, records_read, ckpt_skipped_before;
 	int64_t ckpt_first_offset, ckpt_last_offset;
+	int64_t db_rows, db_relayed, db_min_id, db_max_id, db_pending_in_kafka;
+	char **topics; /* what is read: --topics, then the database's (owned) */
+	int ntopics;
 	bool progress;
 	int64_t progress_at;
 	char err[1024];
 };
 
-static uint64_t key_hash(const void *key, size_t len)
+static uint64_t fnv(uint64_t h, const void *buf, size_t len)
 {
-	const unsigned char *p = key;
-	uint64_t h = 1469598103934665603ULL;
+	const unsigned char *p = buf;
 
-	if (!key)
-		return 0;
 	for (size_t i = 0; i < len; i++) {
 		h ^= p[i];
 		h *= 1099511628211ULL;
 	}
-	return h | 1; /* never 0, the hash of no key */
+	return h;
+}
+
+/* A 64-bit finalizer (splitmix64's): spreads a field's hash before the
+ * fields are combined. */
+static uint64_t mix(uint64_t x)
+{
+	x ^= x >> 30;
+	x *= 0xbf58476d1ce4e5b9ULL;
+	x ^= x >> 27;
+	x *= 0x94d049bb133111ebULL;
+	return x ^ (x >> 31);
+}
+
+#define FNV_BASIS 1469598103934665603ULL
+
+uint64_t verify_digest(const char *topic, const void *key, size_t klen, const void *payload,
+		       size_t plen, const struct record_header *hdrs, size_t n)
+{
+	uint64_t h, sum = 0;
+
+	h = mix(fnv(FNV_BASIS, topic, strlen(topic)));
+	h = mix(h ^ fnv(fnv(FNV_BASIS, &klen, sizeof(klen)), key ? key : "", key ? klen : 0));
+	h = mix(h ^ fnv(fnv(FNV_BASIS, &plen, sizeof(plen)), payload ? payload : "",
+			payload ? plen : 0));
+	for (size_t i = 0; i < n; i++) {
+		uint64_t x;
+
+		if (hdrs[i].name_len == 9 && memcmp(hdrs[i].name, "outbox-id", 9) == 0)
+			continue;
+		x = fnv(FNV_BASIS, hdrs[i].name, hdrs[i].name_len);
+		x = fnv(x, "", 1);
+		x = fnv(x, hdrs[i].value ? hdrs[i].value : "", hdrs[i].value ? hdrs[i].value_len : 0);
+		sum += mix(x); /* a sum: header order does not matter */
+	}
+	return mix(h ^ sum);
+}
+
+/* verify_digest of a Kafka record. */
+static uint64_t message_digest(const char *topic, const rd_kafka_message_t *m)
+{
+	rd_kafka_headers_t *hdrs;
+	struct record_header stack[16], *h = stack;
+	size_t n = 0, cap = ARRAY_LEN(stack);
+	const char *name;
+	const void *val;
+	size_t size;
+	uint64_t d;
+
+	if (rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR)
+		while (rd_kafka_header_get_all(hdrs, n, &name, &val, &size) ==
+		       RD_KAFKA_RESP_ERR_NO_ERROR) {
+			if (n == cap) {
+				cap *= 2;
+				h = h == stack ? memcpy(xmalloc(cap * sizeof(*h)), stack, sizeof(stack))
+					       : xrealloc(h, cap * sizeof(*h));
+			}
+			h[n].name = name;
+			h[n].name_len = strlen(name);
+			h[n].value = val;
+			h[n].value_len = val ? size : 0;
+			n++;
+		}
+	d = verify_digest(topic, m->key, m->key_len, m->payload, m->len, h, n);
+	if (h != stack)
+		free(h);
+	return d;
+}
+
+static uint64_t key_hash(const void *key, size_t len)
+{
+	return key ? fnv(FNV_BASIS, key, len) | 1 : 0; /* never 0, the hash of no key */
 }
 
 static bool header_get(const rd_kafka_message_t *m, const char *name, const void **val,
@@ -305,6 +386,8 @@ static void take_record(struct verify *v, uint32_t tp, bool dead, const rd_kafka
 	r->keyhash = key_hash(m->key, m->key_len);
 	r->tp = tp;
 	r->dead = dead;
+	r->matched = 0;
+	r->digest = dead ? 0 : message_digest(v->tps[tp].topic, m);
 	if (dead)
 		v->dead_letters++;
 	else
@@ -478,7 +561,11 @@ static int read_partition(struct verify *v, rd_kafka_t *rk, const char *topic, i
 	return r;
 }
 
-static int read_topic(struct verify *v, rd_kafka_t *rk, const char *topic, bool dead)
+/* Every partition of a topic. A topic that does not exist is empty when
+ * may_be_missing (the dead-letter topic before the first dead letter, a
+ * topic of rows not relayed yet), else an error. */
+static int read_topic(struct verify *v, rd_kafka_t *rk, const char *topic, bool dead,
+		      bool may_be_missing)
 {
 	const struct rd_kafka_metadata *md = NULL;
 	rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
@@ -492,8 +579,7 @@ static int read_topic(struct verify *v, rd_kafka_t *rk, const char *topic, bool 
 	if (err) {
 		if (md)
 			rd_kafka_metadata_destroy(md);
-		/* a dead-letter topic is only created by the first dead letter */
-		if (dead && (err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
+		if (may_be_missing && (err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
 			     err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC))
 			return 0;
 		snprintf(v->err, sizeof(v->err), "could not look up topic \"%s\": %s", topic,
@@ -553,6 +639,100 @@ static void check_records(struct verify *v)
 	}
 }
 
+/* The first record of id `id` in v->recs (sorted by id), or NULL. */
+static struct vrec *find_id(struct verify *v, int64_t id)
+{
+	size_t lo = 0, hi = v->nrecs;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (v->recs[mid].id < id)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < v->nrecs && v->recs[lo].id == id ? &v->recs[lo] : NULL;
+}
+
+/* One kept row against its records: each relayed row is in Kafka with its
+ * key, payload and headers (a dead letter carries other headers: only its
+ * presence counts). A row not relayed yet may already be in Kafka (a
+ * commit the database has not recorded yet): not judged. */
+static void check_row(struct verify *v, const struct batch *b, const struct record *r,
+		      bool relayed)
+{
+	struct vrec *k = find_id(v, r->id);
+	uint64_t d;
+
+	v->db_rows++;
+	if (!relayed) {
+		for (; k && k < v->recs + v->nrecs && k->id == r->id; k++)
+			k->matched = 1;
+		return;
+	}
+	v->db_relayed++;
+	if (v->db_min_id == 0)
+		v->db_min_id = r->id;
+	v->db_max_id = r->id;
+	if (!k) {
+		verify_note(&v->rep, VK_MISSING, "outbox row %" PRId64 " (topic \"%s\")", r->id,
+			    r->topic);
+		return;
+	}
+	d = verify_digest(r->topic, r->key, r->key_len, r->payload, r->payload_len,
+			  b->hdrs + r->hdr_off, r->hdr_count);
+	for (; k < v->recs + v->nrecs && k->id == r->id; k++) {
+		k->matched = 1;
+		if (!k->dead && k->digest != d)
+			verify_note(&v->rep, VK_CONTENT,
+				    "outbox row %" PRId64 ": \"%s\"/%" PRId32 "@%" PRId64
+				    " differs in topic, key, payload or headers",
+				    r->id, v->tps[k->tp].topic, v->tps[k->tp].partition, k->offset);
+	}
+}
+
+/* The kept rows (postgres.retention_ms) against Kafka, in pages. Then,
+ * without --since, every record in the id span of the kept relayed rows
+ * must have its row. -1 with v->err when the database fails. */
+static int check_database(struct verify *v, struct outbox *ob)
+{
+	struct batch b = {0};
+	bool relayed[VERIFY_PAGE_ROWS];
+	int64_t after = 0;
+	int n, rc;
+
+	for (;;) {
+		batch_reset(&b);
+		rc = outbox_retained_page(ob, after, VERIFY_PAGE_ROWS, v->opts->since_ms, &b,
+					  relayed, &n);
+		if (rc != OB_OK) {
+			snprintf(v->err, sizeof(v->err), "could not read the kept outbox rows: %s",
+				 outbox_errstr(ob));
+			batch_free(&b);
+			return -1;
+		}
+		if (n == 0)
+			break;
+		for (size_t i = 0; i < b.nrecs; i++)
+			check_row(v, &b, &b.recs[i], relayed[i]);
+		after = b.recs[b.nrecs - 1].id;
+		progress(v, false);
+	}
+	batch_free(&b);
+	if (v->opts->since_ms > 0 || v->db_relayed == 0)
+		return 0;
+	for (size_t i = 0; i < v->nrecs; i++) {
+		const struct vrec *k = &v->recs[i];
+		if (!k->matched && k->id >= v->db_min_id && k->id <= v->db_max_id)
+			verify_note(&v->rep, VK_NOT_IN_DB,
+				    "outbox-id %" PRId64 " at \"%s\"/%" PRId32 "@%" PRId64
+				    ": no such row among the kept rows %" PRId64 "..%" PRId64,
+				    k->id, v->tps[k->tp].topic, v->tps[k->tp].partition, k->offset,
+				    v->db_min_id, v->db_max_id);
+	}
+	return 0;
+}
+
 /* ---- the summary ---- */
 
 static void json_string(FILE *out, const char *s)
@@ -586,18 +766,20 @@ static void print_json(const struct verify *v, FILE *out)
 		v->chain.checkpoints ? v->chain.last.batch_seq : 0, v->ckpt_skipped_before,
 		v->other_keys);
 	fprintf(out, ",\"topics\":[");
-	for (int i = 0; i < v->opts->ntopics; i++) {
+	for (int i = 0; i < v->ntopics; i++) {
 		if (i)
 			fputc(',', out);
-		json_string(out, v->opts->topics[i]);
+		json_string(out, v->topics[i]);
 	}
 	fprintf(out, "],\"dead_letter_topic\":");
 	json_string(out, v->cfg->dead_letter_topic);
 	fprintf(out,
 		",\"records_read\":%" PRId64 ",\"rows\":%" PRId64 ",\"dead_letters\":%" PRId64
-		",\"min_id\":%" PRId64 ",\"max_id\":%" PRId64 ",\"violations\":%" PRId64
-		",\"kinds\":{",
-		v->records_read, v->rows, v->dead_letters, min_id, max_id, verify_total(&v->rep));
+		",\"min_id\":%" PRId64 ",\"max_id\":%" PRId64 ",\"db_rows\":%" PRId64
+		",\"db_relayed\":%" PRId64 ",\"db_min_id\":%" PRId64 ",\"db_max_id\":%" PRId64
+		",\"violations\":%" PRId64 ",\"kinds\":{",
+		v->records_read, v->rows, v->dead_letters, min_id, max_id, v->db_rows, v->db_relayed,
+		v->db_min_id, v->db_max_id, verify_total(&v->rep));
 	for (int k = 0; k < VK_KIND_COUNT; k++) {
 		if (k)
 			fputc(',', out);
@@ -633,9 +815,9 @@ static void print_text(const struct verify *v, FILE *out)
 		fprintf(out, "checkpoint records of other relays: %" PRId64 " (ignored)\n",
 			v->other_keys);
 	fprintf(out, "topics:");
-	for (int i = 0; i < v->opts->ntopics; i++)
-		fprintf(out, " \"%s\"", v->opts->topics[i]);
-	fprintf(out, "%s\n", v->opts->ntopics ? "" : " none given (--topics)");
+	for (int i = 0; i < v->ntopics; i++)
+		fprintf(out, " \"%s\"", v->topics[i]);
+	fprintf(out, "%s\n", v->ntopics ? "" : " none (no --topics, no rows in the outbox table)");
 	fprintf(out, "rows: %" PRId64, v->rows);
 	if (v->nrecs)
 		fprintf(out, " (outbox-ids %" PRId64 "..%" PRId64 ")", v->recs[0].id,
@@ -645,6 +827,10 @@ static void print_text(const struct verify *v, FILE *out)
 		fprintf(out, "dead letters: %" PRId64 " in topic \"%s\"\n", v->dead_letters,
 			v->cfg->dead_letter_topic);
 	fprintf(out, "records read: %" PRId64 "\n", v->records_read);
+	fprintf(out, "kept rows checked: %" PRId64 " relayed", v->db_relayed);
+	if (v->db_relayed)
+		fprintf(out, " (ids %" PRId64 "..%" PRId64 ")", v->db_min_id, v->db_max_id);
+	fprintf(out, ", %" PRId64 " not relayed yet\n", v->db_rows - v->db_relayed);
 	if (total == 0) {
 		fprintf(out, "violations: none\n");
 		return;
@@ -659,28 +845,64 @@ static void print_text(const struct verify *v, FILE *out)
 	}
 }
 
+/* Add a topic to read unless it is there already or is one the relay
+ * writes itself (checkpoints, dead letters: read apart). */
+static void topic_add(struct verify *v, const char *topic)
+{
+	if (strcmp(topic, v->cfg->checkpoint_topic) == 0 ||
+	    strcmp(topic, v->cfg->dead_letter_topic) == 0)
+		return;
+	for (int i = 0; i < v->ntopics; i++)
+		if (strcmp(v->topics[i], topic) == 0)
+			return;
+	v->topics = xrealloc(v->topics, (size_t)(v->ntopics + 1) * sizeof(char *));
+	v->topics[v->ntopics++] = xstrdup(topic);
+}
+
+/*
+ * The order: the database first, for the topics its rows name (read-only
+ * queries); then Kafka, the checkpoint partition and every topic, each to
+ * the end it had when its read began; then the records among themselves;
+ * last the kept rows against the records, which needs them all.
+ */
 int verify_run(const struct config *cfg, const struct verify_opts *opts)
 {
 	struct verify *v = xcalloc(1, sizeof(*v));
-	rd_kafka_t *rk;
-	int ex = EXIT_STARTUP;
+	struct outbox *ob;
+	rd_kafka_t *rk = NULL;
+	char **dbtopics = NULL;
+	int ndb = 0, ex = EXIT_STARTUP;
 
 	v->cfg = cfg;
 	v->opts = opts;
 	verify_chain_init(&v->chain);
 	v->progress = isatty(STDERR_FILENO);
 	v->progress_at = now_ms();
+	ob = outbox_connect(cfg, NULL, v->err, sizeof(v->err));
+	if (!ob)
+		goto out;
+	if (outbox_retained_topics(ob, &dbtopics, &ndb) != OB_OK) {
+		snprintf(v->err, sizeof(v->err), "could not read the outbox topics: %s",
+			 outbox_errstr(ob));
+		goto out;
+	}
+	for (int i = 0; i < opts->ntopics; i++)
+		topic_add(v, opts->topics[i]);
+	for (int i = 0; i < ndb; i++)
+		topic_add(v, dbtopics[i]);
 	rk = reader_new(v);
 	if (!rk)
 		goto out;
 	if (read_partition(v, rk, cfg->checkpoint_topic, 0, true, 0, false) < 0)
 		goto out;
-	for (int i = 0; i < opts->ntopics; i++)
-		if (read_topic(v, rk, opts->topics[i], false) < 0)
+	for (int i = 0; i < v->ntopics; i++)
+		if (read_topic(v, rk, v->topics[i], false, i >= opts->ntopics) < 0)
 			goto out;
-	if (cfg->dead_letter_topic[0] && read_topic(v, rk, cfg->dead_letter_topic, true) < 0)
+	if (cfg->dead_letter_topic[0] && read_topic(v, rk, cfg->dead_letter_topic, true, true) < 0)
 		goto out;
 	check_records(v);
+	if (check_database(v, ob) < 0)
+		goto out;
 	progress(v, true);
 	if (opts->json)
 		print_json(v, stdout);
@@ -693,6 +915,13 @@ out:
 		fprintf(stderr, "outbox-relay: verify: %s\n", v->err);
 	if (rk)
 		rd_kafka_destroy(rk);
+	outbox_free(ob);
+	for (int i = 0; i < ndb; i++)
+		free(dbtopics[i]);
+	free(dbtopics);
+	for (int i = 0; i < v->ntopics; i++)
+		free(v->topics[i]);
+	free(v->topics);
 	verify_chain_clear(&v->chain);
 	free(v->recs);
 	free(v->tps);

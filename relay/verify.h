@@ -24,6 +24,9 @@ enum verify_kind {
 	VK_DUPLICATE,          /* one outbox-id in two committed records */
 	VK_OUT_OF_ORDER,       /* ids not increasing per key and partition */
 	VK_NO_OUTBOX_ID,       /* a committed record without a valid outbox-id */
+	VK_MISSING,            /* a kept, relayed row with no record in Kafka */
+	VK_CONTENT,            /* a record whose key, payload or headers differ from its row */
+	VK_NOT_IN_DB,          /* a record whose id the kept rows of its span lack */
 	VK_KIND_COUNT,
 };
 const char *verify_kind_str(enum verify_kind kind);
@@ -66,6 +69,14 @@ struct verify_opts {
 /* Parse a duration such as "90s", "15m", "2h", "7d" or plain milliseconds.
  * Returns -1 when it does not parse or is not positive. */
 int64_t verify_parse_duration(const char *s);
+
+/* The content digest of a record or row: topic, key, payload and the
+ * headers other than outbox-id, in any order (a NULL and an empty key,
+ * payload or header value count as equal). hdrs: n name/value pairs as
+ * struct record_header (batch.h). Pure. */
+struct record_header;
+uint64_t verify_digest(const char *topic, const void *key, size_t klen, const void *payload,
+		       size_t plen, const struct record_header *hdrs, size_t n);
 
 /* Run the audit and print the summary to stdout. Returns 0, EXIT_STARTUP
  * or EXIT_VIOLATIONS. Main thread. */

@@ -8,23 +8,30 @@ import uuid
 from confluent_kafka import Producer
 
 from conftest import BOOTSTRAP, QUIET, ckpt_topic, read_all, relay_cmd, wait_for, write_config
-from test_relay import connect, db_position, drained, insert_rows
+from test_relay import connect, db_position, drained, insert_rows, scalar
 
 ROWS = 300
 KINDS = ("checkpoint_gap", "checkpoint_seq_backwards", "generation_backwards",
          "position_backwards", "checkpoint_foreign", "duplicate", "out_of_order",
-         "no_outbox_id")
+         "no_outbox_id", "missing_in_kafka", "content_differs", "not_in_database")
 
 
-def relayed_history(outbox_db, topics, relays, tmp_path, name):
+def relayed_history(outbox_db, topics, relays, tmp_path, name, retention_ms=0):
     """ROWS rows in 3 transactions, relayed in batches of at most 100 rows by
     the real relay, which is then stopped. Returns (config, topics, conn)."""
     tps = topics(3, partitions=2)
     conn = connect(outbox_db)
-    cfg = write_config(tmp_path / "relay.conf", outbox_db, name, **{"batch.max_rows": 100})
+    cfg = write_config(tmp_path / "relay.conf", outbox_db, name,
+                       **{"batch.max_rows": 100, "postgres.retention_ms": retention_ms})
     insert_rows(conn, tps, 0, ROWS, per_txn=100)
     relay = relays(cfg)
-    wait_for(drained(conn), 60, "the rows to be relayed")
+    if retention_ms:
+        relayed = ("SELECT count(*) FROM outbox.event AS e JOIN outbox.relay_state AS s "
+                   "ON s.name = %s WHERE outbox.relayed(e.txid, e.id, s.pos_done, s.pos_next, "
+                   "s.pos_after_id)")
+        wait_for(lambda: scalar(conn, relayed, (name,)) == ROWS, 60, "the rows to be relayed")
+    else:
+        wait_for(drained(conn), 60, "the rows to be relayed")
     assert relay.stop() == 0, relay.text()
     return cfg, tps, conn
 
@@ -137,6 +144,39 @@ def test_foreign_aborted_hidden_committed_reported(outbox_db, topics, relays, tm
     assert ex == 6
     only(s, "no_outbox_id", 1)
     assert f'topic "{tps[1]}" partition 1' in s["kinds"]["no_outbox_id"]["examples"][0]
+
+
+def test_retained_rows_match_kafka(outbox_db, topics, relays, tmp_path):
+    """With postgres.retention_ms the kept rows are compared with Kafka;
+    the topics come from the rows (no --topics needed)."""
+    cfg, tps, conn = relayed_history(outbox_db, topics, relays, tmp_path, "r-verify-kept",
+                                     retention_ms=3600000)
+    assert scalar(conn, "SELECT count(*) FROM outbox.event") == ROWS
+    res = relay_cmd("verify", "-c", cfg, "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    s = json.loads(res.stdout)
+    assert sorted(s["topics"]) == sorted(tps)
+    assert s["db_relayed"] == ROWS and s["rows"] == ROWS and s["violations"] == 0
+
+
+def test_tampered_payload_and_lost_row(outbox_db, topics, relays, tmp_path):
+    """A kept row altered in PostgreSQL (as superuser) no longer matches its
+    record; a kept row deleted leaves a record the database does not have."""
+    cfg, tps, conn = relayed_history(outbox_db, topics, relays, tmp_path, "r-verify-tamper",
+                                     retention_ms=3600000)
+    lo = scalar(conn, "SELECT min(id) FROM outbox.event")
+    scalar(conn, "UPDATE outbox.event SET payload = 'forged' WHERE id = %s RETURNING id",
+           (lo + 10,))
+    ex, s = verify(cfg, tps)
+    assert ex == 6
+    only(s, "content_differs", 1)
+    assert s["kinds"]["content_differs"]["examples"][0].startswith(f"outbox row {lo + 10}:")
+    scalar(conn, "DELETE FROM outbox.event WHERE id = %s RETURNING id", (lo + 20,))
+    ex, s = verify(cfg, tps)
+    assert ex == 6
+    assert s["kinds"]["not_in_database"]["count"] == 1, s
+    assert s["kinds"]["not_in_database"]["examples"][0].startswith(f"outbox-id {lo + 20} ")
+    assert s["violations"] == 2, s
 
 
 def test_usage_and_connection_errors(tmp_path):
