@@ -670,8 +670,7 @@ static void check_row(struct verify *v, const struct batch *b, const struct reco
 			k->matched = 1;
 		return;
 	}
-	v->db_relayed++;
-	if (v->db_min_id == 0)
+	if (v->db_relayed++ == 0)
 		v->db_min_id = r->id;
 	v->db_max_id = r->id;
 	if (!k) {

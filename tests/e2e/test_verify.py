@@ -177,6 +177,20 @@ def test_tampered_payload_and_lost_row(outbox_db, topics, relays, tmp_path):
     assert s["kinds"]["not_in_database"]["count"] == 1, s
     assert s["kinds"]["not_in_database"]["examples"][0].startswith(f"outbox-id {lo + 20} ")
     assert s["violations"] == 2, s
+    # a row that the stored position calls relayed but that was never sent:
+    # the transaction of the first row, and, if its window is still open,
+    # after_id moved past the new row by hand
+    new = scalar(conn, "INSERT INTO outbox.event(txid, topic, key, payload) "
+                       "SELECT txid, topic, 'k', 'never sent' FROM outbox.event WHERE id = %s "
+                       "RETURNING id", (lo,))
+    with conn.cursor() as cur:
+        cur.execute("UPDATE outbox.relay_state SET pos_after_id = %s WHERE pos_next IS NOT NULL",
+                    (new,))
+    ex, s = verify(cfg, tps)
+    assert ex == 6
+    assert s["kinds"]["missing_in_kafka"]["count"] == 1, s
+    assert s["kinds"]["missing_in_kafka"]["examples"][0].startswith(f"outbox row {new} ")
+    assert s["violations"] == 3, s
 
 
 def test_usage_and_connection_errors(tmp_path):
