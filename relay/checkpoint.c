@@ -470,8 +470,8 @@ static void note_unheld(struct read_state *rs)
 		rs->watch->held(rs->watch->arg, NULL);
 }
 
-static bool header_get(const rd_kafka_message_t *m, const char *name, const void **val,
-		       size_t *len)
+bool checkpoint_header_get(const rd_kafka_message_t *m, const char *name, const void **val,
+			   size_t *len)
 {
 	rd_kafka_headers_t *hdrs;
 
@@ -487,8 +487,8 @@ static int take_record(struct read_state *rs, const rd_kafka_message_t *m, struc
 {
 	const void *marker, *id;
 	size_t mlen, idlen;
-	bool marked = header_get(m, CHECKPOINT_MARKER_HEADER, &marker, &mlen);
-	bool has_id = header_get(m, "outbox-id", &id, &idlen);
+	bool marked = checkpoint_header_get(m, CHECKPOINT_MARKER_HEADER, &marker, &mlen);
+	bool has_id = checkpoint_header_get(m, "outbox-id", &id, &idlen);
 	struct position p;
 	char why[256];
 	enum checkpoint_record rec;

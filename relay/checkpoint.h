@@ -83,6 +83,11 @@ enum checkpoint_record checkpoint_classify(const char *relay_name, const void *k
 					   const void *val, size_t vlen, struct position *pos,
 					   char *why, size_t whylen);
 
+/* The last header `name` of a consumed record: true with *val (borrowed
+ * from m, NULL for a NULL value) and *len when it has one. Any thread. */
+bool checkpoint_header_get(const rd_kafka_message_t *m, const char *name, const void **val,
+			   size_t *len);
+
 struct waiter;
 
 /* topics_ensure (topics.h) for the checkpoint topic (compacted, one partition). */

@@ -719,6 +719,31 @@ out:
 	return rc;
 }
 
+/* The rows of a result with fetch_page's columns (id, topic, key, payload,
+ * header_names, header_values, created_ms) into b, which takes res. */
+static int take_rows(struct outbox *ob, PGresult *res, struct batch *b)
+{
+	int rc;
+
+	batch_add_page(b, res);
+	for (int i = 0; i < PQntuples(res); i++) {
+		struct record *r = batch_add_record(b);
+
+		r->id = bin_i64(PQgetvalue(res, i, 0));
+		r->topic = PQgetvalue(res, i, 1); /* libpq NUL-terminates binary values too */
+		r->key = PQgetisnull(res, i, 2) ? NULL : PQgetvalue(res, i, 2);
+		r->key_len = (size_t)PQgetlength(res, i, 2);
+		r->payload = PQgetisnull(res, i, 3) ? NULL : PQgetvalue(res, i, 3);
+		r->payload_len = (size_t)PQgetlength(res, i, 3);
+		r->timestamp_ms = PQgetisnull(res, i, 6) ? 0 : bin_i64(PQgetvalue(res, i, 6));
+		b->bytes += (int64_t)(r->key_len + r->payload_len);
+		rc = decode_headers(ob, res, i, b, r);
+		if (rc != OB_OK)
+			return rc;
+	}
+	return OB_OK;
+}
+
 int outbox_fetch_page(struct outbox *ob, const struct position *pos, int max_rows,
 		      int64_t max_bytes, struct batch *b, int *nrows)
 {
@@ -739,23 +764,7 @@ int outbox_fetch_page(struct outbox *ob, const struct position *pos, int max_row
 		PQclear(res);
 		return OB_OK;
 	}
-	batch_add_page(b, res);
-	for (int i = 0; i < n; i++) {
-		struct record *r = batch_add_record(b);
-
-		r->id = bin_i64(PQgetvalue(res, i, 0));
-		r->topic = PQgetvalue(res, i, 1); /* libpq NUL-terminates binary values too */
-		r->key = PQgetisnull(res, i, 2) ? NULL : PQgetvalue(res, i, 2);
-		r->key_len = (size_t)PQgetlength(res, i, 2);
-		r->payload = PQgetisnull(res, i, 3) ? NULL : PQgetvalue(res, i, 3);
-		r->payload_len = (size_t)PQgetlength(res, i, 3);
-		r->timestamp_ms = PQgetisnull(res, i, 6) ? 0 : bin_i64(PQgetvalue(res, i, 6));
-		b->bytes += (int64_t)(r->key_len + r->payload_len);
-		rc = decode_headers(ob, res, i, b, r);
-		if (rc != OB_OK)
-			return rc;
-	}
-	return OB_OK;
+	return take_rows(ob, res, b);
 }
 
 int outbox_advance(struct outbox *ob, int64_t generation, const struct position *pos,
@@ -1006,21 +1015,7 @@ int outbox_retained_page(struct outbox *ob, int64_t after_id, int max_rows, int6
 		PQclear(res);
 		return OB_OK;
 	}
-	batch_add_page(b, res);
-	for (int i = 0; i < n; i++) {
-		struct record *r = batch_add_record(b);
-
-		r->id = bin_i64(PQgetvalue(res, i, 0));
-		r->topic = PQgetvalue(res, i, 1);
-		r->key = PQgetisnull(res, i, 2) ? NULL : PQgetvalue(res, i, 2);
-		r->key_len = (size_t)PQgetlength(res, i, 2);
-		r->payload = PQgetisnull(res, i, 3) ? NULL : PQgetvalue(res, i, 3);
-		r->payload_len = (size_t)PQgetlength(res, i, 3);
-		r->timestamp_ms = PQgetisnull(res, i, 6) ? 0 : bin_i64(PQgetvalue(res, i, 6));
+	for (int i = 0; i < n; i++)
 		relayed[i] = !PQgetisnull(res, i, 7) && PQgetvalue(res, i, 7)[0] == 1;
-		rc = decode_headers(ob, res, i, b, r);
-		if (rc != OB_OK)
-			return rc;
-	}
-	return OB_OK;
+	return take_rows(ob, res, b);
 }

@@ -243,7 +243,8 @@ uint64_t verify_digest(const char *topic, const void *key, size_t klen, const vo
 			continue;
 		x = fnv(FNV_BASIS, hdrs[i].name, hdrs[i].name_len);
 		x = fnv(x, "", 1);
-		x = fnv(x, hdrs[i].value ? hdrs[i].value : "", hdrs[i].value ? hdrs[i].value_len : 0);
+		x = fnv(x, hdrs[i].value ? hdrs[i].value : "",
+			hdrs[i].value ? hdrs[i].value_len : 0);
 		sum += mix(x); /* a sum: header order does not matter */
 	}
 	return mix(h ^ sum);
@@ -265,7 +266,8 @@ static uint64_t message_digest(const char *topic, const rd_kafka_message_t *m)
 		       RD_KAFKA_RESP_ERR_NO_ERROR) {
 			if (n == cap) {
 				cap *= 2;
-				h = h == stack ? memcpy(xmalloc(cap * sizeof(*h)), stack, sizeof(stack))
+				h = h == stack ? memcpy(xmalloc(cap * sizeof(*h)), stack,
+							sizeof(stack))
 					       : xrealloc(h, cap * sizeof(*h));
 			}
 			h[n].name = name;
@@ -285,17 +287,6 @@ static uint64_t key_hash(const void *key, size_t len)
 	return key ? fnv(FNV_BASIS, key, len) | 1 : 0; /* never 0, the hash of no key */
 }
 
-static bool header_get(const rd_kafka_message_t *m, const char *name, const void **val,
-		       size_t *len)
-{
-	rd_kafka_headers_t *hdrs;
-
-	*val = NULL;
-	*len = 0;
-	return rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR &&
-	       rd_kafka_header_get_last(hdrs, name, val, len) == RD_KAFKA_RESP_ERR_NO_ERROR;
-}
-
 /* The outbox-id header as a number; false when absent or not a positive
  * decimal. */
 static bool outbox_id_of(const rd_kafka_message_t *m, int64_t *id)
@@ -305,7 +296,8 @@ static bool outbox_id_of(const rd_kafka_message_t *m, int64_t *id)
 	char buf[24];
 	char *end;
 
-	if (!header_get(m, "outbox-id", &val, &len) || !val || len == 0 || len >= sizeof(buf))
+	if (!checkpoint_header_get(m, "outbox-id", &val, &len) || !val || len == 0 ||
+	    len >= sizeof(buf))
 		return false;
 	memcpy(buf, val, len);
 	buf[len] = '\0';
@@ -334,8 +326,8 @@ static void take_checkpoint(struct verify *v, const rd_kafka_message_t *m)
 {
 	const void *marker, *id;
 	size_t mlen, idlen;
-	bool marked = header_get(m, CHECKPOINT_MARKER_HEADER, &marker, &mlen);
-	bool has_id = header_get(m, "outbox-id", &id, &idlen);
+	bool marked = checkpoint_header_get(m, CHECKPOINT_MARKER_HEADER, &marker, &mlen);
+	bool has_id = checkpoint_header_get(m, "outbox-id", &id, &idlen);
 	struct position pos;
 	char why[256];
 
@@ -777,8 +769,8 @@ static void print_json(const struct verify *v, FILE *out)
 		",\"min_id\":%" PRId64 ",\"max_id\":%" PRId64 ",\"db_rows\":%" PRId64
 		",\"db_relayed\":%" PRId64 ",\"db_min_id\":%" PRId64 ",\"db_max_id\":%" PRId64
 		",\"violations\":%" PRId64 ",\"kinds\":{",
-		v->records_read, v->rows, v->dead_letters, min_id, max_id, v->db_rows, v->db_relayed,
-		v->db_min_id, v->db_max_id, verify_total(&v->rep));
+		v->records_read, v->rows, v->dead_letters, min_id, max_id, v->db_rows,
+		v->db_relayed, v->db_min_id, v->db_max_id, verify_total(&v->rep));
 	for (int k = 0; k < VK_KIND_COUNT; k++) {
 		if (k)
 			fputc(',', out);
