@@ -89,6 +89,12 @@ static bool snapshot_bounds(const char *s, uint64_t *xmin, uint64_t *xmax)
 	return !errno && *end == ':';
 }
 
+/* Both set and equal (a NULL next is no window). */
+static bool same_str(const char *a, const char *b)
+{
+	return a && b && strcmp(a, b) == 0;
+}
+
 void verify_chain_add(struct verify_chain *ch, const struct position *pos, int64_t offset,
 		      struct verify_report *rep)
 {
@@ -119,19 +125,16 @@ void verify_chain_add(struct verify_chain *ch, const struct position *pos, int64
 	if (snapshot_bounds(prev->done, &pmin, &pmax) && snapshot_bounds(pos->done, &nmin, &nmax) &&
 	    (nmin < pmin || nmax < pmax))
 		verify_note(rep, VK_POSITION_BACK,
-			    "offset %" PRId64 ": batch %" PRId64 " done \"%s\" before \"%s\"", offset,
-			    pos->batch_seq, pos->done, prev->done);
-	else if (strcmp(pos->done, prev->done) == 0 && pos->next && prev->next &&
-		 strcmp(pos->next, prev->next) == 0 && pos->after_id < prev->after_id)
+			    "offset %" PRId64 ": batch %" PRId64 " done \"%s\" before \"%s\"",
+			    offset, pos->batch_seq, pos->done, prev->done);
+	else if (same_str(pos->done, prev->done) && same_str(pos->next, prev->next) &&
+		 pos->after_id < prev->after_id)
 		verify_note(rep, VK_POSITION_BACK,
 			    "offset %" PRId64 ": batch %" PRId64 " after_id %" PRId64
 			    " before %" PRId64,
 			    offset, pos->batch_seq, pos->after_id, prev->after_id);
 take:
 	position_copy(&ch->last, pos);
-	ch->last.batch_seq = pos->batch_seq;
-	ch->last.generation = pos->generation;
-	ch->last.after_id = pos->after_id;
 	ch->checkpoints++;
 }
 
@@ -328,10 +331,9 @@ static void take_checkpoint(struct verify *v, const rd_kafka_message_t *m)
 	size_t mlen, idlen;
 	bool marked = checkpoint_header_get(m, CHECKPOINT_MARKER_HEADER, &marker, &mlen);
 	bool has_id = checkpoint_header_get(m, "outbox-id", &id, &idlen);
-	struct position pos;
+	struct position pos = {0}; /* filled by checkpoint_classify, not cleared first */
 	char why[256];
 
-	position_init(&pos);
 	switch (checkpoint_classify(v->cfg->relay_name, m->key, m->key_len, marked ? marker : NULL,
 				    mlen, has_id, m->payload, m->len, &pos, why, sizeof(why))) {
 	case CKPT_REC_OURS:
@@ -494,8 +496,9 @@ static int read_partition(struct verify *v, rd_kafka_t *rk, const char *topic, i
 		return -1;
 	}
 	if (rd_kafka_consume_start(rkt, part, start) < 0) {
-		snprintf(v->err, sizeof(v->err), "could not read topic \"%s\" partition %" PRId32 ": %s",
-			 topic, part, rd_kafka_err2str(rd_kafka_last_error()));
+		snprintf(v->err, sizeof(v->err),
+			 "could not read topic \"%s\" partition %" PRId32 ": %s", topic, part,
+			 rd_kafka_err2str(rd_kafka_last_error()));
 		rd_kafka_topic_destroy(rkt);
 		return -1;
 	}

@@ -5,6 +5,8 @@ aborted transaction) is not a break."""
 import json
 import uuid
 
+import pytest
+
 from confluent_kafka import Producer
 
 from conftest import BOOTSTRAP, QUIET, ckpt_topic, read_all, relay_cmd, wait_for, write_config
@@ -60,6 +62,7 @@ def foreign_txn_producer():
     return p
 
 
+@pytest.mark.sanitizer
 def test_clean_history(outbox_db, topics, relays, tmp_path):
     name = "r-verify-clean"
     cfg, tps, conn = relayed_history(outbox_db, topics, relays, tmp_path, name)
@@ -81,6 +84,7 @@ def test_clean_history(outbox_db, topics, relays, tmp_path):
     assert ex == 0 and s["rows"] == ROWS and s["checkpoints"] == seq
 
 
+@pytest.mark.sanitizer
 def test_duplicate_from_outside(outbox_db, topics, relays, tmp_path):
     """A plain producer writes a record with an outbox-id the relay wrote."""
     cfg, tps, _ = relayed_history(outbox_db, topics, relays, tmp_path, "r-verify-dup")
@@ -159,6 +163,7 @@ def test_retained_rows_match_kafka(outbox_db, topics, relays, tmp_path):
     assert s["db_relayed"] == ROWS and s["rows"] == ROWS and s["violations"] == 0
 
 
+@pytest.mark.sanitizer
 def test_tampered_payload_and_lost_row(outbox_db, topics, relays, tmp_path):
     """A kept row altered in PostgreSQL (as superuser) no longer matches its
     record; a kept row deleted leaves a record the database does not have."""
