@@ -1001,7 +1001,7 @@ int outbox_retained_page(struct outbox *ob, int64_t after_id, int max_rows, int6
 	char after[24], rows[16], since[24];
 	const char *p[4] = {ob->cfg->relay_name, after, rows, since};
 	PGresult *res;
-	int rc, n;
+	int rc;
 
 	snprintf(after, sizeof(after), "%" PRId64, after_id);
 	snprintf(rows, sizeof(rows), "%d", max_rows);
@@ -1009,13 +1009,8 @@ int outbox_retained_page(struct outbox *ob, int64_t after_id, int max_rows, int6
 	rc = call(ob, RETAINED_ROWS_SQL, 4, p, 1, &res);
 	if (rc != OB_OK)
 		return rc;
-	n = PQntuples(res);
-	*nrows = n;
-	if (n == 0) {
-		PQclear(res);
-		return OB_OK;
-	}
-	for (int i = 0; i < n; i++)
+	*nrows = PQntuples(res);
+	for (int i = 0; i < *nrows; i++)
 		relayed[i] = !PQgetisnull(res, i, 7) && PQgetvalue(res, i, 7)[0] == 1;
-	return take_rows(ob, res, b);
+	return take_rows(ob, res, b); /* b takes res, also when empty */
 }
