@@ -74,6 +74,7 @@ struct relay {
 	int64_t last_lag_ms;
 	int failed_attempts;   /* of the current batch, in a row */
 	bool producer_started;
+	bool kafka_ever_ok;    /* a producer of this process initialized */
 };
 
 /*
@@ -490,11 +491,19 @@ static enum step producer_start(struct relay *r)
 		st = publisher_init(r->pub, init_ms);
 		if (st == PUB_OK) {
 			r->backoff_ms = 0;
+			r->kafka_ever_ok = true;
 			metrics_lock()->kafka_ok = true;
 			metrics_unlock();
 			break;
 		}
-		log_warning("%s", publisher_errstr(r->pub));
+		/* A broker that refuses our credentials or TLS at start-up is a
+		 * configuration error; later (a password rotated on the broker
+		 * side first, a certificate about to be replaced) it is waited
+		 * out like a broker that is away. */
+		if (st == PUB_FATAL || (st == PUB_REFUSED && !r->kafka_ever_ok))
+			log_error("%s", publisher_errstr(r->pub));
+		else
+			log_warning("%s", publisher_errstr(r->pub));
 		{
 			struct metrics *m = metrics_lock();
 			m->kafka_ok = false;
@@ -508,7 +517,7 @@ static enum step producer_start(struct relay *r)
 			log_error("producer fenced while initializing: another relay took over");
 			return step_exit(r, EXIT_FENCED);
 		}
-		if (st == PUB_FATAL)
+		if (st == PUB_FATAL || (st == PUB_REFUSED && !r->kafka_ever_ok))
 			return step_exit(r, EXIT_STARTUP);
 		if (check_lease(r) == STEP_EXIT)
 			return STEP_EXIT;
