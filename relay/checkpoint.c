@@ -371,7 +371,18 @@ int kafka_topic_ensure(rd_kafka_t *rk, const char *topic, int rf, bool compact,
 	tres = rd_kafka_CreateTopics_result_topics(res, &n);
 	if (n == 1 && rd_kafka_topic_result_error(tres[0]) != RD_KAFKA_RESP_ERR_NO_ERROR &&
 	    rd_kafka_topic_result_error(tres[0]) != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
-		snprintf(errbuf, errlen, "%s: %s", what, rd_kafka_topic_result_error_string(tres[0]));
+		rd_kafka_resp_err_t err = rd_kafka_topic_result_error(tres[0]);
+
+		/* Without Describe (or Read, Write) a topic is not in the
+		 * metadata, so an existing one looks missing too. */
+		snprintf(errbuf, errlen, "%s: %s (%s)%s", what,
+			 rd_kafka_topic_result_error_string(tres[0]), rd_kafka_err2name(err),
+			 err == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED ||
+				 err == RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED
+				 ? ": the relay's Kafka principal may not see it or create it; create "
+				   "the topic beforehand and grant the relay's ACLs on it (Write; Read "
+				   "too for the checkpoint topic), or grant Create on it"
+				 : "");
 		goto out;
 	}
 	if (n == 1 && rd_kafka_topic_result_error(tres[0]) == RD_KAFKA_RESP_ERR_NO_ERROR)
@@ -495,8 +506,11 @@ static int message_error(struct read_state *rs, const rd_kafka_message_t *m)
 	    m->err == RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION ||
 	    m->err == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED ||
 	    m->err == RD_KAFKA_RESP_ERR__AUTHENTICATION) {
-		snprintf(rs->errbuf, rs->errlen, "could not read checkpoint topic \"%s\": %s",
-			 rs->cfg->checkpoint_topic, rd_kafka_message_errstr(m));
+		snprintf(rs->errbuf, rs->errlen, "could not read checkpoint topic \"%s\": %s%s",
+			 rs->cfg->checkpoint_topic, rd_kafka_message_errstr(m),
+			 m->err == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED
+				 ? " (the relay's Kafka principal needs Read on it)"
+				 : "");
 		return -1;
 	}
 	log_warning("reading checkpoint topic \"%s\": %s", rs->cfg->checkpoint_topic,

@@ -403,6 +403,13 @@ static void set_err(struct publisher *pub, const char *what, const rd_kafka_erro
 		 rd_kafka_error_name(error));
 }
 
+static bool is_authorization(rd_kafka_resp_err_t err)
+{
+	return err == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED ||
+	       err == RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED ||
+	       err == RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED;
+}
+
 static bool is_fencing(rd_kafka_resp_err_t err)
 {
 	return err == RD_KAFKA_RESP_ERR__FENCED || err == RD_KAFKA_RESP_ERR_PRODUCER_FENCED ||
@@ -529,8 +536,10 @@ static rd_kafka_resp_err_t metadata_wait(struct publisher *pub, rd_kafka_topic_t
 }
 
 /* The topic's max.message.bytes, or 0 when the broker will not say before
- * deadline_ms. */
-static int64_t topic_max_bytes(struct publisher *pub, const char *name, int64_t deadline_ms)
+ * deadline_ms; *refusal gets the broker's error for the topic, if any
+ * (TOPIC_AUTHORIZATION_FAILED without DescribeConfigs). */
+static int64_t topic_max_bytes(struct publisher *pub, const char *name, int64_t deadline_ms,
+			       rd_kafka_resp_err_t *refusal)
 {
 	rd_kafka_ConfigResource_t *res = rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_TOPIC, name);
 	rd_kafka_queue_t *q = rd_kafka_queue_new(pub->rk);
@@ -557,6 +566,10 @@ static int64_t topic_max_bytes(struct publisher *pub, const char *name, int64_t 
 		const rd_kafka_ConfigResource_t **rs = rd_kafka_DescribeConfigs_result_resources(
 			rd_kafka_event_DescribeConfigs_result(ev), &nres);
 		for (size_t i = 0; i < nres; i++) {
+			if (rd_kafka_ConfigResource_error(rs[i])) {
+				*refusal = rd_kafka_ConfigResource_error(rs[i]);
+				continue;
+			}
 			const rd_kafka_ConfigEntry_t **ce = rd_kafka_ConfigResource_configs(rs[i], &ncfg);
 			for (size_t k = 0; k < ncfg; k++)
 				if (strcmp(rd_kafka_ConfigEntry_name(ce[k]), "max.message.bytes") == 0 &&
@@ -622,7 +635,23 @@ static int topic_refresh(struct publisher *pub, struct topic_handle *th, int64_t
 		return -1;
 	}
 	th->checked_ms = now_ms();
-	th->max_bytes = topic_max_bytes(pub, th->name, deadline_ms);
+	{
+		rd_kafka_resp_err_t refusal = RD_KAFKA_RESP_ERR_NO_ERROR;
+
+		th->max_bytes = topic_max_bytes(pub, th->name, deadline_ms, &refusal);
+		if (refusal && !th->configs_warned) {
+			/* Not fatal: the broker still refuses an oversized
+			 * row, only later, in the commit (size_culprit). */
+			log_warning("could not read max.message.bytes of topic \"%s\": %s%s; a row "
+				    "too large for the topic is found by the failed transaction "
+				    "instead of before it",
+				    th->name, rd_kafka_err2str(refusal),
+				    refusal == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED
+					    ? " (the relay's Kafka principal needs DescribeConfigs on the topic)"
+					    : "");
+			th->configs_warned = true;
+		}
+	}
 	return 0;
 }
 
@@ -1064,10 +1093,35 @@ static enum pub_status commit(struct publisher *pub)
 			return txn_fatal_status(pub);
 		}
 		if (rd_kafka_error_txn_requires_abort(error)) {
+			rd_kafka_resp_err_t cause = rd_kafka_error_code(error);
+			char why[1024];
+
+			snprintf(why, sizeof(why), "%s", pub->errstr);
 			rd_kafka_error_destroy(error);
 			st = abort_txn(pub, PUB_RESEND);
 			/* The failed records' delivery reports say why. */
 			rd_kafka_poll(pub->rk, 0);
+			if (st == PUB_RESEND && is_authorization(cause) && !pub->dr_err) {
+				char hint[512];
+
+				snprintf(pub->errstr, sizeof(pub->errstr), "%.600s%s", why,
+					 publisher_acl_hint(pub->cfg, cause, hint, sizeof(hint)));
+				return PUB_RESEND;
+			}
+			if (st != PUB_RESEND && is_authorization(cause)) {
+				/* A partition refused to the transaction for want of
+				 * an ACL: librdkafka 2.0.2 then fails the abort too
+				 * (INVALID_TXN_STATE, fatal), which says nothing of
+				 * the cause. Nothing of the transaction can have
+				 * committed; a new producer settles it and the batch
+				 * is sent again, until the ACL is there. */
+				char hint[512];
+
+				snprintf(pub->errstr, sizeof(pub->errstr), "%.600s%s", why,
+					 publisher_acl_hint(pub->cfg, cause, hint, sizeof(hint)));
+				pub->needs_recreate = true;
+				return PUB_UNKNOWN;
+			}
 			if (st != PUB_RESEND || !pub->dr_err)
 				return st;
 			switch (err_class(pub->dr_err)) {

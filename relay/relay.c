@@ -75,6 +75,7 @@ struct relay {
 	int failed_attempts;   /* of the current batch, in a row */
 	bool producer_started;
 	bool kafka_ever_ok;    /* a producer of this process initialized */
+	bool db_ever_ok;       /* this process connected to PostgreSQL */
 };
 
 /*
@@ -179,7 +180,9 @@ static void make_owner(struct relay *r)
 		 r->cfg->owner[0] ? "@" : "", host, (int)getpid(), rand() & 0xffff);
 }
 
-/* (Re)connect until it works or a stop is requested; false on stop. */
+/* (Re)connect until it works or a stop is requested; false on stop, and at
+ * start-up when the server refuses the connection (TLS, credentials: then
+ * r->exit_code is EXIT_STARTUP). */
 static bool db_connect(struct relay *r)
 {
 	char err[1024];
@@ -188,8 +191,18 @@ static bool db_connect(struct relay *r)
 		outbox_free(r->ob);
 		r->ob = outbox_connect(r->cfg, err, sizeof(err));
 		r->awake = false; /* a new session holds no lock */
+		if (!r->ob && !r->db_ever_ok && outbox_connect_refused(err)) {
+			/* At start-up a refusal is a configuration error (TLS,
+			 * credentials); once connected, the same refusal
+			 * (a certificate renewed on the server first) is waited
+			 * out like a server that is away. */
+			log_error("%s", err);
+			r->exit_code = EXIT_STARTUP;
+			return false;
+		}
 		if (r->ob && (!r->cfg->notify || outbox_listen(r->ob) == OB_OK)) {
 			r->backoff_ms = 0;
+			r->db_ever_ok = true;
 			metrics_lock()->db_ok = true;
 			metrics_unlock();
 			return true;
@@ -1239,7 +1252,7 @@ static enum step run_steps(struct relay *r)
 	int version = 0, st;
 
 	if (!db_connect(r))
-		return step_stopped(r);
+		return r->exit_code != EXIT_OK ? STEP_EXIT : step_stopped(r);
 	while ((st = outbox_schema_version(r->ob, &version)) != OB_OK) {
 		if (st != OB_TRANSIENT) {
 			log_error("could not read the outbox schema version (is sql/install.sql "
