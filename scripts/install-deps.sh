@@ -7,11 +7,14 @@ set -euo pipefail
 
 # dpkg-dev: dpkg-shlibdeps, for the Debian package's Depends (scripts/package-deb).
 # prometheus: promtool, and the server the dashboard test runs (tests/deploy).
+# openjdk-17-jdk-headless: runs deploy/local/kafka/SecurityAdmin.java as a
+# single source file (SCRAM credentials, ACLs); openssl: the local CA and
+# certificates (deploy/local/tls).
 packages=(
 	build-essential cmake pkg-config git ca-certificates curl procps iproute2 dpkg-dev
 	libpq-dev librdkafka-dev libconfig-dev libmicrohttpd-dev libcmocka-dev
 	postgresql-15 postgresql-contrib postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl
-	openjdk-17-jre-headless maven kcat valgrind prometheus systemd python3-venv
+	openjdk-17-jre-headless openjdk-17-jdk-headless openssl maven kcat valgrind prometheus systemd python3-venv
 	python3 python3-pytest python3-psycopg2 python3-confluent-kafka
 )
 

@@ -16,14 +16,14 @@ deploy/local/up makes (deploy/local/tls, deploy/local/kafka/server.properties.in
 """
 import collections
 import re
-import time
 import uuid
 from urllib.parse import urlsplit
 
 import psycopg2
 import pytest
 
-from conftest import PG_URL, ckpt_topic, create_topics, psql, read_all, relay_cmd, wait_for, write_config
+from conftest import (PG_URL, ckpt_topic, create_topics, psql, read_all, relay_cmd, wait_for,
+                      write_config)
 from secure_util import (MTLS_BOOTSTRAP, MTLS_USER, SASL_BOOTSTRAP, SASL_USER, TLS,
                          SecurityAdmin, kafka_password, mtls_props, sasl_props)
 from test_relay import check_exactly_once, connect, drained, insert_rows, scalar
@@ -77,16 +77,25 @@ def assert_secret_never_shown(*texts, secret=None):
         assert secret not in t, "the password appears in the relay's output"
 
 
+def relay_topics(outbox_db, topics, name, n=1, dlq=False):
+    """n outbox topics, relay `name`'s checkpoint topic (created, as an
+    operator would, so that no Create is needed) and, with dlq, a dead-letter
+    topic: (outbox topics, checkpoint topic, dead-letter topic or None)."""
+    tps = topics(n)
+    ckpt = ckpt_topic(outbox_db, name)
+    create_topics([ckpt], config={"cleanup.policy": "compact"})
+    dead = f"{tps[0]}-dlq" if dlq else None
+    if dead:
+        create_topics([dead])
+    return tps, ckpt, dead
+
+
 def test_sasl_ssl_exactly_once_restart_dead_letter_standby(outbox_db, topics, relays, acl_admin,
                                                            tmp_path):
     """Exactly the listed ACLs are enough for all of it: publish, restart
     (the checkpoint read back), a dead letter, a standby taking over."""
-    tps = topics(2)
     name = "r-sasl"
-    ckpt = ckpt_topic(outbox_db, name)
-    dlq = f"{tps[0]}-dlq"
-    create_topics([ckpt], config={"cleanup.policy": "compact"})
-    create_topics([dlq])
+    tps, ckpt, dlq = relay_topics(outbox_db, topics, name, n=2, dlq=True)
     grant(acl_admin, SASL_USER, readme_acls(name, tps, ckpt, dlq))
     cfg = secure_config(tmp_path / "relay.conf", outbox_db, name, SASL_BOOTSTRAP, sasl_props(),
                         **{"kafka.dead_letter_topic": dlq, "relay.poison_policy": "dead-letter"})
@@ -144,10 +153,8 @@ def test_each_listed_acl_taken_away(outbox_db, topics, relays, acl_admin, tmp_pa
     """One ACL missing at a time: the relay names it (and exits 1 when it
     cannot start, or waits and retries), and once the ACL is back every row
     is published exactly once. One relay start per case, a few rows."""
-    tps = topics(1)
     name = "r-acl"
-    ckpt = ckpt_topic(outbox_db, name)
-    create_topics([ckpt], config={"cleanup.policy": "compact"})
+    tps, ckpt, _ = relay_topics(outbox_db, topics, name)
     acls = readme_acls(name, tps, ckpt)
     grant(acl_admin, SASL_USER, acls)
     cfg = secure_config(tmp_path / "relay.conf", outbox_db, name, SASL_BOOTSTRAP, sasl_props(),
@@ -188,12 +195,8 @@ def test_dead_letter_write_taken_away(outbox_db, topics, relays, acl_admin, tmp_
     """Write on the dead-letter topic missing: the relay names the topic and
     the ACL and sends nothing until it is back; then the poison row is a dead
     letter once and the rows around it reach their topic once."""
-    tps = topics(1)
     name = "r-dlq"
-    ckpt = ckpt_topic(outbox_db, name)
-    dlq = f"{tps[0]}-dlq"
-    create_topics([ckpt], config={"cleanup.policy": "compact"})
-    create_topics([dlq])
+    tps, ckpt, dlq = relay_topics(outbox_db, topics, name, dlq=True)
     acls = readme_acls(name, tps, ckpt, dlq)
     grant(acl_admin, SASL_USER, [a for a in acls if a.name != dlq])
     cfg = secure_config(tmp_path / "relay.conf", outbox_db, name, SASL_BOOTSTRAP, sasl_props(),
@@ -236,10 +239,8 @@ def test_create_acl_only_for_a_missing_topic(outbox_db, topics, relays, acl_admi
 
 def test_mtls_client_certificate(outbox_db, topics, relays, acl_admin, tmp_path):
     """The same ACLs for the principal of a client certificate."""
-    tps = topics(1)
     name = "r-mtls"
-    ckpt = ckpt_topic(outbox_db, name)
-    create_topics([ckpt], config={"cleanup.policy": "compact"})
+    tps, ckpt, _ = relay_topics(outbox_db, topics, name)
     grant(acl_admin, MTLS_USER, readme_acls(name, tps, ckpt))
     cfg = secure_config(tmp_path / "relay.conf", outbox_db, name, MTLS_BOOTSTRAP, mtls_props())
     conn = connect(outbox_db)
