@@ -380,8 +380,11 @@ static int message_error(struct read_state *rs, const rd_kafka_message_t *m)
 	    m->err == RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION ||
 	    m->err == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED ||
 	    m->err == RD_KAFKA_RESP_ERR__AUTHENTICATION) {
-		snprintf(rs->errbuf, rs->errlen, "could not read checkpoint topic \"%s\": %s",
-			 rs->cfg->checkpoint_topic, rd_kafka_message_errstr(m));
+		snprintf(rs->errbuf, rs->errlen, "could not read checkpoint topic \"%s\": %s%s",
+			 rs->cfg->checkpoint_topic, rd_kafka_message_errstr(m),
+			 m->err == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED
+				 ? " (the relay's Kafka principal needs Read on it)"
+				 : "");
 		return -1;
 	}
 	log_warning("reading checkpoint topic \"%s\": %s", rs->cfg->checkpoint_topic,

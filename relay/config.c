@@ -10,6 +10,7 @@
 
 #include "checkpoint.h"
 #include "config.h"
+#include "log.h"
 
 enum opt_type { OPT_INT, OPT_INT64, OPT_BOOL, OPT_STRING, OPT_CHOICE, OPT_STRLIST };
 
@@ -755,4 +756,16 @@ int config_reload(struct config *cfg, char *errbuf, size_t errlen)
 	}
 	config_free(fresh);
 	return 0;
+}
+
+void config_hide_secrets(const struct config *cfg)
+{
+	for (int i = 0; i < cfg->n_kafka_props; i++) {
+		const char *kv = cfg->kafka_props[i], *eq = strchr(kv, '=');
+		char name[128];
+
+		snprintf(name, sizeof(name), "%.*s", (int)(eq - kv), kv);
+		if (strstr(name, "password") || strstr(name, "secret"))
+			log_add_secret(eq + 1);
+	}
 }

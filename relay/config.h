@@ -91,6 +91,11 @@ struct config *config_load_string(const char *text, const char *name, char *errb
 
 void config_free(struct config *cfg);
 
+/* Register every secret of kafka.properties (names with "password" or
+ * "secret": sasl.password, ssl.key.password, ...) with log_add_secret, so
+ * that no log line shows one, whoever writes it. At start-up, once. */
+void config_hide_secrets(const struct config *cfg);
+
 /* Log the warnings the load found (cfg->warnings), once the logger has its
  * configured format. */
 void config_log_warnings(const struct config *cfg);

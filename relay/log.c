@@ -16,6 +16,43 @@ static _Atomic int cur_format = LOG_TEXT;
 
 static const char *const level_names[] = {"debug", "info", "warning", "error", "fatal"};
 
+/* Written at start-up only, before librdkafka's and libmicrohttpd's threads
+ * exist; read by every thread that logs. */
+static char *secrets[8];
+static size_t nsecrets;
+
+void log_add_secret(const char *secret)
+{
+	if (!secret || strlen(secret) < 4 || nsecrets == ARRAY_LEN(secrets))
+		return;
+	for (size_t i = 0; i < nsecrets; i++)
+		if (strcmp(secrets[i], secret) == 0)
+			return;
+	secrets[nsecrets++] = xstrdup(secret);
+}
+
+/* Replace every registered secret in msg (in place, within cap). */
+static void hide_secrets(char *msg, size_t cap)
+{
+	static const char mask[] = "(hidden)";
+
+	for (size_t i = 0; i < nsecrets; i++) {
+		size_t len = strlen(secrets[i]), mlen = sizeof(mask) - 1;
+		char *from = msg, *p;
+
+		/* after each replacement the search goes on behind the mask */
+		while ((p = strstr(from, secrets[i])) && (size_t)(p - msg) + mlen < cap) {
+			size_t tail = strlen(p + len) + 1;
+			if ((size_t)(p - msg) + mlen + tail > cap)
+				tail = cap - (size_t)(p - msg) - mlen;
+			memmove(p + mlen, p + len, tail);
+			memcpy(p, mask, mlen);
+			msg[cap - 1] = '\0';
+			from = p + mlen;
+		}
+	}
+}
+
 void log_setup(enum log_level level, enum log_format format)
 {
 	atomic_store(&cur_level, level);
@@ -76,6 +113,7 @@ void log_write(enum log_level level, const char *src, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
+	hide_secrets(msg, sizeof(msg));
 	/* Messages from libraries end with a newline of their own. */
 	n = strlen(msg);
 	while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))

@@ -23,6 +23,13 @@ void log_write(enum log_level level, const char *src, const char *fmt, ...) PRIN
 
 bool log_enabled(enum log_level level);
 
+/* Register a secret (a password from kafka.properties): from then on every
+ * occurrence of it in any log line is replaced by "(hidden)", whoever wrote
+ * the line (librdkafka's messages included). Call before any other thread
+ * logs; secrets shorter than 4 characters are not registered (hiding every
+ * "ab" of a message would hide more than it protects). */
+void log_add_secret(const char *secret);
+
 #define log_debug(...) log_write(LOG_DEBUG, "relay", __VA_ARGS__)
 #define log_info(...) log_write(LOG_INFO, "relay", __VA_ARGS__)
 #define log_warning(...) log_write(LOG_WARNING, "relay", __VA_ARGS__)

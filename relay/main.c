@@ -350,6 +350,7 @@ int main(int argc, char **argv)
 		return EXIT_STARTUP;
 	}
 	log_setup((enum log_level)cfg->log_level, (enum log_format)cfg->log_format);
+	config_hide_secrets(cfg);
 	config_log_warnings(cfg);
 	if (strcmp(cmd, "check") == 0)
 		ex = cmd_check(cfg);

@@ -307,6 +307,27 @@ struct outbox *outbox_connect(const struct config *cfg, int *status, char *errbu
 	return ob;
 }
 
+bool outbox_connect_refused(const char *errmsg)
+{
+	/* libpq reports these only as text (no SQLSTATE before a session) */
+	static const char *const refusals[] = {
+		"certificate verify failed",	     /* sslrootcert does not sign it */
+		"does not match host name",	     /* verify-full, wrong name */
+		"root certificate file",	     /* sslrootcert missing */
+		"server does not support SSL",	     /* sslmode=require and up */
+		"password authentication failed",
+		"no pg_hba.conf entry",
+		"pg_hba.conf rejects connection",
+		"sslv3 alert",			     /* the server refused our certificate */
+		"tlsv1 alert",
+	};
+
+	for (size_t i = 0; i < ARRAY_LEN(refusals); i++)
+		if (strstr(errmsg, refusals[i]))
+			return true;
+	return false;
+}
+
 void outbox_free(struct outbox *ob)
 {
 	if (!ob)

@@ -54,6 +54,14 @@ struct lease {
  * server says it is a hot standby. */
 struct outbox *outbox_connect(const struct config *cfg, int *status, char *errbuf,
 			      size_t errlen) MUSTCHECK;
+/* True when errmsg, from a failed outbox_connect, is the server or libpq
+ * refusing the connection for a reason that waiting does not cure: the
+ * server's certificate is not trusted or does not name the host, the root
+ * certificate file is missing, the password or pg_hba.conf refuses the
+ * login, the server has no TLS though sslmode asks for it. False for a
+ * server that is away, starting or shutting down. */
+bool outbox_connect_refused(const char *errmsg);
+
 void outbox_free(struct outbox *ob);
 /* The last error's text; borrowed until the next call. */
 const char *outbox_errstr(const struct outbox *ob);

@@ -2,6 +2,7 @@
  * errors onto what the relay must do: commit again, abort and re-send,
  * recreate and re-read the checkpoint, or stop. */
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,7 @@ struct topic_handle {
 	bool denied;        /* TOPIC_AUTHORIZATION_FAILED */
 	int64_t checked_ms; /* 0 = never */
 	int64_t max_bytes;  /* the topic's max.message.bytes; 0 = unknown */
+	bool configs_warned; /* said once that max.message.bytes is unknown */
 };
 
 struct publisher {
@@ -42,7 +44,7 @@ struct publisher {
 	int64_t txn_begin_ms;     /* when the current transaction began */
 	const struct batch *cur;  /* the current transaction's batch */
 	bool needs_recreate;
-	char errstr[512];
+	char errstr[1024];
 
 	/* The first failed delivery of the current transaction (dr callback,
 	 * served inside commit's flush on this thread). */
@@ -54,11 +56,22 @@ struct publisher {
 	 * request carries many rows, and the broker refuses it as a whole. */
 	int64_t *size_ids;
 	size_t nsize_ids, cap_size_ids;
+
+	/* Why the broker refused the connection itself (authentication, TLS),
+	 * from the error callback (served on the caller's thread by
+	 * rd_kafka_poll); "" when nothing such was seen. */
+	char refused[768];
+	/* The last failed verification of the broker's certificate chain, set
+	 * by the verify callback on librdkafka's broker thread: an OpenSSL
+	 * X509_V_ERR_* code (0: none) and the depth (0: the broker's own). */
+	_Atomic int x509_err;
+	_Atomic int x509_depth;
 };
 
 const char *pub_status_str(enum pub_status st)
 {
-	static const char *const names[] = {"ok", "resend", "unknown", "fenced", "poison", "fatal"};
+	static const char *const names[] = {"ok",     "resend", "unknown", "fenced",
+					    "poison", "fatal",  "refused"};
 	return names[st];
 }
 
@@ -83,6 +96,113 @@ static void kafka_reader_log_cb(const rd_kafka_t *rk, int level, const char *fac
 	if (strcmp(fac, "CONFWARN") == 0 && strstr(buf, "producer property"))
 		level = 7;
 	kafka_log_cb(rk, level, fac, buf);
+}
+
+/* OpenSSL's X509_V_ERR_* codes that a misconfigured TLS setup gives, in
+ * OpenSSL's words (the relay does not link libcrypto for
+ * X509_verify_cert_error_string). */
+static const char *x509_err_str(int err)
+{
+	switch (err) {
+	case 9:
+		return "certificate is not yet valid";
+	case 10:
+		return "certificate has expired";
+	case 18:
+		return "self-signed certificate";
+	case 19:
+		return "self-signed certificate in certificate chain";
+	case 20:
+		return "unable to get local issuer certificate";
+	case 21:
+		return "unable to verify the first certificate";
+	case 23:
+		return "certificate revoked";
+	case 62:
+		return "hostname mismatch";
+	case 64:
+		return "IP address mismatch";
+	}
+	return "certificate verification failed";
+}
+
+/* Keeps OpenSSL's verdict on each certificate of the broker's chain
+ * (librdkafka takes the callback's answer instead of OpenSSL's, so an error
+ * must be answered 0), and remembers a failure so that the start-up error
+ * can say what was wrong with which certificate. librdkafka's broker thread. */
+static int ssl_verify_cb(rd_kafka_t *rk, const char *broker_name, int32_t broker_id,
+			 int *x509_error, int depth, const char *buf, size_t size, char *errstr,
+			 size_t errstr_size, void *opaque)
+{
+	struct publisher *pub = opaque;
+
+	(void)rk;
+	(void)broker_id;
+	(void)buf;
+	(void)size;
+	if (*x509_error == 0)
+		return 1;
+	atomic_store(&pub->x509_depth, depth);
+	atomic_store(&pub->x509_err, *x509_error);
+	snprintf(errstr, errstr_size, "%s certificate of %s: %s (X509 error %d)",
+		 depth == 0 ? "the broker's" : "a CA", broker_name, x509_err_str(*x509_error),
+		 *x509_error);
+	return 0;
+}
+
+/* Errors the broker answers a connection with, as opposed to a broker that
+ * is away: the credentials (SASL) or TLS (the broker's certificate, or the
+ * broker refusing ours). Remembered for publisher_init, which is where the
+ * relay first needs the broker; librdkafka keeps retrying meanwhile. */
+static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+	struct publisher *pub = opaque;
+	const char *mech = "";
+	char hint[384] = "";
+	int x509 = atomic_load(&pub->x509_err);
+
+	(void)rk;
+	for (int i = 0; i < pub->cfg->n_kafka_props; i++)
+		if (strncmp(pub->cfg->kafka_props[i], "sasl.mechanism=", 15) == 0 ||
+		    strncmp(pub->cfg->kafka_props[i], "sasl.mechanisms=", 16) == 0)
+			mech = strchr(pub->cfg->kafka_props[i], '=') + 1;
+	if (err == RD_KAFKA_RESP_ERR__AUTHENTICATION) {
+		snprintf(hint, sizeof(hint),
+			 "check sasl.username and sasl.password (OUTBOX_KAFKA_SASL_USERNAME, "
+			 "OUTBOX_KAFKA_SASL_PASSWORD) and sasl.mechanism");
+		/* librdkafka before 2.6.1 sends a SCRAM proof that Kafka 4
+		 * brokers refuse as invalid credentials, whatever the password */
+		if (strncmp(mech, "SCRAM", 5) == 0 && rd_kafka_version() < 0x020601ff)
+			snprintf(hint, sizeof(hint),
+				 "check sasl.username and sasl.password; note that librdkafka %s "
+				 "computes SCRAM proofs that Kafka 4.0 and later brokers refuse "
+				 "(fixed in librdkafka 2.6.1): with such brokers use a newer "
+				 "librdkafka, SASL PLAIN over TLS, or client certificates",
+				 rd_kafka_version_str());
+		snprintf(pub->refused, sizeof(pub->refused), "authentication failed: %s (%s)",
+			 reason, hint);
+	} else if (err == RD_KAFKA_RESP_ERR__SSL && x509) {
+		snprintf(pub->refused, sizeof(pub->refused),
+			 "the broker's certificate was not accepted (%s, %s): %s (check "
+			 "kafka.properties ssl.ca.location: it must name the CA that signed the "
+			 "broker's certificate)",
+			 x509_err_str(x509),
+			 atomic_load(&pub->x509_depth) == 0 ? "its own certificate" : "a CA of its chain",
+			 reason);
+	} else if (err == RD_KAFKA_RESP_ERR__SSL) {
+		snprintf(pub->refused, sizeof(pub->refused), "TLS handshake failed: %s", reason);
+	} else if (strstr(reason, "SSL alert number")) {
+		/* The broker ended the handshake with an alert: with TLS 1.3 it
+		 * judges the client's certificate after the client finished,
+		 * so this arrives as a failed receive (Kafka answers an expired
+		 * or unknown certificate alike: "certificate unknown"). */
+		snprintf(pub->refused, sizeof(pub->refused),
+			 "the broker refused the TLS connection: %s (check kafka.properties "
+			 "ssl.certificate.location and ssl.key.location: the client certificate "
+			 "may have expired, be not yet valid, or be signed by a CA the broker "
+			 "does not trust)",
+			 reason);
+	}
 }
 
 /* librdkafka's own error text may quote the refused value ("Invalid value
@@ -243,6 +363,11 @@ struct publisher *publisher_new(const struct config *cfg, char *errbuf, size_t e
 	    conf_set(conf, "partitioner", "murmur2_random", errbuf, errlen) < 0)
 		goto fail;
 	rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);
+	rd_kafka_conf_set_error_cb(conf, error_cb);
+	if (rd_kafka_conf_set_ssl_cert_verify_cb(conf, ssl_verify_cb) != RD_KAFKA_CONF_OK) {
+		snprintf(errbuf, errlen, "could not set the TLS verification callback");
+		goto fail;
+	}
 	rd_kafka_conf_set_opaque(conf, pub);
 
 	pub->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, rderr, sizeof(rderr));
@@ -286,6 +411,13 @@ static void set_err(struct publisher *pub, const char *what, const rd_kafka_erro
 		 rd_kafka_error_name(error));
 }
 
+static bool is_authorization(rd_kafka_resp_err_t err)
+{
+	return err == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED ||
+	       err == RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED ||
+	       err == RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED;
+}
+
 static bool is_fencing(rd_kafka_resp_err_t err)
 {
 	return err == RD_KAFKA_RESP_ERR__FENCED || err == RD_KAFKA_RESP_ERR_PRODUCER_FENCED ||
@@ -304,18 +436,65 @@ static enum pub_status fatal_status(struct publisher *pub)
 	return is_fencing(err) ? PUB_FENCED : PUB_FATAL;
 }
 
+/* What to grant when the broker refuses a request for want of an ACL
+ * (deploy/README.md, "Kafka security"); "" for other errors. */
+const char *publisher_acl_hint(const struct config *cfg, rd_kafka_resp_err_t err, char *buf,
+			       size_t len)
+{
+	switch (err) {
+	case RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
+		snprintf(buf, len,
+			 ": the relay's Kafka principal needs Write on transactional id \"%s\" "
+			 "(the relay name)",
+			 cfg->relay_name);
+		break;
+	case RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED:
+		snprintf(buf, len,
+			 ": the broker asks for IdempotentWrite on the cluster (older brokers do, "
+			 "for a transactional producer)");
+		break;
+	case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+		snprintf(buf, len,
+			 ": the relay's Kafka principal needs Write on every outbox topic of the "
+			 "batch, Read and Write on checkpoint topic \"%s\"%s%s%s",
+			 cfg->checkpoint_topic, cfg->dead_letter_topic[0] ? ", Write on dead-letter topic \"" : "",
+			 cfg->dead_letter_topic, cfg->dead_letter_topic[0] ? "\"" : "");
+		break;
+	default:
+		buf[0] = '\0';
+	}
+	return buf;
+}
+
 enum pub_status publisher_init(struct publisher *pub, int timeout_ms)
 {
-	rd_kafka_error_t *error = rd_kafka_init_transactions(pub->rk, timeout_ms);
+	rd_kafka_error_t *error;
 	enum pub_status st;
+	char hint[512];
 
+	rd_kafka_poll(pub->rk, 0); /* errors of earlier attempts */
+	pub->refused[0] = '\0';
+	error = rd_kafka_init_transactions(pub->rk, timeout_ms);
 	if (!error)
 		return PUB_OK;
 	set_err(pub, "could not initialize transactions", error);
-	if (rd_kafka_error_is_fatal(error))
+	if (rd_kafka_error_is_fatal(error)) {
 		st = is_fencing(rd_kafka_error_code(error)) ? PUB_FENCED : fatal_status(pub);
-	else
+		size_t n = strlen(pub->errstr);
+
+		publisher_acl_hint(pub->cfg, rd_kafka_error_code(error), hint, sizeof(hint));
+		snprintf(pub->errstr + n, sizeof(pub->errstr) - n, "%s", hint);
+	} else {
 		st = PUB_UNKNOWN; /* timed out or retriable: init again later */
+		/* the error callback says whether the broker refused us */
+		rd_kafka_poll(pub->rk, 0);
+		if (pub->refused[0]) {
+			snprintf(pub->errstr, sizeof(pub->errstr),
+				 "could not connect to Kafka at %.200s: %s", pub->cfg->kafka_bootstrap,
+				 pub->refused);
+			st = PUB_REFUSED;
+		}
+	}
 	rd_kafka_error_destroy(error);
 	return st;
 }
@@ -365,8 +544,10 @@ static rd_kafka_resp_err_t metadata_wait(struct publisher *pub, rd_kafka_topic_t
 }
 
 /* The topic's max.message.bytes, or 0 when the broker will not say before
- * deadline_ms. */
-static int64_t topic_max_bytes(struct publisher *pub, const char *name, int64_t deadline_ms)
+ * deadline_ms; *refusal gets the broker's error for the topic, if any
+ * (TOPIC_AUTHORIZATION_FAILED without DescribeConfigs). */
+static int64_t topic_max_bytes(struct publisher *pub, const char *name, int64_t deadline_ms,
+			       rd_kafka_resp_err_t *refusal)
 {
 	rd_kafka_ConfigResource_t *res = rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_TOPIC, name);
 	rd_kafka_queue_t *q = rd_kafka_queue_new(pub->rk);
@@ -393,6 +574,10 @@ static int64_t topic_max_bytes(struct publisher *pub, const char *name, int64_t 
 		const rd_kafka_ConfigResource_t **rs = rd_kafka_DescribeConfigs_result_resources(
 			rd_kafka_event_DescribeConfigs_result(ev), &nres);
 		for (size_t i = 0; i < nres; i++) {
+			if (rd_kafka_ConfigResource_error(rs[i])) {
+				*refusal = rd_kafka_ConfigResource_error(rs[i]);
+				continue;
+			}
 			const rd_kafka_ConfigEntry_t **ce = rd_kafka_ConfigResource_configs(rs[i], &ncfg);
 			for (size_t k = 0; k < ncfg; k++)
 				if (strcmp(rd_kafka_ConfigEntry_name(ce[k]), "max.message.bytes") == 0 &&
@@ -461,7 +646,23 @@ static int topic_refresh(struct publisher *pub, struct topic_handle *th, int64_t
 		return -1;
 	}
 	th->checked_ms = now_ms();
-	th->max_bytes = topic_max_bytes(pub, th->name, deadline_ms);
+	{
+		rd_kafka_resp_err_t refusal = RD_KAFKA_RESP_ERR_NO_ERROR;
+
+		th->max_bytes = topic_max_bytes(pub, th->name, deadline_ms, &refusal);
+		if (refusal && !th->configs_warned) {
+			/* Not fatal: the broker still refuses an oversized
+			 * row, only later, in the commit (size_culprit). */
+			log_warning("could not read max.message.bytes of topic \"%s\": %s%s; a row "
+				    "too large for the topic is found by the failed transaction "
+				    "instead of before it",
+				    th->name, rd_kafka_err2str(refusal),
+				    refusal == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED
+					    ? " (the relay's Kafka principal needs DescribeConfigs on the topic)"
+					    : "");
+			th->configs_warned = true;
+		}
+	}
 	return 0;
 }
 
@@ -729,7 +930,7 @@ static enum pub_status txn_fatal_status(struct publisher *pub)
 	pub->needs_recreate = true;
 	if (!pub->txn_begin_ms || age < pub->cfg->transaction_timeout_ms)
 		return st;
-	snprintf(cause, sizeof(cause), "%s", pub->errstr);
+	snprintf(cause, sizeof(cause), "%.500s", pub->errstr);
 	snprintf(pub->errstr, sizeof(pub->errstr),
 		 "the transaction was open %" PRId64 " ms, longer than transaction.timeout.ms (%d): "
 		 "the broker has aborted it and fenced this producer's epoch (%.300s)",
@@ -1049,10 +1250,35 @@ static enum pub_status commit(struct publisher *pub)
 			return txn_fatal_status(pub);
 		}
 		if (rd_kafka_error_txn_requires_abort(error)) {
+			rd_kafka_resp_err_t cause = rd_kafka_error_code(error);
+			char why[1024];
+
+			snprintf(why, sizeof(why), "%s", pub->errstr);
 			rd_kafka_error_destroy(error);
 			st = abort_txn(pub, PUB_RESEND);
 			/* The failed records' delivery reports say why. */
 			rd_kafka_poll(pub->rk, 0);
+			if (st == PUB_RESEND && is_authorization(cause) && !pub->dr_err) {
+				char hint[512];
+
+				snprintf(pub->errstr, sizeof(pub->errstr), "%.600s%s", why,
+					 publisher_acl_hint(pub->cfg, cause, hint, sizeof(hint)));
+				return PUB_RESEND;
+			}
+			if (st != PUB_RESEND && is_authorization(cause)) {
+				/* A partition refused to the transaction for want of
+				 * an ACL: librdkafka 2.0.2 then fails the abort too
+				 * (INVALID_TXN_STATE, fatal), which says nothing of
+				 * the cause. Nothing of the transaction can have
+				 * committed; a new producer settles it and the batch
+				 * is sent again, until the ACL is there. */
+				char hint[512];
+
+				snprintf(pub->errstr, sizeof(pub->errstr), "%.600s%s", why,
+					 publisher_acl_hint(pub->cfg, cause, hint, sizeof(hint)));
+				pub->needs_recreate = true;
+				return PUB_UNKNOWN;
+			}
 			if (st != PUB_RESEND || !pub->dr_err)
 				return st;
 			switch (err_class(pub->dr_err)) {

@@ -31,6 +31,10 @@ enum pub_status {
 	PUB_FATAL,   /* any other fatal producer error, or an error no row is
 		      * to blame for and no retry can cure (INVALID_REQUIRED_ACKS,
 		      * CLUSTER_AUTHORIZATION_FAILED, ...): stop */
+	PUB_REFUSED, /* publisher_init only: the broker refused the connection
+		      * (SASL authentication, the broker's certificate, or our
+		      * client certificate); librdkafka keeps trying, so it may
+		      * pass once the broker or the credentials change */
 };
 
 const char *pub_status_str(enum pub_status st);
@@ -59,7 +63,10 @@ void publisher_set_waiter(struct publisher *pub, const struct waiter *w);
 /* rd_kafka_init_transactions: fences older producers with our
  * transactional.id and settles their open transaction. PUB_OK, PUB_UNKNOWN
  * (timed out or retriable: call again, which resumes the same
- * initialization), PUB_FENCED or PUB_FATAL. Waits at most timeout_ms. */
+ * initialization), PUB_REFUSED (timed out, and the broker refused the
+ * connection: publisher_errstr says why), PUB_FENCED or PUB_FATAL (with
+ * the ACL to grant when the broker said which was missing). Waits at most
+ * timeout_ms. */
 enum pub_status publisher_init(struct publisher *pub, int timeout_ms) MUSTCHECK;
 
 /* One transaction: every record of b (those with a dead_reason to the
@@ -137,6 +144,12 @@ enum pub_check publisher_check(struct publisher *pub, const struct batch *b, siz
  * destroyed and a new one created before the next transaction, so that a
  * delayed EndTxn cannot land on a later transaction (KAFKA-17754). */
 bool publisher_needs_recreate(const struct publisher *pub);
+
+/* ": <what to grant>" when err is an authorization error
+ * (TRANSACTIONAL_ID_, TOPIC_, CLUSTER_AUTHORIZATION_FAILED), else "": in buf,
+ * which is returned. */
+const char *publisher_acl_hint(const struct config *cfg, rd_kafka_resp_err_t err, char *buf,
+			       size_t len);
 
 /* Last error text (after anything but PUB_OK). Borrowed. */
 const char *publisher_errstr(const struct publisher *pub);

@@ -76,6 +76,8 @@ struct relay {
 	int failed_attempts;   /* of the current batch, in a row */
 	bool producer_started;
 	bool topics_checked;   /* the broker has judged the topics.* settings */
+	bool kafka_ever_ok;    /* a producer of this process initialized */
+	bool db_ever_ok;       /* this process connected to PostgreSQL */
 };
 
 /*
@@ -181,8 +183,9 @@ static void make_owner(struct relay *r)
 }
 
 /* (Re)connect until it works: STEP_OK; STEP_EXIT on a stop request, or
- * with EXIT_STARTUP when no retry can help (a pooler in front of a relay
- * configured for a direct connection). */
+ * with EXIT_STARTUP when no retry can help: a pooler in front of a relay
+ * configured for a direct connection, or at start-up a server that refuses
+ * the connection (TLS, credentials). */
 static enum step db_connect(struct relay *r)
 {
 	char err[1024];
@@ -193,8 +196,18 @@ static enum step db_connect(struct relay *r)
 		outbox_free(r->ob);
 		r->ob = outbox_connect(r->cfg, &st, err, sizeof(err));
 		r->awake = false; /* a new session holds no lock */
+		if (!r->ob && !r->db_ever_ok && outbox_connect_refused(err)) {
+			/* At start-up a refusal is a configuration error (TLS,
+			 * credentials); once connected, the same refusal
+			 * (a certificate renewed on the server first) is waited
+			 * out like a server that is away. */
+			log_error("%s", err);
+			metrics_set_error("%s", err);
+			return step_exit(r, EXIT_STARTUP);
+		}
 		if (r->ob && (!r->cfg->notify || outbox_listen(r->ob) == OB_OK)) {
 			r->backoff_ms = 0;
+			r->db_ever_ok = true;
 			metrics_lock()->db_ok = true;
 			metrics_unlock();
 			return STEP_OK;
@@ -536,11 +549,19 @@ static enum step producer_start(struct relay *r)
 		st = publisher_init(r->pub, init_ms);
 		if (st == PUB_OK) {
 			r->backoff_ms = 0;
+			r->kafka_ever_ok = true;
 			metrics_lock()->kafka_ok = true;
 			metrics_unlock();
 			break;
 		}
-		log_warning("%s", publisher_errstr(r->pub));
+		/* A broker that refuses our credentials or TLS at start-up is a
+		 * configuration error; later (a password rotated on the broker
+		 * side first, a certificate about to be replaced) it is waited
+		 * out like a broker that is away. */
+		if (st == PUB_FATAL || (st == PUB_REFUSED && !r->kafka_ever_ok))
+			log_error("%s", publisher_errstr(r->pub));
+		else
+			log_warning("%s", publisher_errstr(r->pub));
 		{
 			struct metrics *m = metrics_lock();
 			m->kafka_ok = false;
@@ -554,7 +575,7 @@ static enum step producer_start(struct relay *r)
 			log_error("producer fenced while initializing: another relay took over");
 			return step_exit(r, EXIT_FENCED);
 		}
-		if (st == PUB_FATAL)
+		if (st == PUB_FATAL || (st == PUB_REFUSED && !r->kafka_ever_ok))
 			return step_exit(r, EXIT_STARTUP);
 		if (check_lease(r) == STEP_EXIT)
 			return STEP_EXIT;

@@ -227,6 +227,18 @@ int topics_ensure(rd_kafka_t *rk, const char *topic, int rf, bool compact, const
 		return 0;
 	case TOPIC_EXISTS:
 		return 0;
+	case TOPIC_REFUSED:
+		/* Without Describe (or Read, Write) a topic is not in the
+		 * metadata, so an existing one looks missing too. */
+		if (strstr(errbuf, "AUTHORIZATION_FAILED")) {
+			size_t n = strlen(errbuf);
+
+			snprintf(errbuf + n, errlen - n, "%s",
+				 ": the relay's Kafka principal may not see it or create it; create "
+				 "the topic beforehand and grant the relay's ACLs on it (Write; Read "
+				 "too for the checkpoint topic), or grant Create on it");
+		}
+		return -1;
 	default:
 		return -1;
 	}

@@ -9,11 +9,14 @@ set -euo pipefail
 # prometheus: promtool, and the server the dashboard test runs (tests/deploy).
 # pgbouncer: the pooler deploy/local/up starts in front of PostgreSQL (its own processes,
 # never the system service).
+# openjdk-17-jdk-headless: runs deploy/local/kafka/SecurityAdmin.java as a
+# single source file (SCRAM credentials, ACLs); openssl: the local CA and
+# certificates (deploy/local/tls).
 packages=(
 	build-essential cmake pkg-config git ca-certificates curl procps iproute2 dpkg-dev
 	libpq-dev librdkafka-dev libconfig-dev libmicrohttpd-dev libcmocka-dev
 	postgresql-15 postgresql-contrib postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl
-	openjdk-17-jre-headless maven kcat valgrind prometheus systemd python3-venv pgbouncer
+	openjdk-17-jre-headless openjdk-17-jdk-headless openssl maven kcat valgrind prometheus systemd python3-venv pgbouncer
 	python3 python3-pytest python3-psycopg2 python3-confluent-kafka
 )
 

@@ -13,6 +13,12 @@ KAFKA_PORT=${OUTBOX_KAFKA_PORT:-19092}
 KAFKA_CONTROLLER_PORT=${OUTBOX_KAFKA_CONTROLLER_PORT:-19093}
 KAFKA_PROXIED_PORT=${OUTBOX_KAFKA_PROXIED_PORT:-19094}
 KAFKA_PROXY_PORT=${OUTBOX_KAFKA_PROXY_PORT:-19095}
+# The broker's secured listeners (tests/e2e/test_security.py): SASL_SSL with
+# SCRAM-SHA-512, and SSL with client certificates (mTLS). Derived from the
+# PLAINTEXT port like the others, so two environments whose PLAINTEXT ports
+# are apart by 6 or more never share a port.
+KAFKA_SASL_PORT=${OUTBOX_KAFKA_SASL_PORT:-$((KAFKA_PORT + 4))}
+KAFKA_MTLS_PORT=${OUTBOX_KAFKA_MTLS_PORT:-$((KAFKA_PORT + 5))}
 KAFKA_HEAP=${OUTBOX_KAFKA_HEAP:-512m}
 # Two PgBouncer processes in front of PostgreSQL, one per pool mode. The
 # offsets keep environments whose PostgreSQL ports lie side by side (55432,
@@ -35,6 +41,10 @@ PGBOUNCER_BIN=/usr/sbin/pgbouncer
 PGBOUNCER_DIR="$STATE/pgbouncer"
 PGBOUNCER_MODES="session transaction"
 KAFKA_PIDFILE="$STATE/kafka.pid"
+# Certificates and keys made by deploy/local/tls; the user the tests log in
+# as on the SASL_SSL listener (its password: $TLS_DIR/kafka-password).
+TLS_DIR="$STATE/tls"
+KAFKA_SASL_USER=outbox-relay
 # Debian's python3, which has the Debian-packaged confluent_kafka and psycopg2
 # (a python3 earlier on PATH, e.g. from pyenv, may have neither).
 PY=/usr/bin/python3
