@@ -544,8 +544,8 @@ static rd_kafka_resp_err_t metadata_wait(struct publisher *pub, rd_kafka_topic_t
 }
 
 /* The topic's max.message.bytes, or 0 when the broker will not say before
- * deadline_ms; *refusal gets the broker's error for the topic, if any
- * (TOPIC_AUTHORIZATION_FAILED without DescribeConfigs). */
+ * deadline_ms; *refusal (unless refusal is NULL) gets the broker's error
+ * for the topic, if any (TOPIC_AUTHORIZATION_FAILED without DescribeConfigs). */
 static int64_t topic_max_bytes(struct publisher *pub, const char *name, int64_t deadline_ms,
 			       rd_kafka_resp_err_t *refusal)
 {
@@ -575,7 +575,8 @@ static int64_t topic_max_bytes(struct publisher *pub, const char *name, int64_t 
 			rd_kafka_event_DescribeConfigs_result(ev), &nres);
 		for (size_t i = 0; i < nres; i++) {
 			if (rd_kafka_ConfigResource_error(rs[i])) {
-				*refusal = rd_kafka_ConfigResource_error(rs[i]);
+				if (refusal)
+					*refusal = rd_kafka_ConfigResource_error(rs[i]);
 				continue;
 			}
 			const rd_kafka_ConfigEntry_t **ce = rd_kafka_ConfigResource_configs(rs[i], &ncfg);
@@ -765,7 +766,7 @@ static enum pub_check topic_create(struct publisher *pub, struct topic_handle *t
 	th->exists = true;
 	th->denied = false;
 	th->checked_ms = now_ms();
-	th->max_bytes = topic_max_bytes(pub, th->name, deadline_ms);
+	th->max_bytes = topic_max_bytes(pub, th->name, deadline_ms, NULL);
 	return CHECK_OK;
 }
 
