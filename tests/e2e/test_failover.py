@@ -4,6 +4,7 @@ target_session_attrs=read-write, the primary stopped with -m immediate and
 the standby promoted. The env's main cluster is not touched: the pair lives
 in a throwaway state directory on ports of its own."""
 import collections
+import getpass
 import json
 import os
 import re
@@ -27,9 +28,11 @@ PG_BIN = "/usr/lib/postgresql/15/bin"
 STANDBY = ROOT / "deploy/local/standby"
 
 
-def as_postgres(*cmd):
-    return subprocess.run(["runuser", "-u", "postgres", "--", *map(str, cmd)], check=True,
-                          capture_output=True, text=True, timeout=120)
+def as_postgres(*cmd, check=True):
+    """Run cmd as the postgres user, as deploy/local/env.sh does."""
+    su = [] if getpass.getuser() == "postgres" else ["runuser", "-u", "postgres", "--"]
+    return subprocess.run([*su, *map(str, cmd)], check=check, capture_output=True, text=True,
+                          timeout=120)
 
 
 def free_port():
@@ -81,8 +84,7 @@ class Pair:
                               text=True, timeout=120).stdout
 
     def stop(self, data, mode="immediate"):
-        subprocess.run(["runuser", "-u", "postgres", "--", f"{PG_BIN}/pg_ctl", "-D", str(data),
-                        "-m", mode, "-w", "stop"], capture_output=True)
+        as_postgres(f"{PG_BIN}/pg_ctl", "-D", data, "-m", mode, "-w", "stop", check=False)
 
     def destroy(self):
         self.stop(self.standby)
@@ -119,11 +121,14 @@ class Writer(threading.Thread):
     conninfo, reconnecting after errors. Each attempt takes new row numbers.
     A transaction whose COMMIT succeeded is acknowledged; one whose COMMIT
     failed (the server died under it) is in doubt: it may or may not have
-    committed, but all or nothing."""
+    committed, but all or nothing. Keys are the writer's own ("w<first>-k.."):
+    transactions of two writers overlap, and overlapping transactions may be
+    published in either order (README, "Ordering")."""
 
     def __init__(self, conninfo, topics, first, per_txn=10):
         super().__init__(daemon=True)
         self.conninfo, self.topics, self.per_txn = conninfo, topics, per_txn
+        self.first = first
         self.next = first
         self.acked, self.in_doubt, self.errors = [], [], 0
         self.halt = threading.Event()
@@ -142,11 +147,12 @@ class Writer(threading.Thread):
                     arr = "{" + ",".join(self.topics) + "}"
                     cur.execute(
                         """INSERT INTO outbox.event(topic, key, payload, headers)
-                           SELECT (%s::text[])[1 + n %% %s], convert_to('k' || (n %% 16), 'UTF8'),
+                           SELECT (%s::text[])[1 + n %% %s],
+                                  convert_to(%s || (n %% 16), 'UTF8'),
                                   convert_to('row-' || n, 'UTF8'),
                                   jsonb_build_object('n', n::text, 'src', 'e2e')
                            FROM generate_series(%s, %s) AS n ORDER BY n""",
-                        (arr, len(self.topics), lo, lo + self.per_txn - 1))
+                        (arr, len(self.topics), f"w{self.first}-k", lo, lo + self.per_txn - 1))
                     committing = True
                     cur.execute("COMMIT")
                 self.acked.append(range(lo, lo + self.per_txn))
@@ -180,12 +186,12 @@ def check_failover(msgs, writers):
 
 
 def takeover_time(text, stopped_at):
-    """Unix time of the relay's first advance after its first database error
-    at or after stopped_at: its first batch on the new primary."""
+    """Unix time of the relay's first advance after its first warning (the
+    lost connection) at or after stopped_at: its first batch on the new
+    primary."""
     lines = text.splitlines()
     for i, line in enumerate(lines):
-        if log_time(line, r"^warning relay: .*(server closed|terminating|connection)",
-                    after=stopped_at - 0.001):
+        if log_time(line, r"^warning ", after=stopped_at - 0.001):
             for later in lines[i + 1:]:
                 t = log_time(later, r"advanced to batch")
                 if t is not None:
