@@ -621,7 +621,15 @@ int outbox_position_get(struct outbox *ob, struct position *pos)
 	return OB_OK;
 }
 
-int outbox_window_open(struct outbox *ob, char **next)
+/* The xmax of a pg_snapshot text ("xmin:xmax:xip,..."). */
+static unsigned long long snapshot_xmax(const char *snap)
+{
+	const char *colon = strchr(snap, ':');
+
+	return colon ? strtoull(colon + 1, NULL, 10) : 0;
+}
+
+int outbox_window_open(struct outbox *ob, const char *done, char **next)
 {
 	const char *p[1] = {ob->cfg->relay_name};
 	PGresult *res;
@@ -629,6 +637,17 @@ int outbox_window_open(struct outbox *ob, char **next)
 
 	if (rc != OB_OK)
 		return rc;
+	if (snapshot_xmax(PQgetvalue(res, 0, 0)) < snapshot_xmax(done)) {
+		snprintf(ob->errstr, sizeof(ob->errstr),
+			 "transaction ids went backwards: the database's current snapshot %s is "
+			 "behind the relay's position %s; this database lost commits the relay "
+			 "saw (a failover to a replica that missed them, or a restore), and Kafka "
+			 "may hold events it no longer has. Stopping; follow \"OR003: transaction "
+			 "ids behind the position\" in docs/sql.md",
+			 PQgetvalue(res, 0, 0), done);
+		PQclear(res);
+		return OB_REGRESSION;
+	}
 	*next = xstrdup(PQgetvalue(res, 0, 0));
 	PQclear(res);
 	return OB_OK;

@@ -77,8 +77,12 @@ int outbox_lease_renew(struct outbox *ob, int64_t generation, bool *held) MUSTCH
 int outbox_lease_release(struct outbox *ob, int64_t generation) MUSTCHECK;
 /* The stored position; pos->generation is the lease generation. */
 int outbox_position_get(struct outbox *ob, struct position *pos) MUSTCHECK;
-/* A new window's upper snapshot (pg_current_snapshot()); malloc'd. */
-int outbox_window_open(struct outbox *ob, char **next) MUSTCHECK;
+/* A new window's upper snapshot (pg_current_snapshot()); malloc'd. The
+ * window starts at `done`, the relay's own position, which may be ahead of
+ * the stored one (after a failover to a replica that missed the last
+ * advances): an end below it is OB_REGRESSION, as OR003 is for the stored
+ * position, instead of a window that would end before it starts. */
+int outbox_window_open(struct outbox *ob, const char *done, char **next) MUSTCHECK;
 /* Append the next page of pos's window (pos->next must be set) to b: at
  * most max_rows rows, cut at max_bytes (the first row always comes). *nrows
  * is the number appended; 0 means the window is exhausted. */

@@ -40,6 +40,9 @@ struct relay {
 	int64_t generation;
 	int64_t last_renew_ms;
 	int backoff_ms;
+	/* The highest batch the database confirmed (reconcile, advance): a
+	 * database that later stores less lost committed work (db_connect). */
+	int64_t db_confirmed_seq;
 
 	/* The last committed position: in Kafka's checkpoint and, once
 	 * advanced, in the database. Window moves with no rows in them are
@@ -182,6 +185,30 @@ static void make_owner(struct relay *r)
 		 r->cfg->owner[0] ? "@" : "", host, (int)getpid(), rand() & 0xffff);
 }
 
+/* After a reconnect: true (and logged) when the database stores an older
+ * batch than it had confirmed: it lost committed transactions (a failover to
+ * a replica that missed them, a restore). Its transaction ids may count again
+ * below the relay's position, so windows would skip new rows; the relay must
+ * stop. Any error reading the position is left to the next call. */
+static bool db_rewound(struct relay *r)
+{
+	struct position db = {0};
+	bool rewound;
+
+	if (r->db_confirmed_seq == 0 || outbox_position_get(r->ob, &db) != OB_OK)
+		return false;
+	rewound = db.batch_seq < r->db_confirmed_seq;
+	if (rewound)
+		log_error("the database lost committed work: it stores batch %" PRId64 " but had "
+			  "confirmed batch %" PRId64 " before the connection was lost (a failover "
+			  "to a replica that missed commits, or a restore); Kafka may hold events "
+			  "it no longer has, and its transaction ids may be reused. Stopping; "
+			  "follow \"OR003: transaction ids behind the position\" in docs/sql.md",
+			  db.batch_seq, r->db_confirmed_seq);
+	position_clear(&db);
+	return rewound;
+}
+
 /* (Re)connect until it works: STEP_OK; STEP_EXIT on a stop request, or
  * with EXIT_STARTUP when no retry can help: a pooler in front of a relay
  * configured for a direct connection, or at start-up a server that refuses
@@ -210,7 +237,7 @@ static enum step db_connect(struct relay *r)
 			r->db_ever_ok = true;
 			metrics_lock()->db_ok = true;
 			metrics_unlock();
-			return STEP_OK;
+			return db_rewound(r) ? step_exit(r, EXIT_POSITION) : STEP_OK;
 		}
 		if (!r->ob && st == OB_FAILED) {
 			log_error("%s", err);
@@ -439,6 +466,8 @@ static enum step db_advance(struct relay *r, const struct position *pos)
 				return STEP_EXIT;
 		}
 	}
+	if (pos->batch_seq > r->db_confirmed_seq)
+		r->db_confirmed_seq = pos->batch_seq;
 	log_debug("advanced to batch %" PRId64 " (after_id %" PRId64 "), deleted %" PRId64 " rows",
 		  pos->batch_seq, pos->after_id, deleted);
 	return STEP_OK;
@@ -664,6 +693,8 @@ static enum step reconcile(struct relay *r)
 	}
 	s = STEP_OK;
 	r->pos.generation = r->generation;
+	if (r->pos.batch_seq > r->db_confirmed_seq)
+		r->db_confirmed_seq = r->pos.batch_seq;
 	log_info("position: batch %" PRId64 ", done %s, next %s, after_id %" PRId64,
 		 r->pos.batch_seq, r->pos.done, r->pos.next ? r->pos.next : "-", r->pos.after_id);
 out:
@@ -692,7 +723,7 @@ static int read_pages(struct relay *r, struct batch *b, struct position *work, i
 			*full = true;
 			return OB_OK;
 		}
-		if (!work->next && (st = outbox_window_open(r->ob, &work->next)) != OB_OK)
+		if (!work->next && (st = outbox_window_open(r->ob, work->done, &work->next)) != OB_OK)
 			return st;
 		if ((st = outbox_fetch_page(r->ob, work, rows_left, bytes_left, b, &n)) != OB_OK)
 			return st;
