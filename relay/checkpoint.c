@@ -102,8 +102,13 @@ char *checkpoint_encode(const struct position *pos)
 	size_t len = strlen(pos->done) + strlen(next) + 128;
 	char *buf = xmalloc(len);
 
-	snprintf(buf, len, "v1 seq=%" PRId64 " gen=%" PRId64 " after=%" PRId64 " done=%s next=%s",
-		 pos->batch_seq, pos->generation, pos->after_id, pos->done, next);
+	int n = snprintf(buf, len, "v1 seq=%" PRId64 " gen=%" PRId64 " after=%" PRId64
+			 " done=%s next=%s",
+			 pos->batch_seq, pos->generation, pos->after_id, pos->done, next);
+
+	if (pos->has_digest)
+		snprintf(buf + n, len - (size_t)n, " rows=%" PRId64 " ids=%" PRId64, pos->batch_rows,
+			 pos->batch_idsum);
 	return buf;
 }
 
@@ -143,6 +148,7 @@ int checkpoint_decode(const void *buf, size_t len, struct position *pos, char *e
 {
 	const char *p = buf, *end = p + len;
 	char *seq = NULL, *gen = NULL, *after = NULL, *done = NULL, *next = NULL;
+	char *rows = NULL, *ids = NULL;
 	const char *why = NULL;
 
 	memset(pos, 0, sizeof(*pos));
@@ -159,11 +165,16 @@ int checkpoint_decode(const void *buf, size_t len, struct position *pos, char *e
 	    !take_field(&p, end, "after", &after) || !take_field(&p, end, "done", &done) ||
 	    !take_field(&p, end, "next", &next))
 		why = "missing or malformed field";
+	else if (p != end && (!take_field(&p, end, "rows", &rows) ||
+			      !take_field(&p, end, "ids", &ids)))
+		why = "malformed batch digest"; /* optional: relays before it wrote none */
 	else if (p != end)
 		why = "trailing data";
 	else if (!to_i64(seq, &pos->batch_seq) || !to_i64(gen, &pos->generation) ||
 		 !to_i64(after, &pos->after_id))
 		why = "bad number";
+	else if (rows && (!to_i64(rows, &pos->batch_rows) || !to_i64(ids, &pos->batch_idsum)))
+		why = "bad number in the batch digest";
 	else if (!snapshot_valid(done))
 		why = "bad done snapshot";
 	else if (strcmp(next, "-") != 0 && !snapshot_valid(next))
@@ -171,9 +182,12 @@ int checkpoint_decode(const void *buf, size_t len, struct position *pos, char *e
 	else if (strcmp(next, "-") == 0 && pos->after_id != 0)
 		why = "after_id set outside a window";
 
+	pos->has_digest = rows != NULL;
 	free(seq);
 	free(gen);
 	free(after);
+	free(rows);
+	free(ids);
 	if (why) {
 		free(done);
 		free(next);

@@ -24,6 +24,14 @@ struct position {
 	char *done;         /* owned */
 	char *next;         /* owned; NULL between windows */
 	int64_t after_id;
+	/* Only in a checkpoint (set by the relay as it encodes one; the
+	 * database's copy has none): what the batch that ends here held, the
+	 * number of its rows and the sum of their ids (mod 2^63). A start that
+	 * finds the database one batch behind compares them with the rows the
+	 * database has in that span (docs/sql.md, "OR003"). */
+	bool has_digest;
+	int64_t batch_rows;
+	int64_t batch_idsum;
 };
 
 /* The position of a relay that has relayed nothing yet (same as the SQL side). */

@@ -653,6 +653,36 @@ int outbox_window_open(struct outbox *ob, const char *done, char **next)
 	return OB_OK;
 }
 
+int outbox_span_digest(struct outbox *ob, const struct position *from, const struct position *to,
+		       int64_t *rows, int64_t *idsum)
+{
+	char from_after[24], to_after[24];
+	const char *p[6] = {from->done, from->next, from_after, to->done, to->next, to_after};
+	PGresult *res;
+	int rc;
+
+	snprintf(from_after, sizeof(from_after), "%" PRId64, from->after_id);
+	snprintf(to_after, sizeof(to_after), "%" PRId64, to->after_id);
+	/* Rows below from.done's xmin are relayed at `from`, rows at or above
+	 * the xmax of to's newest snapshot are not relayed at `to`: the txid
+	 * bounds let the txid index find the span. */
+	rc = call(ob,
+		  "SELECT count(*), coalesce(sum(e.id::numeric), 0) % 9223372036854775808 "
+		  "FROM outbox.event AS e "
+		  "WHERE e.txid >= pg_snapshot_xmin($1::pg_snapshot) "
+		  "AND e.txid < pg_snapshot_xmax(coalesce($5::pg_snapshot, $4::pg_snapshot)) "
+		  "AND outbox.relayed(e.txid, e.id, $4::pg_snapshot, $5::pg_snapshot, $6::bigint) "
+		  "AND NOT outbox.relayed(e.txid, e.id, $1::pg_snapshot, $2::pg_snapshot, "
+		  "$3::bigint)",
+		  6, p, 0, &res);
+	if (rc != OB_OK)
+		return rc;
+	*rows = text_i64(res, 0, 0);
+	*idsum = text_i64(res, 0, 1);
+	PQclear(res);
+	return OB_OK;
+}
+
 static int64_t bin_i64(const char *p)
 {
 	uint32_t hi, lo;

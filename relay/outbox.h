@@ -83,6 +83,11 @@ int outbox_position_get(struct outbox *ob, struct position *pos) MUSTCHECK;
  * advances): an end below it is OB_REGRESSION, as OR003 is for the stored
  * position, instead of a window that would end before it starts. */
 int outbox_window_open(struct outbox *ob, const char *done, char **next) MUSTCHECK;
+/* The rows the database has between two positions, from (exclusive) and to
+ * (inclusive): how many, and the sum of their ids mod 2^63 (the digest a
+ * checkpoint carries of its batch). */
+int outbox_span_digest(struct outbox *ob, const struct position *from, const struct position *to,
+		       int64_t *rows, int64_t *idsum) MUSTCHECK;
 /* Append the next page of pos's window (pos->next must be set) to b: at
  * most max_rows rows, cut at max_bytes (the first row always comes). *nrows
  * is the number appended; 0 means the window is exhausted. */

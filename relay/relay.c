@@ -632,6 +632,57 @@ static enum step producer_start(struct relay *r)
 	return check_lease(r);
 }
 
+/* The database is behind Kafka's checkpoint ck: STEP_OK when that is the
+ * stop between a Kafka commit and its advance, which leaves the database
+ * exactly one batch behind with that batch's rows still in the table. A
+ * database that lost committed work (a failover to a replica that missed
+ * commits, a restore) shows itself here even when its transaction ids have
+ * passed the checkpoint's again: it is more than one batch behind (the relay
+ * never commits a batch before the previous one is advanced), or the rows it
+ * has in the batch's span are not the batch's (rows lost with the old
+ * primary, or new rows whose transaction ids were reused and would be
+ * called relayed). Then exit 5 (OR003), before anything is published or
+ * deleted. A database at batch 0 (a relay row made anew after
+ * relay_forget) is brought forward unchecked, as documented. */
+static enum step check_behind(struct relay *r, const struct position *ck,
+			      const struct position *db)
+{
+	const char *what;
+	char detail[256];
+	int64_t rows, idsum;
+	int st;
+
+	if (db->batch_seq == 0)
+		return STEP_OK;
+	if (ck->batch_seq > db->batch_seq + 1) {
+		what = "more than one batch";
+		snprintf(detail, sizeof(detail), "it stores batch %" PRId64 ", Kafka's checkpoint is "
+			 "at batch %" PRId64, db->batch_seq, ck->batch_seq);
+	} else if (!ck->has_digest) {
+		return STEP_OK; /* written by a relay before the digest */
+	} else {
+		while ((st = outbox_span_digest(r->ob, db, ck, &rows, &idsum)) != OB_OK) {
+			enum step s = db_trouble(r, st, "could not read the rows of the last batch");
+
+			if (s != STEP_OK)
+				return s;
+		}
+		if (rows == ck->batch_rows && idsum == ck->batch_idsum)
+			return STEP_OK;
+		what = "other rows in the last batch's span";
+		snprintf(detail, sizeof(detail), "batch %" PRId64 " held %" PRId64 " rows (id sum %"
+			 PRId64 "), the database has %" PRId64 " rows (id sum %" PRId64 ") in its span",
+			 ck->batch_seq, ck->batch_rows, ck->batch_idsum, rows, idsum);
+	}
+	log_error("the database lost committed work: %s behind Kafka (%s). A failover to a "
+		  "replica that missed commits, or a restore: Kafka may hold events the database "
+		  "no longer has, and its transaction ids may be reused. Stopping; follow \"OR003: "
+		  "transaction ids behind the position\" in docs/sql.md",
+		  what, detail);
+	metrics_set_error("the database lost committed work (OR003)");
+	return step_exit(r, EXIT_POSITION);
+}
+
 /* Start-up reconciliation of the database position with Kafka's checkpoint
  * (docs/design.md, "Exactly-once handoff"). Sets r->pos. */
 static enum step reconcile(struct relay *r)
@@ -648,6 +699,8 @@ static enum step reconcile(struct relay *r)
 			goto out;
 	}
 	if (found && ck.batch_seq > db.batch_seq) {
+		if ((s = check_behind(r, &ck, &db)) != STEP_OK)
+			goto out;
 		log_warning("checkpoint in Kafka is at batch %" PRId64 ", the database at %" PRId64
 			    ": bringing the database forward (the previous run stopped between "
 			    "the Kafka commit and the database update)",
@@ -1101,6 +1154,20 @@ static enum pub_status stream_rows(struct relay *r)
 	return st;
 }
 
+/* The checkpoint of r->batch: the position after it, with the digest of
+ * its rows that a later start compares with the database (check_behind). */
+static char *encode_checkpoint(struct relay *r)
+{
+	uint64_t sum = 0;
+
+	for (size_t i = 0; i < r->batch.nrecs; i++)
+		sum += (uint64_t)r->batch.recs[i].id;
+	r->work.has_digest = true;
+	r->work.batch_rows = (int64_t)r->batch.nrecs;
+	r->work.batch_idsum = (int64_t)(sum & (uint64_t)INT64_MAX);
+	return checkpoint_encode(&r->work);
+}
+
 /* Start the transaction of r->batch: the first attempt takes rows while it
  * is open (stream_rows), which fixes the batch; *value is then its
  * checkpoint. A re-send produces the fixed batch again. */
@@ -1111,14 +1178,14 @@ static enum pub_status produce_batch(struct relay *r, char **value)
 	if (*value)
 		return publisher_produce(r->pub, &r->batch, *value);
 	if (r->cfg->batch_max_wait_ms <= 0 || r->batch_full || r->limited) {
-		*value = checkpoint_encode(&r->work);
+		*value = encode_checkpoint(r);
 		return publisher_produce(r->pub, &r->batch, *value);
 	}
 	r->txn_start_ms = now_ms();
 	st = publisher_begin(r->pub, &r->batch);
 	if (st == PUB_OK)
 		st = stream_rows(r);
-	*value = checkpoint_encode(&r->work);
+	*value = encode_checkpoint(r);
 	return st == PUB_OK ? publisher_end(r->pub, *value) : st;
 }
 
