@@ -31,24 +31,41 @@ void log_add_secret(const char *secret)
 	secrets[nsecrets++] = xstrdup(secret);
 }
 
-/* Replace every registered secret in msg (in place, within cap). */
+/* Replace every registered secret in msg (in place, within cap). A message
+ * that fills msg was cut: where a mask no longer fits the message ends
+ * before the secret, and a cut through a secret (the end of msg is the start
+ * of one) ends it before that start. */
 static void hide_secrets(char *msg, size_t cap)
 {
 	static const char mask[] = "(hidden)";
+	const size_t mlen = sizeof(mask) - 1;
 
 	for (size_t i = 0; i < nsecrets; i++) {
-		size_t len = strlen(secrets[i]), mlen = sizeof(mask) - 1;
+		size_t len = strlen(secrets[i]);
 		char *from = msg, *p;
 
 		/* after each replacement the search goes on behind the mask */
-		while ((p = strstr(from, secrets[i])) && (size_t)(p - msg) + mlen < cap) {
+		while ((p = strstr(from, secrets[i]))) {
 			size_t tail = strlen(p + len) + 1;
+
+			if ((size_t)(p - msg) + mlen >= cap) {
+				*p = '\0';
+				break;
+			}
 			if ((size_t)(p - msg) + mlen + tail > cap)
 				tail = cap - (size_t)(p - msg) - mlen;
 			memmove(p + mlen, p + len, tail);
 			memcpy(p, mask, mlen);
 			msg[cap - 1] = '\0';
 			from = p + mlen;
+		}
+	}
+	for (size_t i = 0, n = strlen(msg); i < nsecrets && n == cap - 1; i++) {
+		for (size_t k = strlen(secrets[i]) - 1; k > 0; k--) {
+			if (k <= n && memcmp(msg + n - k, secrets[i], k) == 0) {
+				msg[n - k] = '\0';
+				return;
+			}
 		}
 	}
 }
