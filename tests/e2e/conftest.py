@@ -59,23 +59,37 @@ def drop_test_topics():
 
 
 @pytest.fixture
-def outbox_db():
-    """A new database with the outbox schema installed; dropped afterwards."""
-    name = "e2e_" + uuid.uuid4().hex[:10]
-    admin = psycopg2.connect(PG_URL)
-    admin.autocommit = True
-    admin.cursor().execute(f"CREATE DATABASE {name}")
-    admin.close()
-    url = pg_url_for(name)
-    psql(url, "-f", os.environ.get("OUTBOX_E2E_INSTALL_SQL", str(ROOT / "sql/install.sql")))
-    yield url
+def outbox_dbs():
+    """Factory of new databases with the outbox schema installed (their
+    URLs); all dropped afterwards."""
+    made = []
+
+    def make():
+        name = "e2e_" + uuid.uuid4().hex[:10]
+        admin = psycopg2.connect(PG_URL)
+        admin.autocommit = True
+        admin.cursor().execute(f"CREATE DATABASE {name}")
+        admin.close()
+        made.append(name)
+        url = pg_url_for(name)
+        psql(url, "-f", os.environ.get("OUTBOX_E2E_INSTALL_SQL", str(ROOT / "sql/install.sql")))
+        return url
+    yield make
     # a new connection: a test may have restarted the server
     admin = psycopg2.connect(PG_URL)
     admin.autocommit = True
     cur = admin.cursor()
-    cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-    cur.execute(f"DROP DATABASE IF EXISTS {name}")
+    for name in made:
+        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    (name,))
+        cur.execute(f"DROP DATABASE IF EXISTS {name}")
     admin.close()
+
+
+@pytest.fixture
+def outbox_db(outbox_dbs):
+    """A new database with the outbox schema installed; dropped afterwards."""
+    return outbox_dbs()
 
 
 def create_topics(names, partitions=1, config=None):

@@ -27,10 +27,10 @@ def scalar(conn, sql, args=()):
         return cur.fetchone()[0]
 
 
-def insert_rows(conn, topics, start, count, keys=64, per_txn=1000):
+def insert_rows(conn, topics, start, count, keys=64, per_txn=1000, key_prefix="k"):
     """Insert rows start..start+count-1 in transactions of per_txn rows.
-    Row n: topic topics[n % 3], key "k<n % keys>", payload "row-<n>",
-    headers {"n": "<n>", "src": "e2e"}."""
+    Row n: topic topics[n % 3], key "<key_prefix><n % keys>", payload
+    "row-<n>", headers {"n": "<n>", "src": "e2e"}."""
     arr = "{" + ",".join(topics) + "}"
     with conn.cursor() as cur:
         for lo in range(start, start + count, per_txn):
@@ -38,11 +38,11 @@ def insert_rows(conn, topics, start, count, keys=64, per_txn=1000):
             cur.execute("BEGIN")
             cur.execute(
                 """INSERT INTO outbox.event(topic, key, payload, headers)
-                   SELECT (%s::text[])[1 + n %% %s], convert_to('k' || (n %% %s), 'UTF8'),
+                   SELECT (%s::text[])[1 + n %% %s], convert_to(%s || (n %% %s), 'UTF8'),
                           convert_to('row-' || n, 'UTF8'),
                           jsonb_build_object('n', n::text, 'src', 'e2e')
                    FROM generate_series(%s, %s) AS n ORDER BY n""",
-                (arr, len(topics), keys, lo, hi))
+                (arr, len(topics), key_prefix, keys, lo, hi))
             cur.execute("COMMIT")
 
 
