@@ -30,7 +30,7 @@ static void usage(FILE *out)
 		"\n"
 		"Usage: outbox-relay [COMMAND] [-c FILE]\n"
 		"       outbox-relay verify [-c FILE] [--topics T1,T2] [--since DURATION]\n"
-		"                           [--from-batch N] [--json]\n"
+		"                           [--from-batch N] [--json] [--list-lost]\n"
 		"\n"
 		"Commands:\n"
 		"  run       relay until stopped (the default)\n"
@@ -42,7 +42,10 @@ static void usage(FILE *out)
 		"            never back); in the --topics, the topics of the outbox rows and\n"
 		"            the dead-letter topic, each outbox-id once, in id order per key\n"
 		"            and partition, no record without an outbox-id; with\n"
-		"            postgres.retention_ms, the kept rows equal to their records\n"
+		"            postgres.retention_ms, the kept rows equal to their records;\n"
+		"            when Kafka's checkpoints pass the database's stored batch (a\n"
+		"            failover to a replica that missed commits), the records Kafka\n"
+		"            has that the database lost (lost_by_database)\n"
 		"\n"
 		"Options:\n"
 		"  -c, --config FILE   configuration file (default: $OUTBOX_RELAY_CONFIG or\n"
@@ -55,6 +58,9 @@ static void usage(FILE *out)
 		"  --since DURATION    only records newer than DURATION (90s, 15m, 2h, 7d)\n"
 		"  --from-batch N      check the checkpoint chain from batch N on\n"
 		"  --json              print the summary as one JSON object\n"
+		"  --list-lost         also list every record lost by the database: topic,\n"
+		"                      partition, offset, outbox-id, key, why (tab-separated\n"
+		"                      lines \"lost ...\", or \"lost_list\" with --json)\n"
 		"\n"
 		"Exit codes: 0 stopped cleanly, 1 configuration or start-up error, 2 usage,\n"
 		"3 fenced (another relay took over), 5 positions disagree (operator decision\n"
@@ -226,6 +232,7 @@ static int parse_verify_opts(int argc, char **argv, const char **path, struct ve
 		{"since", required_argument, NULL, 's'},
 		{"from-batch", required_argument, NULL, 'b'},
 		{"json", no_argument, NULL, 'j'},
+		{"list-lost", no_argument, NULL, 'l'},
 		{NULL, 0, NULL, 0},
 	};
 	char *end, *list, *tok, *save;
@@ -266,6 +273,9 @@ static int parse_verify_opts(int argc, char **argv, const char **path, struct ve
 			break;
 		case 'j':
 			opts->json = true;
+			break;
+		case 'l':
+			opts->list_lost = true;
 			break;
 		default:
 			return -1;

@@ -1065,6 +1065,24 @@ int outbox_retained_topics(struct outbox *ob, char ***topics, int *n)
 	return OB_OK;
 }
 
+int outbox_position_stamp(struct outbox *ob, int64_t *batch_seq, int64_t *advanced_ms)
+{
+	const char *p[1] = {ob->cfg->relay_name};
+	PGresult *res;
+	int rc = call(ob,
+		      "SELECT batch_seq, "
+		      "(pg_catalog.date_part('epoch', advanced_at) * 1000000)::bigint / 1000 "
+		      "FROM outbox.relay_state WHERE name = $1",
+		      1, p, 0, &res);
+
+	if (rc != OB_OK)
+		return rc;
+	*batch_seq = PQntuples(res) ? text_i64(res, 0, 0) : -1;
+	*advanced_ms = PQntuples(res) ? text_i64(res, 0, 1) : 0;
+	PQclear(res);
+	return OB_OK;
+}
+
 int outbox_retained_page(struct outbox *ob, int64_t after_id, int max_rows, int64_t since_ms,
 			 struct batch *b, bool *relayed, int *nrows)
 {

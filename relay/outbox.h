@@ -124,6 +124,11 @@ int outbox_retained_topics(struct outbox *ob, char ***topics, int *n) MUSTCHECK;
 int outbox_retained_page(struct outbox *ob, int64_t after_id, int max_rows, int64_t since_ms,
 			 struct batch *b, bool *relayed, int *nrows) MUSTCHECK;
 
+/* For `verify`: the stored batch_seq (-1: no such relay) and when it was
+ * stored (advanced_at in ms since the epoch, by the database's clock; 0 if
+ * never). */
+int outbox_position_stamp(struct outbox *ob, int64_t *batch_seq, int64_t *advanced_ms) MUSTCHECK;
+
 /* LISTEN on the channel of outbox.notify_enable(). */
 int outbox_listen(struct outbox *ob) MUSTCHECK;
 /* outbox.relay_awake(awake): hold (true) or release (false) the lock that

@@ -31,6 +31,7 @@ static const char *const kind_names[VK_KIND_COUNT] = {
 	[VK_MISSING] = "missing_in_kafka",
 	[VK_CONTENT] = "content_differs",
 	[VK_NOT_IN_DB] = "not_in_database",
+	[VK_LOST_BY_DB] = "lost_by_database",
 };
 
 const char *verify_kind_str(enum verify_kind kind)
@@ -138,6 +139,61 @@ take:
 	ch->checkpoints++;
 }
 
+/* ---- what the database lost (pure) ---- */
+
+const char *verify_after_str(enum verify_after after)
+{
+	switch (after) {
+	case VA_BEFORE:
+		return "before";
+	case VA_PRESENT:
+		return "row present";
+	case VA_LOST:
+		return "not in the database";
+	case VA_REUSED:
+		return "not in the database, id reused";
+	}
+	return "?";
+}
+
+/* Known to be published after the stored position: its row is there but
+ * not relayed, or it was created after the position was stored. */
+static bool after_for_sure(const struct verify_lost_rec *r, int64_t advanced_ms)
+{
+	return r->row == VR_PENDING || r->row == VR_PENDING_OTHER ||
+	       (r->ts_ms >= 0 && r->ts_ms > advanced_ms);
+}
+
+void verify_lost_classify(struct verify_lost_rec *recs, size_t n, int64_t advanced_ms)
+{
+	size_t first = 0;
+
+	while (first < n && !after_for_sure(&recs[first], advanced_ms))
+		first++;
+	/* back to the first record of its transaction */
+	while (first > 0 && first < n && recs[first - 1].offset == recs[first].offset - 1)
+		first--;
+	for (size_t i = 0; i < n; i++) {
+		enum verify_after after = VA_BEFORE;
+
+		if (i >= first)
+			switch (recs[i].row) {
+			case VR_NONE:
+				after = VA_LOST;
+				break;
+			case VR_PENDING:
+				after = VA_PRESENT;
+				break;
+			case VR_PENDING_OTHER:
+				after = VA_REUSED;
+				break;
+			case VR_RELAYED: /* the position covers it: not after */
+				break;
+			}
+		recs[i].after = after;
+	}
+}
+
 int64_t verify_parse_duration(const char *s)
 {
 	char *end;
@@ -170,16 +226,26 @@ int64_t verify_parse_duration(const char *s)
 /* Kept rows read from PostgreSQL per query. */
 #define VERIFY_PAGE_ROWS 5000
 
-/* One committed record of a destination or dead-letter topic: 32 bytes,
+/* One committed record of a destination or dead-letter topic: 48 bytes,
  * the whole cost per row of the exactly-once and order checks. */
 struct vrec {
 	int64_t id;
 	int64_t offset;
+	int64_t ts;       /* the record's timestamp (ms), -1 for none */
 	uint64_t keyhash; /* FNV-1a of the key; 0 for no key */
 	uint64_t digest;  /* verify_digest of the record */
 	uint32_t tp;      /* index into the topic-partition table */
 	uint16_t dead;    /* from the dead-letter topic */
-	uint16_t matched; /* a kept row has this id */
+	uint8_t row;      /* enum verify_row: what the table has under this id */
+	uint8_t after;    /* enum verify_after */
+};
+
+/* Whether the lost-by-database report could be judged. */
+enum lost_judged {
+	LJ_NO_RELAY,  /* the database has no position for this relay */
+	LJ_NOT_AHEAD, /* Kafka's checkpoints do not pass the stored batch */
+	LJ_MOVED,     /* the stored position moved during the audit */
+	LJ_JUDGED,
 };
 
 struct vtp {
@@ -199,6 +265,12 @@ struct verify {
 	int64_t rows, dead_letters, other_keys, records_read, ckpt_skipped_before;
 	int64_t ckpt_first_offset, ckpt_last_offset;
 	int64_t db_rows, db_relayed, db_min_id, db_max_id, db_pending_in_kafka;
+	int64_t min_id, max_id;         /* of the records read */
+	int64_t ckpt_max_seq;           /* the highest batch of our checkpoints, -1: none */
+	int64_t db_batch, db_advanced;  /* the stored position before reading Kafka */
+	int64_t db_batch2, db_advanced2; /* and after reading the rows */
+	enum lost_judged lost_judged;
+	int64_t after_records, after_present, lost_absent, lost_reused;
 	char **topics; /* what is read: --topics, then the database's (owned) */
 	int ntopics;
 	bool progress;
@@ -338,6 +410,8 @@ static void take_checkpoint(struct verify *v, const rd_kafka_message_t *m)
 				    mlen, has_id, m->payload, m->len, &pos, why, sizeof(why))) {
 	case CKPT_REC_OURS:
 	case CKPT_REC_LEGACY:
+		if (pos.batch_seq > v->ckpt_max_seq)
+			v->ckpt_max_seq = pos.batch_seq;
 		if (pos.batch_seq < v->opts->from_batch) {
 			v->ckpt_skipped_before++;
 			break;
@@ -362,7 +436,8 @@ static void take_checkpoint(struct verify *v, const rd_kafka_message_t *m)
 static void take_record(struct verify *v, uint32_t tp, bool dead, const rd_kafka_message_t *m)
 {
 	struct vrec *r;
-	int64_t id;
+	rd_kafka_timestamp_type_t tstype;
+	int64_t id, ts;
 
 	if (!outbox_id_of(m, &id)) {
 		verify_note(&v->rep, VK_NO_OUTBOX_ID,
@@ -378,9 +453,12 @@ static void take_record(struct verify *v, uint32_t tp, bool dead, const rd_kafka
 	r->id = id;
 	r->offset = m->offset;
 	r->keyhash = key_hash(m->key, m->key_len);
+	ts = rd_kafka_message_timestamp(m, &tstype);
+	r->ts = tstype == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE ? -1 : ts;
 	r->tp = tp;
 	r->dead = dead;
-	r->matched = 0;
+	r->row = VR_NONE;
+	r->after = VA_BEFORE;
 	r->digest = dead ? 0 : message_digest(v->tps[tp].topic, m);
 	if (dead)
 		v->dead_letters++;
@@ -623,6 +701,10 @@ static void check_records(struct verify *v)
 				    p->id, p->offset);
 	}
 	qsort(v->recs, v->nrecs, sizeof(*v->recs), cmp_id);
+	if (v->nrecs) {
+		v->min_id = v->recs[0].id;
+		v->max_id = v->recs[v->nrecs - 1].id;
+	}
 	for (size_t i = 1; i < v->nrecs; i++) {
 		const struct vrec *p = &v->recs[i - 1], *r = &v->recs[i];
 		if (r->id == p->id)
@@ -652,17 +734,21 @@ static struct vrec *find_id(struct verify *v, int64_t id)
 /* One kept row against its records: each relayed row is in Kafka with its
  * key, payload and headers (a dead letter carries other headers: only its
  * presence counts). A row not relayed yet may already be in Kafka (a
- * commit the database has not recorded yet): not judged. */
+ * commit the database has not recorded yet): not judged here, only noted
+ * for the lost-by-database report (equal, or another row under that id). */
 static void check_row(struct verify *v, const struct batch *b, const struct record *r,
 		      bool relayed)
 {
 	struct vrec *k = find_id(v, r->id);
-	uint64_t d;
+	uint64_t d = 0;
 
 	v->db_rows++;
+	if (k)
+		d = verify_digest(r->topic, r->key, r->key_len, r->payload, r->payload_len,
+				  b->hdrs + r->hdr_off, r->hdr_count);
 	if (!relayed) {
 		for (; k && k < v->recs + v->nrecs && k->id == r->id; k++)
-			k->matched = 1;
+			k->row = k->dead || k->digest == d ? VR_PENDING : VR_PENDING_OTHER;
 		return;
 	}
 	if (v->db_relayed++ == 0)
@@ -673,10 +759,8 @@ static void check_row(struct verify *v, const struct batch *b, const struct reco
 			    r->topic);
 		return;
 	}
-	d = verify_digest(r->topic, r->key, r->key_len, r->payload, r->payload_len,
-			  b->hdrs + r->hdr_off, r->hdr_count);
 	for (; k < v->recs + v->nrecs && k->id == r->id; k++) {
-		k->matched = 1;
+		k->row = VR_RELAYED;
 		if (!k->dead && k->digest != d)
 			verify_note(&v->rep, VK_CONTENT,
 				    "outbox row %" PRId64 ": \"%s\"/%" PRId32 "@%" PRId64
@@ -717,13 +801,88 @@ static int check_database(struct verify *v, struct outbox *ob)
 		return 0;
 	for (size_t i = 0; i < v->nrecs; i++) {
 		const struct vrec *k = &v->recs[i];
-		if (!k->matched && k->id >= v->db_min_id && k->id <= v->db_max_id)
+		if (k->row == VR_NONE && k->id >= v->db_min_id && k->id <= v->db_max_id)
 			verify_note(&v->rep, VK_NOT_IN_DB,
 				    "outbox-id %" PRId64 " at \"%s\"/%" PRId32 "@%" PRId64
 				    ": no such row among the kept rows %" PRId64 "..%" PRId64,
 				    k->id, v->tps[k->tp].topic, v->tps[k->tp].partition, k->offset,
 				    v->db_min_id, v->db_max_id);
 	}
+	return 0;
+}
+
+static int cmp_offset(const void *a, const void *b)
+{
+	const struct vrec *x = a, *y = b;
+
+	if (x->tp != y->tp)
+		return (x->tp > y->tp) - (x->tp < y->tp);
+	return (x->offset > y->offset) - (x->offset < y->offset);
+}
+
+/*
+ * The records Kafka has that the database lost (verify_lost_classify),
+ * judged when Kafka's checkpoints pass the stored batch and the stored
+ * position did not move while the audit read (a relay advancing then
+ * would have deleted rows that are not lost). Leaves v->recs in
+ * partition and offset order. -1 with v->err when the database fails.
+ */
+static int check_lost(struct verify *v, struct outbox *ob)
+{
+	struct verify_lost_rec *part = NULL;
+	size_t cap = 0;
+
+	if (outbox_position_stamp(ob, &v->db_batch2, &v->db_advanced2) != OB_OK) {
+		snprintf(v->err, sizeof(v->err), "could not read the stored position: %s",
+			 outbox_errstr(ob));
+		return -1;
+	}
+	if (v->db_batch < 0)
+		v->lost_judged = LJ_NO_RELAY;
+	else if (v->db_batch2 != v->db_batch || v->db_advanced2 != v->db_advanced)
+		v->lost_judged = LJ_MOVED;
+	else if (v->ckpt_max_seq <= v->db_batch)
+		v->lost_judged = LJ_NOT_AHEAD;
+	else
+		v->lost_judged = LJ_JUDGED;
+	if (v->lost_judged != LJ_JUDGED)
+		return 0;
+	qsort(v->recs, v->nrecs, sizeof(*v->recs), cmp_offset);
+	for (size_t lo = 0, hi; lo < v->nrecs; lo = hi) {
+		for (hi = lo; hi < v->nrecs && v->recs[hi].tp == v->recs[lo].tp; hi++)
+			;
+		if (hi - lo > cap) {
+			cap = hi - lo;
+			part = xrealloc(part, cap * sizeof(*part));
+		}
+		for (size_t i = lo; i < hi; i++) {
+			part[i - lo].offset = v->recs[i].offset;
+			part[i - lo].ts_ms = v->recs[i].ts;
+			part[i - lo].row = (enum verify_row)v->recs[i].row;
+		}
+		verify_lost_classify(part, hi - lo, v->db_advanced);
+		for (size_t i = lo; i < hi; i++) {
+			struct vrec *k = &v->recs[i];
+
+			k->after = (uint8_t)part[i - lo].after;
+			if (k->after == VA_BEFORE)
+				continue;
+			v->after_records++;
+			if (k->after == VA_PRESENT) {
+				v->after_present++;
+				continue;
+			}
+			if (k->after == VA_REUSED)
+				v->lost_reused++;
+			else
+				v->lost_absent++;
+			verify_note(&v->rep, VK_LOST_BY_DB,
+				    "outbox-id %" PRId64 " at \"%s\"/%" PRId32 "@%" PRId64 ": %s",
+				    k->id, v->tps[k->tp].topic, v->tps[k->tp].partition, k->offset,
+				    verify_after_str((enum verify_after)k->after));
+		}
+	}
+	free(part);
 	return 0;
 }
 
@@ -744,10 +903,17 @@ static void json_string(FILE *out, const char *s)
 	fputc('"', out);
 }
 
+static const char *const judged_names[] = {
+	[LJ_NO_RELAY] = "no_relay",
+	[LJ_NOT_AHEAD] = "not_ahead",
+	[LJ_MOVED] = "position_moved",
+	[LJ_JUDGED] = "judged",
+};
+
+/* Everything but the closing brace: --list-lost may add its list. */
 static void print_json(const struct verify *v, FILE *out)
 {
-	int64_t min_id = v->nrecs ? v->recs[0].id : 0;
-	int64_t max_id = v->nrecs ? v->recs[v->nrecs - 1].id : 0;
+	int64_t min_id = v->min_id, max_id = v->max_id;
 
 	fprintf(out, "{\"relay\":");
 	json_string(out, v->cfg->relay_name);
@@ -786,7 +952,12 @@ static void print_json(const struct verify *v, FILE *out)
 		}
 		fprintf(out, "]}");
 	}
-	fprintf(out, "}}\n");
+	fprintf(out,
+		"},\"database_position\":{\"batch\":%" PRId64 ",\"advanced_ms\":%" PRId64
+		",\"kafka_batch\":%" PRId64 ",\"lost_report\":\"%s\",\"after_position\":%" PRId64
+		",\"rows_present\":%" PRId64 ",\"lost\":%" PRId64 ",\"ids_reused\":%" PRId64 "}",
+		v->db_batch, v->db_advanced, v->ckpt_max_seq, judged_names[v->lost_judged],
+		v->after_records, v->after_present, v->lost_absent + v->lost_reused, v->lost_reused);
 }
 
 static void print_text(const struct verify *v, FILE *out)
@@ -814,8 +985,7 @@ static void print_text(const struct verify *v, FILE *out)
 	fprintf(out, "%s\n", v->ntopics ? "" : " none (no --topics, no rows in the outbox table)");
 	fprintf(out, "rows: %" PRId64, v->rows);
 	if (v->nrecs)
-		fprintf(out, " (outbox-ids %" PRId64 "..%" PRId64 ")", v->recs[0].id,
-			v->recs[v->nrecs - 1].id);
+		fprintf(out, " (outbox-ids %" PRId64 "..%" PRId64 ")", v->min_id, v->max_id);
 	fprintf(out, "\n");
 	if (v->cfg->dead_letter_topic[0])
 		fprintf(out, "dead letters: %" PRId64 " in topic \"%s\"\n", v->dead_letters,
@@ -825,6 +995,29 @@ static void print_text(const struct verify *v, FILE *out)
 	if (v->db_relayed)
 		fprintf(out, " (ids %" PRId64 "..%" PRId64 ")", v->db_min_id, v->db_max_id);
 	fprintf(out, ", %" PRId64 " not relayed yet\n", v->db_rows - v->db_relayed);
+	switch (v->lost_judged) {
+	case LJ_NO_RELAY:
+		fprintf(out, "database position: none for this relay\n");
+		break;
+	case LJ_MOVED:
+		fprintf(out,
+			"database position: moved from batch %" PRId64 " to %" PRId64
+			" during the audit: what the database lost is not judged (stop the relay)\n",
+			v->db_batch, v->db_batch2);
+		break;
+	case LJ_NOT_AHEAD:
+		fprintf(out, "database position: batch %" PRId64 ", nothing in Kafka after it\n",
+			v->db_batch);
+		break;
+	case LJ_JUDGED:
+		fprintf(out,
+			"database position: batch %" PRId64 ", Kafka's checkpoints reach batch %" PRId64
+			": %" PRId64 " records published after it, %" PRId64 " with their row in the"
+			" table, %" PRId64 " lost by the database (%" PRId64 " of them ids reused)\n",
+			v->db_batch, v->ckpt_max_seq, v->after_records, v->after_present,
+			v->lost_absent + v->lost_reused, v->lost_reused);
+		break;
+	}
 	if (total == 0) {
 		fprintf(out, "violations: none\n");
 		return;
@@ -837,6 +1030,119 @@ static void print_text(const struct verify *v, FILE *out)
 		for (int e = 0; e < VERIFY_EXAMPLES && e < v->rep.count[k]; e++)
 			fprintf(out, "    %s\n", v->rep.example[k][e]);
 	}
+}
+
+/* A key for one line: printable ASCII as it is, other bytes, tab and
+ * backslash as \xNN; at most 64 bytes of the key. */
+static void print_key(FILE *out, const rd_kafka_message_t *m)
+{
+	const unsigned char *k = m->key;
+
+	for (size_t i = 0; k && i < m->key_len && i < 64; i++) {
+		if (k[i] >= 0x20 && k[i] < 0x7f && k[i] != '\\' && k[i] != '"')
+			fputc(k[i], out);
+		else
+			fprintf(out, "\\x%02x", k[i]);
+	}
+	if (k && m->key_len > 64)
+		fprintf(out, "...");
+}
+
+static void print_lost_one(const struct verify *v, const struct vrec *k,
+			   const rd_kafka_message_t *m, bool *first, FILE *out)
+{
+	const char *why = k->after == VA_REUSED ? "id reused" : "not in the database";
+
+	if (!v->opts->json) {
+		fprintf(out, "lost\t%s\t%" PRId32 "\t%" PRId64 "\t%" PRId64 "\t", v->tps[k->tp].topic,
+			v->tps[k->tp].partition, k->offset, k->id);
+		print_key(out, m);
+		fprintf(out, "\t%s\n", why);
+		return;
+	}
+	fprintf(out, "%s{\"topic\":", *first ? "" : ",");
+	json_string(out, v->tps[k->tp].topic);
+	fprintf(out, ",\"partition\":%" PRId32 ",\"offset\":%" PRId64 ",\"outbox_id\":%" PRId64
+		",\"key\":\"", v->tps[k->tp].partition, k->offset, k->id);
+	print_key(out, m);
+	fprintf(out, "\",\"why\":\"%s\"}", why);
+	*first = false;
+}
+
+static bool is_lost(const struct vrec *k)
+{
+	return k->after == VA_LOST || k->after == VA_REUSED;
+}
+
+/* --list-lost: the lost records of one partition (v->recs[lo, hi), in
+ * offset order), read again from Kafka for their keys. */
+static int list_lost_partition(struct verify *v, rd_kafka_t *rk, size_t lo, size_t hi,
+			       bool *first, FILE *out)
+{
+	const struct vrec *k = v->recs + lo, *end = v->recs + hi, *last = NULL;
+	rd_kafka_topic_t *rkt;
+	int64_t deadline;
+	int r = 0;
+
+	for (; k < end && !is_lost(k); k++)
+		;
+	for (const struct vrec *j = k; j < end; j++)
+		if (is_lost(j))
+			last = j;
+	if (k == end)
+		return 0;
+	rkt = rd_kafka_topic_new(rk, v->tps[k->tp].topic, NULL);
+	if (!rkt || rd_kafka_consume_start(rkt, v->tps[k->tp].partition, k->offset) < 0) {
+		snprintf(v->err, sizeof(v->err), "could not read topic \"%s\" again: %s",
+			 v->tps[k->tp].topic, rd_kafka_err2str(rd_kafka_last_error()));
+		if (rkt)
+			rd_kafka_topic_destroy(rkt);
+		return -1;
+	}
+	deadline = now_ms() + checkpoint_read_budget_ms(v->cfg);
+	while (k <= last) {
+		rd_kafka_message_t *m = rd_kafka_consume(rkt, v->tps[k->tp].partition, 200);
+
+		if (!m || m->err) {
+			if (m)
+				rd_kafka_message_destroy(m);
+			if (!relay_stop_requested && now_ms() < deadline)
+				continue;
+			snprintf(v->err, sizeof(v->err),
+				 "topic \"%s\" partition %" PRId32 ": could not read offset %" PRId64
+				 " again",
+				 v->tps[k->tp].topic, v->tps[k->tp].partition, k->offset);
+			r = -1;
+			break;
+		}
+		while (k <= last && (k->offset < m->offset || !is_lost(k)))
+			k++;
+		if (k <= last && k->offset == m->offset)
+			print_lost_one(v, k++, m, first, out);
+		deadline = now_ms() + checkpoint_read_budget_ms(v->cfg);
+		rd_kafka_message_destroy(m);
+	}
+	rd_kafka_consume_stop(rkt, v->tps[last->tp].partition);
+	rd_kafka_topic_destroy(rkt);
+	return r;
+}
+
+/* --list-lost: one line (or JSON object) per record lost by the database. */
+static int list_lost(struct verify *v, rd_kafka_t *rk, FILE *out)
+{
+	bool first = true;
+	int r = 0;
+
+	if (v->opts->json)
+		fprintf(out, ",\"lost_list\":[");
+	for (size_t lo = 0, hi; lo < v->nrecs && r == 0 && v->lost_judged == LJ_JUDGED; lo = hi) {
+		for (hi = lo; hi < v->nrecs && v->recs[hi].tp == v->recs[lo].tp; hi++)
+			;
+		r = list_lost_partition(v, rk, lo, hi, &first, out);
+	}
+	if (v->opts->json)
+		fprintf(out, "]");
+	return r;
 }
 
 /* Add a topic to read unless it is there already or is one the relay
@@ -854,10 +1160,12 @@ static void topic_add(struct verify *v, const char *topic)
 }
 
 /*
- * The order: the database first, for the topics its rows name (read-only
- * queries); then Kafka, the checkpoint partition and every topic, each to
- * the end it had when its read began; then the records among themselves;
- * last the kept rows against the records, which needs them all.
+ * The order: the database first, for the stored position and the topics
+ * its rows name (read-only queries); then Kafka, the checkpoint partition
+ * and every topic, each to the end it had when its read began; then the
+ * records among themselves; then the kept rows against the records, which
+ * needs them all; last the stored position again, to judge what the
+ * database lost only if it did not move meanwhile.
  */
 int verify_run(const struct config *cfg, const struct verify_opts *opts)
 {
@@ -870,6 +1178,7 @@ int verify_run(const struct config *cfg, const struct verify_opts *opts)
 	v->cfg = cfg;
 	v->opts = opts;
 	verify_chain_init(&v->chain);
+	v->ckpt_max_seq = -1;
 	v->progress = isatty(STDERR_FILENO);
 	v->progress_at = now_ms();
 	ob = outbox_connect(cfg, NULL, v->err, sizeof(v->err));
@@ -877,6 +1186,11 @@ int verify_run(const struct config *cfg, const struct verify_opts *opts)
 		goto out;
 	if (outbox_retained_topics(ob, &dbtopics, &ndb) != OB_OK) {
 		snprintf(v->err, sizeof(v->err), "could not read the outbox topics: %s",
+			 outbox_errstr(ob));
+		goto out;
+	}
+	if (outbox_position_stamp(ob, &v->db_batch, &v->db_advanced) != OB_OK) {
+		snprintf(v->err, sizeof(v->err), "could not read the stored position: %s",
 			 outbox_errstr(ob));
 		goto out;
 	}
@@ -895,13 +1209,17 @@ int verify_run(const struct config *cfg, const struct verify_opts *opts)
 	if (cfg->dead_letter_topic[0] && read_topic(v, rk, cfg->dead_letter_topic, true, true) < 0)
 		goto out;
 	check_records(v);
-	if (check_database(v, ob) < 0)
+	if (check_database(v, ob) < 0 || check_lost(v, ob) < 0)
 		goto out;
 	progress(v, true);
 	if (opts->json)
 		print_json(v, stdout);
 	else
 		print_text(v, stdout);
+	if (opts->list_lost && list_lost(v, rk, stdout) < 0)
+		goto out;
+	if (opts->json)
+		fprintf(stdout, "}\n");
 	ex = verify_total(&v->rep) ? EXIT_VIOLATIONS : EXIT_OK;
 out:
 	progress(v, true);

@@ -27,6 +27,7 @@ enum verify_kind {
 	VK_MISSING,            /* a kept, relayed row with no record in Kafka */
 	VK_CONTENT,            /* a record whose key, payload or headers differ from its row */
 	VK_NOT_IN_DB,          /* a record whose id the kept rows of its span lack */
+	VK_LOST_BY_DB,         /* published after the stored position; its row is gone */
 	VK_KIND_COUNT,
 };
 const char *verify_kind_str(enum verify_kind kind);
@@ -64,6 +65,7 @@ struct verify_opts {
 	char **topics;      /* destination topics (owned by the caller) */
 	int ntopics;
 	bool json;
+	bool list_lost; /* one line per event lost by the database */
 };
 
 /* Parse a duration such as "90s", "15m", "2h", "7d" or plain milliseconds.
@@ -77,6 +79,48 @@ int64_t verify_parse_duration(const char *s);
 struct record_header;
 uint64_t verify_digest(const char *topic, const void *key, size_t klen, const void *payload,
 		       size_t plen, const struct record_header *hdrs, size_t n);
+
+/*
+ * Which records the database lost. After a failover to a replica that
+ * missed commits, the database stores batch M while Kafka's checkpoints go
+ * on to N > M: the records of batches M+1..N were published from commits
+ * the database no longer counts as relayed. A record is known to be one of
+ * them when its row is in the table but not relayed at the stored position,
+ * or when it was created (its timestamp, the row's created_at) after the
+ * database stored batch M; in a partition every record from the
+ * transaction of the first such record on is one too (transactions are
+ * committed one after the other; a transaction's records in a partition
+ * have contiguous offsets, the commit marker follows them).
+ */
+
+/* What the database has under a record's outbox-id. */
+enum verify_row {
+	VR_NONE,          /* no row */
+	VR_RELAYED,       /* a row relayed at the stored position */
+	VR_PENDING,       /* a row not relayed yet, equal to the record */
+	VR_PENDING_OTHER, /* a row not relayed yet that differs: the id was given again */
+};
+
+/* Where a record stands against the stored position. */
+enum verify_after {
+	VA_BEFORE,  /* at or before the stored position, as far as can be seen */
+	VA_PRESENT, /* after it; its row is in the table (to be relayed) */
+	VA_LOST,    /* after it; no row has its id */
+	VA_REUSED,  /* after it; its id now belongs to another row */
+};
+const char *verify_after_str(enum verify_after after);
+
+/* One record of a partition for verify_lost_classify. */
+struct verify_lost_rec {
+	int64_t offset;
+	int64_t ts_ms;       /* the record's timestamp; -1 when it has none */
+	enum verify_row row; /* in */
+	enum verify_after after; /* out */
+};
+
+/* Classify the records of one partition, in offset order, against a
+ * position stored at advanced_ms (database clock). Pure; any thread. */
+void verify_lost_classify(struct verify_lost_rec *recs, size_t n, int64_t advanced_ms);
 
 /* Run the audit and print the summary to stdout. Returns 0, EXIT_STARTUP
  * or EXIT_VIOLATIONS. Main thread. */

@@ -1,5 +1,5 @@
 /* test_verify.c: verify's pure parts: the checkpoint chain rules, the
- * content digest, durations */
+ * content digest, durations, what the database lost */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -123,6 +123,57 @@ static void test_durations(void **state)
 	assert_int_equal(verify_parse_duration("99999999999999999d"), -1);
 }
 
+/* One partition's records against a position stored at 1000 ms. */
+#define ADVANCED 1000
+static const struct lost_case {
+	const char *what;
+	struct verify_lost_rec recs[5]; /* offset, ts, row; after is the expected */
+	int n;
+} lost_cases[] = {
+	{"all before the position (rows deleted when relayed)",
+	 {{10, 900, VR_NONE, VA_BEFORE}, {11, 900, VR_NONE, VA_BEFORE},
+	  {13, 1000, VR_NONE, VA_BEFORE}}, 3},
+	{"one batch behind, its rows present: nothing lost",
+	 {{10, 900, VR_NONE, VA_BEFORE}, {11, 900, VR_NONE, VA_BEFORE},
+	  {13, 900, VR_PENDING, VA_PRESENT}, {14, 1500, VR_PENDING, VA_PRESENT}}, 4},
+	{"created after the position was stored, gone",
+	 {{10, 900, VR_NONE, VA_BEFORE}, {11, 900, VR_NONE, VA_BEFORE},
+	  {13, 1500, VR_NONE, VA_LOST}, {14, 1500, VR_NONE, VA_LOST}}, 4},
+	{"an id that now names another row",
+	 {{10, 900, VR_NONE, VA_BEFORE}, {12, 900, VR_PENDING_OTHER, VA_REUSED},
+	  {13, 900, VR_NONE, VA_LOST}}, 3},
+	{"the whole transaction of the first known record",
+	 {{18, 900, VR_NONE, VA_BEFORE}, {20, 900, VR_NONE, VA_LOST}, {21, 900, VR_NONE, VA_LOST},
+	  {22, 1500, VR_NONE, VA_LOST}, {24, 900, VR_NONE, VA_LOST}}, 5},
+	{"a present row and a reused id in one batch",
+	 {{10, 900, VR_PENDING, VA_PRESENT}, {11, 900, VR_PENDING_OTHER, VA_REUSED},
+	  {12, 900, VR_NONE, VA_LOST}}, 3},
+	{"a row the position covers is never after",
+	 {{10, 900, VR_PENDING, VA_PRESENT}, {12, 900, VR_RELAYED, VA_BEFORE}}, 2},
+	{"no timestamp, no row: not known to be after",
+	 {{10, -1, VR_NONE, VA_BEFORE}, {11, -1, VR_NONE, VA_BEFORE}}, 2},
+};
+
+static void test_lost_classify(void **state)
+{
+	(void)state;
+	for (size_t c = 0; c < sizeof(lost_cases) / sizeof(lost_cases[0]); c++) {
+		const struct lost_case *lc = &lost_cases[c];
+		struct verify_lost_rec recs[5];
+
+		memcpy(recs, lc->recs, sizeof(recs));
+		for (int i = 0; i < lc->n; i++)
+			recs[i].after = VA_PRESENT + VA_REUSED; /* none of them: must be set */
+		verify_lost_classify(recs, (size_t)lc->n, ADVANCED);
+		for (int i = 0; i < lc->n; i++)
+			if (recs[i].after != lc->recs[i].after)
+				fail_msg("%s: offset %lld: %s, expected %s", lc->what,
+					 (long long)recs[i].offset, verify_after_str(recs[i].after),
+					 verify_after_str(lc->recs[i].after));
+	}
+	verify_lost_classify(NULL, 0, ADVANCED); /* an empty partition */
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -130,6 +181,7 @@ int main(void)
 		cmocka_unit_test(test_examples_capped),
 		cmocka_unit_test(test_digest),
 		cmocka_unit_test(test_durations),
+		cmocka_unit_test(test_lost_classify),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
