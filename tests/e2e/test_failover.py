@@ -185,6 +185,21 @@ def check_failover(msgs, writers):
     return len(expected)
 
 
+def lost_by_database(cfg, tps):
+    """outbox-relay verify's report of the events Kafka has that the database
+    lost: (exit code, the JSON summary, the row numbers "n" of the records
+    it lists, in order)."""
+    res = relay_cmd("verify", "-c", cfg, "--topics", ",".join(tps), "--json", "--list-lost")
+    assert res.returncode in (0, 6), res.stdout + res.stderr
+    summary = json.loads(res.stdout)
+    listed = {(e["topic"], e["partition"], e["offset"]) for e in summary["lost_list"]}
+    assert len(listed) == len(summary["lost_list"]), summary["lost_list"]
+    ns = sorted(int(dict(m.headers())["n"].decode()) for m in read_all(tps)
+                if (m.topic(), m.partition(), m.offset()) in listed)
+    assert len(ns) == len(listed), "verify listed records that are not in Kafka"
+    return res.returncode, summary, ns
+
+
 def takeover_time(text, stopped_at):
     """Unix time of the relay's first advance after its first warning (the
     lost connection) at or after stopped_at: its first batch on the new
@@ -334,14 +349,22 @@ def test_asynchronous_replica_that_missed_commits(relay_during_failover, pair, t
     rows = [r[0] for r in query(new, "SELECT convert_from(payload, 'UTF8') FROM outbox.event")]
     assert sorted(rows) == sorted(f"row-{n}" for n in range(2000, 2500))
     in_kafka = read_all(tps)
+    assert sorted(int(dict(m.headers())["n"].decode()) for m in in_kafka) == list(range(2000))
+    # 3. outbox-relay verify --list-lost, before the reset: the events Kafka
+    # has that the database lost are exactly lot B, nothing else is wrong
+    ex, audit_before, lost_by_db = lost_by_database(cfg, tps)
+    assert ex == 6, audit_before
+    assert audit_before["kinds"]["lost_by_database"]["count"] == 1000, audit_before["kinds"]
+    assert audit_before["violations"] == 1000, audit_before["kinds"]
+    assert lost_by_db == list(range(1000, 2000))
     ck_seq = int(dict(f.split("=", 1) for f in ck_before.split()[1:])["seq"])
-    # 3. The current generation.
+    # 4. The current generation.
     gen, seq = query(new, "SELECT generation, batch_seq FROM outbox.status('r-async')")[0]
     assert seq < ck_seq, "the promoted standby should hold an older position than Kafka"
-    # 4. Reset: 'relay', the table holds only rows never relayed; a batch
+    # 5. Reset: 'relay', the table holds only rows never relayed; a batch
     # number above the checkpoint's.
     query(new, "SELECT * FROM outbox.position_reset('r-async', %s, 'relay', %s)", (gen, ck_seq + 1))
-    # 5. Start the relay once trusting the database's position.
+    # 6. Start the relay once trusting the database's position.
     cfg2 = write_config(tmp_path / "relay-recover.conf", db.url(db.p2), "r-async",
                         **opts, **{"relay.on_database_ahead": "trust-database"})
     again = relays(cfg2)
@@ -353,19 +376,24 @@ def test_asynchronous_replica_that_missed_commits(relay_during_failover, pair, t
     by_n = collections.Counter(int(dict(m.headers())["n"].decode()) for m in msgs)
     assert {n for n, c in by_n.items() if c > 1} == set(), "duplicates"
     assert set(by_n) == set(range(2500)), "lost or phantom rows"
-    lost_by_db = sorted(int(dict(m.headers())["n"].decode()) for m in in_kafka
-                        if int(dict(m.headers())["n"].decode()) >= 1000)
-    assert lost_by_db == list(range(1000, 2000))
     ids = collections.defaultdict(set)
     for m in msgs:
         ids[int(dict(m.headers())["outbox-id"].decode())].add(int(dict(m.headers())["n"].decode()))
     reused = sorted(i for i, ns in ids.items() if len(ns) > 1)
     assert reused, "the promoted replica's id sequence should restart below the lost rows' ids"
+    pos = audit_before["database_position"]
+    assert (pos["batch"], pos["lost"], pos["ids_reused"], pos["rows_present"]) == \
+        (seq, 1000, len(reused), 0), pos
     # outbox-relay verify tells the operator: the same outbox-id on two records.
     audit = relay_cmd("verify", "-c", cfg2, "--topics", ",".join(tps), "--json")
     assert audit.returncode == 6, audit.stdout + audit.stderr
     kinds = json.loads(audit.stdout)["kinds"]
     assert kinds["duplicate"]["count"] == len(reused), kinds
+    # after the reset the database's batch is Kafka's again: the report of
+    # what it lost is only there before step 5
+    assert kinds["lost_by_database"]["count"] == 0, kinds
+    assert json.loads(audit.stdout)["database_position"]["lost_report"] == "not_ahead"
     print(f"verify: { {k: v['count'] for k, v in kinds.items() if v['count']} }")
-    print(f"Kafka has {len(lost_by_db)} events the database lost (rows 1000..1999); "
+    print(f"verify before the reset: {len(lost_by_db)} events Kafka has that the database lost "
+          f"(rows 1000..1999), {pos['ids_reused']} of them with their id reused; "
           f"{len(reused)} outbox ids were given to two different rows (e.g. {reused[:5]})")

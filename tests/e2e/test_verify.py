@@ -3,6 +3,7 @@ is clean (exit 0, counts right); a history broken from outside is reported
 with the kind of break (exit 6); what read_committed hides (a foreign
 aborted transaction) is not a break."""
 import json
+import time
 import uuid
 
 import pytest
@@ -15,7 +16,7 @@ from test_relay import connect, db_position, drained, insert_rows, scalar
 ROWS = 300
 KINDS = ("checkpoint_gap", "checkpoint_seq_backwards", "generation_backwards",
          "position_backwards", "checkpoint_foreign", "duplicate", "out_of_order",
-         "no_outbox_id", "missing_in_kafka", "content_differs", "not_in_database")
+         "no_outbox_id", "missing_in_kafka", "content_differs", "not_in_database", "lost_by_database")
 
 
 def relayed_history(outbox_db, topics, relays, tmp_path, name, retention_ms=0):
@@ -73,10 +74,13 @@ def test_clean_history(outbox_db, topics, relays, tmp_path):
     assert s["rows"] == ROWS and s["dead_letters"] == 0
     assert s["max_id"] - s["min_id"] == ROWS - 1
     assert s["checkpoints"] == seq >= 3 and (s["first_batch"], s["last_batch"]) == (1, seq)
+    assert s["database_position"]["batch"] == seq, s
+    assert s["database_position"]["lost_report"] == "not_ahead", s
     # the text summary says the same
     res = relay_cmd("verify", "-c", cfg, "--topics", ",".join(tps))
     assert res.returncode == 0, res.stdout + res.stderr
     assert f"rows: {ROWS} " in res.stdout and "violations: none" in res.stdout
+    assert f"database position: batch {seq}, nothing in Kafka after it" in res.stdout
     # --from-batch starts the chain later; --since with a long span reads it all
     ex, s = verify(cfg, tps, "--from-batch", "2")
     assert ex == 0 and s["checkpoints"] == seq - 1 and s["checkpoints_before_from_batch"] == 1
@@ -196,6 +200,73 @@ def test_tampered_payload_and_lost_row(outbox_db, topics, relays, tmp_path):
     assert s["kinds"]["missing_in_kafka"]["count"] == 1, s
     assert s["kinds"]["missing_in_kafka"]["examples"][0].startswith(f"outbox row {new} ")
     assert s["violations"] == 3, s
+
+
+def test_lost_by_database(outbox_db, topics, relays, tmp_path):
+    """The database is set back to an earlier stored position, as a replica
+    that missed the last commits would be after a failover: the records
+    published after it are reported as lost (rows gone), as lost with their
+    id reused (another row has it now), or not at all (the row is there and
+    will be relayed)."""
+    name = "r-verify-lost"
+    tps = topics(3, partitions=2)
+    conn = connect(outbox_db)
+    cfg = write_config(tmp_path / "relay.conf", outbox_db, name, **{"batch.max_rows": 100})
+    insert_rows(conn, tps, 0, 200, per_txn=100)
+    relay = relays(cfg)
+    wait_for(drained(conn), 60, "the first rows to be relayed")
+    with conn.cursor() as cur:
+        cur.execute("SELECT batch_seq, pos_done, pos_next, pos_after_id, advanced_at "
+                    "FROM outbox.relay_state WHERE name = %s", (name,))
+        kept = cur.fetchone()
+    time.sleep(0.05)
+    insert_rows(conn, tps, 200, 100, per_txn=50)  # published after the kept position
+    wait_for(drained(conn), 60, "the last rows to be relayed")
+    assert relay.stop() == 0, relay.text()
+    ex, s = verify(cfg, tps)
+    assert ex == 0 and s["database_position"]["lost_report"] == "not_ahead", s
+    with conn.cursor() as cur:
+        cur.execute("UPDATE outbox.relay_state SET batch_seq = %s, pos_done = %s, pos_next = %s, "
+                    "pos_after_id = %s, advanced_at = %s WHERE name = %s", (*kept, name))
+
+    def n_of(m):
+        return int(dict(m.headers())["n"].decode())
+    by_n = {n_of(m): m for m in read_all(tps)}
+    ex, s = verify(cfg, tps)
+    assert ex == 6
+    only(s, "lost_by_database", 100)
+    pos = s["database_position"]
+    assert (pos["batch"], pos["lost_report"], pos["after_position"], pos["rows_present"],
+            pos["lost"], pos["ids_reused"]) == (kept[0], "judged", 100, 0, 100, 0), pos
+    # another row takes the id of row 250; row 260 is back, equal to its record
+    reused, back = by_n[250], by_n[260]
+    scalar(conn, "INSERT INTO outbox.event(id, topic, key, payload) "
+                 "OVERRIDING SYSTEM VALUE VALUES (%s, %s, 'other', 'another event') RETURNING id",
+           (int(dict(reused.headers())["outbox-id"]), reused.topic()))
+    scalar(conn, "INSERT INTO outbox.event(id, topic, key, payload, headers) "
+                 "OVERRIDING SYSTEM VALUE VALUES (%s, %s, %s, %s, %s) RETURNING id",
+           (int(dict(back.headers())["outbox-id"]), back.topic(), back.key(), back.value(),
+            json.dumps({"n": "260", "src": "e2e"})))
+    ex, s = verify(cfg, tps, "--list-lost")
+    assert ex == 6
+    only(s, "lost_by_database", 99)
+    pos = s["database_position"]
+    assert (pos["after_position"], pos["rows_present"], pos["lost"], pos["ids_reused"]) == \
+        (100, 1, 99, 1), pos
+    listed = {(e["topic"], e["partition"], e["offset"]): e for e in s["lost_list"]}
+    lost = {n for n, m in by_n.items() if (m.topic(), m.partition(), m.offset()) in listed}
+    assert lost == set(range(200, 300)) - {260}, sorted(lost)
+    e = listed[(reused.topic(), reused.partition(), reused.offset())]
+    assert (e["why"], e["key"]) == ("id reused", reused.key().decode()), e
+    # the text lines: topic, partition, offset, outbox-id, key, why
+    res = relay_cmd("verify", "-c", cfg, "--topics", ",".join(tps), "--list-lost")
+    assert res.returncode == 6, res.stdout + res.stderr
+    lines = [line.split("\t") for line in res.stdout.splitlines() if line.startswith("lost\t")]
+    assert len(lines) == 99
+    assert ["lost", reused.topic(), str(reused.partition()), str(reused.offset()),
+            dict(reused.headers())["outbox-id"].decode(), reused.key().decode(),
+            "id reused"] in lines
+    assert f"database position: batch {kept[0]}, Kafka's checkpoints reach batch" in res.stdout
 
 
 def test_usage_and_connection_errors(tmp_path):
