@@ -157,11 +157,12 @@ const char *verify_after_str(enum verify_after after)
 }
 
 /* Known to be published after the stored position: its row is there but
- * not relayed, or it was created after the position was stored. */
+ * not relayed, or it was created after the position was stored (unless
+ * the position covers its row: a created_at set by hand, or clocks). */
 static bool after_for_sure(const struct verify_lost_rec *r, int64_t advanced_ms)
 {
 	return r->row == VR_PENDING || r->row == VR_PENDING_OTHER ||
-	       (r->ts_ms >= 0 && r->ts_ms > advanced_ms);
+	       (r->row == VR_NONE && r->ts_ms >= 0 && r->ts_ms > advanced_ms);
 }
 
 void verify_lost_classify(struct verify_lost_rec *recs, size_t n, int64_t advanced_ms)

@@ -150,6 +150,8 @@ static const struct lost_case {
 	  {12, 900, VR_NONE, VA_LOST}}, 3},
 	{"a row the position covers is never after",
 	 {{10, 900, VR_PENDING, VA_PRESENT}, {12, 900, VR_RELAYED, VA_BEFORE}}, 2},
+	{"nor does its timestamp make it the first after",
+	 {{10, 1500, VR_RELAYED, VA_BEFORE}, {12, 900, VR_NONE, VA_BEFORE}}, 2},
 	{"no timestamp, no row: not known to be after",
 	 {{10, -1, VR_NONE, VA_BEFORE}, {11, -1, VR_NONE, VA_BEFORE}}, 2},
 };
