@@ -272,6 +272,11 @@ struct verify {
 	int64_t db_batch2, db_advanced2; /* and after reading the rows */
 	enum lost_judged lost_judged;
 	int64_t after_records, after_present, lost_absent, lost_reused;
+	uint64_t after_idsum;
+	/* The digests (rows, id sum) of the checkpoints after the stored batch:
+	 * what the records after it must add up to. */
+	int64_t digest_rows, digest_missing;
+	uint64_t digest_idsum;
 	char **topics; /* what is read: --topics, then the database's (owned) */
 	int ntopics;
 	bool progress;
@@ -413,6 +418,11 @@ static void take_checkpoint(struct verify *v, const rd_kafka_message_t *m)
 	case CKPT_REC_LEGACY:
 		if (pos.batch_seq > v->ckpt_max_seq)
 			v->ckpt_max_seq = pos.batch_seq;
+		if (v->db_batch >= 0 && pos.batch_seq > v->db_batch) {
+			v->digest_missing += !pos.has_digest;
+			v->digest_rows += pos.batch_rows;
+			v->digest_idsum += (uint64_t)pos.batch_idsum;
+		}
 		if (pos.batch_seq < v->opts->from_batch) {
 			v->ckpt_skipped_before++;
 			break;
@@ -869,6 +879,7 @@ static int check_lost(struct verify *v, struct outbox *ob)
 			if (k->after == VA_BEFORE)
 				continue;
 			v->after_records++;
+			v->after_idsum += (uint64_t)k->id;
 			if (k->after == VA_PRESENT) {
 				v->after_present++;
 				continue;
@@ -902,6 +913,21 @@ static void json_string(FILE *out, const char *s)
 			fputc(c, out);
 	}
 	fputc('"', out);
+}
+
+/* The records found after the stored batch against the checkpoints'
+ * digests of those batches: "equal" (every record of them found, no
+ * other), "differs", or "unknown" (a checkpoint without a digest, written
+ * by a relay before it). */
+static const char *digest_verdict(const struct verify *v)
+{
+	if (v->digest_missing)
+		return "unknown";
+	return v->after_records == v->digest_rows &&
+			       (v->after_idsum & (uint64_t)INT64_MAX) ==
+				       (v->digest_idsum & (uint64_t)INT64_MAX)
+		       ? "equal"
+		       : "differs";
 }
 
 static const char *const judged_names[] = {
@@ -956,9 +982,12 @@ static void print_json(const struct verify *v, FILE *out)
 	fprintf(out,
 		"},\"database_position\":{\"batch\":%" PRId64 ",\"advanced_ms\":%" PRId64
 		",\"kafka_batch\":%" PRId64 ",\"lost_report\":\"%s\",\"after_position\":%" PRId64
-		",\"rows_present\":%" PRId64 ",\"lost\":%" PRId64 ",\"ids_reused\":%" PRId64 "}",
+		",\"rows_present\":%" PRId64 ",\"lost\":%" PRId64 ",\"ids_reused\":%" PRId64
+		",\"checkpoint_rows\":%" PRId64 ",\"digest\":\"%s\"}",
 		v->db_batch, v->db_advanced, v->ckpt_max_seq, judged_names[v->lost_judged],
-		v->after_records, v->after_present, v->lost_absent + v->lost_reused, v->lost_reused);
+		v->after_records, v->after_present, v->lost_absent + v->lost_reused, v->lost_reused,
+		v->digest_rows,
+		v->lost_judged == LJ_JUDGED ? digest_verdict(v) : "not_judged");
 }
 
 static void print_text(const struct verify *v, FILE *out)
@@ -1017,6 +1046,17 @@ static void print_text(const struct verify *v, FILE *out)
 			" table, %" PRId64 " lost by the database (%" PRId64 " of them ids reused)\n",
 			v->db_batch, v->ckpt_max_seq, v->after_records, v->after_present,
 			v->lost_absent + v->lost_reused, v->lost_reused);
+		if (strcmp(digest_verdict(v), "equal") == 0)
+			fprintf(out, "  the checkpoints of those batches count the same rows (%" PRId64
+				     ", ids summed): none missed, none foreign\n",
+				v->digest_rows);
+		else if (strcmp(digest_verdict(v), "differs") == 0)
+			fprintf(out, "  WARNING: the checkpoints of those batches count %" PRId64
+				     " rows (or other ids): records of them not recognized, or"
+				     " records of other producers taken (see README)\n",
+				v->digest_rows);
+		else
+			fprintf(out, "  the checkpoints of those batches carry no digest to compare\n");
 		break;
 	}
 	if (total == 0) {

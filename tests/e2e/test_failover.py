@@ -382,8 +382,8 @@ def test_asynchronous_replica_that_missed_commits(relay_during_failover, pair, t
     reused = sorted(i for i, ns in ids.items() if len(ns) > 1)
     assert reused, "the promoted replica's id sequence should restart below the lost rows' ids"
     pos = audit_before["database_position"]
-    assert (pos["batch"], pos["lost"], pos["ids_reused"], pos["rows_present"]) == \
-        (seq, 1000, len(reused), 0), pos
+    assert (pos["batch"], pos["lost"], pos["ids_reused"], pos["rows_present"],
+            pos["checkpoint_rows"], pos["digest"]) == (seq, 1000, len(reused), 0, 1000, "equal"), pos
     # outbox-relay verify tells the operator: the same outbox-id on two records.
     audit = relay_cmd("verify", "-c", cfg2, "--topics", ",".join(tps), "--json")
     assert audit.returncode == 6, audit.stdout + audit.stderr
