@@ -4,18 +4,13 @@ target_session_attrs=read-write, the primary stopped with -m immediate and
 the standby promoted. The env's main cluster is not touched: the pair lives
 in a throwaway state directory on ports of its own."""
 import collections
-import getpass
 import json
 import os
 import re
-import shutil
 import signal
-import socket
-import subprocess
-import tempfile
+import sys
 import threading
 import time
-from pathlib import Path
 
 import psycopg2
 import pytest
@@ -24,72 +19,8 @@ from conftest import (ROOT, create_topics, log_time, read_all, relay_cmd, wait_f
                       write_config)
 from test_relay import checkpoint_of, check_exactly_once, connect, drained, insert_rows, scalar
 
-PG_BIN = "/usr/lib/postgresql/15/bin"
-STANDBY = ROOT / "deploy/local/standby"
-
-
-def as_postgres(*cmd, check=True):
-    """Run cmd as the postgres user, as deploy/local/env.sh does."""
-    su = [] if getpass.getuser() == "postgres" else ["runuser", "-u", "postgres", "--"]
-    return subprocess.run([*su, *map(str, cmd)], check=check, capture_output=True, text=True,
-                          timeout=120)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Pair:
-    """A primary in STATE/pg-data and its standby made by
-    deploy/local/standby, both run as postgres."""
-
-    def __init__(self, sync):
-        self.state = Path(tempfile.mkdtemp(prefix="outbox-failover-", dir="/var/tmp"))
-        self.state.chmod(0o755)
-        self.p1, self.p2 = free_port(), free_port()
-        self.primary = self.state / "pg-data"
-        self.standby = self.state / "pg-standby"
-        self.env = dict(os.environ, OUTBOX_LOCAL_STATE=str(self.state), OUTBOX_PG_PORT=str(self.p1),
-                        OUTBOX_PG_STANDBY_PORT=str(self.p2), OUTBOX_PG_STANDBY_SYNC=str(int(sync)))
-        subprocess.run(["install", "-d", "-o", "postgres", "-g", "postgres", "-m", "700",
-                        self.primary, self.state / "pg-run"], check=True)
-        as_postgres(f"{PG_BIN}/initdb", "-D", self.primary, "-U", "postgres", "-A", "trust",
-                    "-E", "UTF8", "--locale=C.UTF-8")
-        with open(self.primary / "postgresql.conf", "a") as f:
-            f.write(f"listen_addresses = '127.0.0.1'\nport = {self.p1}\n"
-                    f"unix_socket_directories = '{self.state}/pg-run'\n"
-                    "wal_level = replica\nlog_min_messages = warning\n")
-        as_postgres(f"{PG_BIN}/pg_ctl", "-D", self.primary, "-l",
-                    self.state / "pg-run/postgresql.log", "-w", "start")
-        admin = connect(self.url(self.p1, "postgres"))
-        admin.cursor().execute("CREATE DATABASE outbox")
-        admin.close()
-        subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", self.url(self.p1), "-f",
-                        ROOT / "sql/install.sql"], check=True, capture_output=True)
-        self.standby_cmd("up")
-
-    def url(self, port, db="outbox"):
-        return f"postgresql://postgres@127.0.0.1:{port}/{db}"
-
-    def multi_host(self):
-        """The conninfo of the relay and the writers: both servers, the one
-        that takes writes wins."""
-        return (f"host=127.0.0.1,127.0.0.1 port={self.p1},{self.p2} dbname=outbox user=postgres "
-                "target_session_attrs=read-write connect_timeout=2")
-
-    def standby_cmd(self, what):
-        return subprocess.run([STANDBY, what], env=self.env, check=True, capture_output=True,
-                              text=True, timeout=120).stdout
-
-    def stop(self, data, mode="immediate"):
-        as_postgres(f"{PG_BIN}/pg_ctl", "-D", data, "-m", mode, "-w", "stop", check=False)
-
-    def destroy(self):
-        self.stop(self.standby)
-        self.stop(self.primary)
-        shutil.rmtree(self.state, ignore_errors=True)
+sys.path.insert(0, str(ROOT / "tests"))
+from pgpair import Pair  # noqa: E402
 
 
 @pytest.fixture
@@ -313,8 +244,7 @@ def test_asynchronous_replica_that_missed_commits(relay_during_failover, pair, t
     if frozen:
         relay.proc.send_signal(signal.SIGSTOP)
     db.stop(db.primary)
-    as_postgres(f"{PG_BIN}/pg_ctl", "-D", db.standby, "-l",
-                db.state / "pg-standby-run/postgresql.log", "-w", "start")
+    db.start(db.standby)
     db.standby_cmd("promote")
     new = connect(db.url(db.p2))
     # lot C: after the failover; frozen: 50 transactions, more than lot B

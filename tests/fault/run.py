@@ -26,6 +26,7 @@ import itertools
 import os
 import platform
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -41,7 +42,9 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import checker  # noqa: E402
+import pgpair  # noqa: E402
 import workload  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,13 +79,18 @@ EVIDENCE = {
     "broker": ["disconnected", "connection refused", "transport", "timed out", "could not",
                "all broker", "unknown"],
 }
+# db_failover: the relay that published before the stop lost its connection
+# (one of the "postgres" lines, in its own log), and a relay advanced the
+# position on the promoted standby (read there: the relay's batch_seq rose
+# above what the new primary held when it was promoted).
+EVIDENCE["db_failover"] = EVIDENCE["postgres"]
 # The restarted relay saw a foreign transaction hold the checkpoint
 # partition's last stable offset back and waited (issue 12.1).
 FOREIGN_TXN_WAIT_TEXT = "last stable offset"
 # The relay's retried advance was answered "already applied" (issue 12.2).
 ADVANCE_APPLIED_TEXT = "already applied"
 KINDS = ["crash_point", "kill", "zombie", "failover", "broker", "postgres", "terminate_backend",
-         "pause", "delay", "foreign_txn", "advance_reply_lost"]
+         "pause", "delay", "foreign_txn", "advance_reply_lost", "db_failover"]
 LABELS = {
     "crash_point": "crash point",  # with the point's name
     "kill": "kill -9 (random time)",
@@ -95,6 +103,7 @@ LABELS = {
     "delay": "broker responses delayed beyond the commit timeout",
     "foreign_txn": "foreign transaction open on the checkpoint partition across a restart",
     "advance_reply_lost": "reply to outbox.advance lost after the server committed",
+    "db_failover": "database primary stopped -m immediate, synchronous standby promoted",
 }
 # Tries of one planned fault before it counts as not taken effect.
 TRIES = 3
@@ -193,18 +202,28 @@ class Harness:
         # every crash point in turn, so each is hit equally often
         self.points = itertools.cycle(self.rng.sample(CRASH_POINTS, len(CRASH_POINTS)))
         self.db = None
+        self.pair = None  # tests/pgpair.py's primary+standby, when the plan has db_failover
 
     # -- set-up -------------------------------------------------------------
     def setup(self):
-        dbname = self.name.replace("-", "_")
-        admin = psycopg2.connect(PG_URL)
-        admin.autocommit = True
-        admin.cursor().execute(f"CREATE DATABASE {dbname}")
-        admin.close()
-        self.db = PG_URL.rsplit("/", 1)[0] + "/" + dbname
+        self.dbname = dbname = self.name.replace("-", "_")
         sql = os.environ.get("OUTBOX_E2E_INSTALL_SQL", str(ROOT / "sql/install.sql"))
-        subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", self.db, "-f", sql], check=True,
-                       capture_output=True)
+        if "db_failover" in self.plan_kinds:
+            # The whole run on a primary and a synchronous standby of its own
+            # (not the env's cluster): the writers, the relays and the
+            # checker reach whichever takes writes through a multi-host
+            # conninfo.
+            self.pair = pgpair.Pair(sync=True, dbname=dbname, install_sql=sql)
+            self.db = self.pair.multi_host()
+            log(f"database on a primary+standby pair of its own: {self.pair.state}")
+        else:
+            admin = psycopg2.connect(PG_URL)
+            admin.autocommit = True
+            admin.cursor().execute(f"CREATE DATABASE {dbname}")
+            admin.close()
+            self.db = PG_URL.rsplit("/", 1)[0] + "/" + dbname
+            subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", self.db, "-f", sql],
+                           check=True, capture_output=True)
         self.topics = [f"{self.name}-t{i}" for i in range(3)]
         admin = AdminClient({"bootstrap.servers": BOOTSTRAP, "log_level": 0})
         for f in admin.create_topics([NewTopic(t, num_partitions=6, replication_factor=1)
@@ -213,27 +232,32 @@ class Harness:
         workload.setup(self.db, self.topics, self.args.keys)
         self.ckpt = f"ckpt-{self.name}"
         conninfo = self.db
-        self.pgproxy, self.pgproxy_error = None, None
+        self.pgproxies, self.pgproxy_error = {}, None
         if "advance_reply_lost" in self.plan_kinds:
             # every relay reaches PostgreSQL through the proxy that can lose
-            # the reply to outbox.advance (tests/pgproxy.py)
+            # the reply to outbox.advance (tests/pgproxy.py); on a pair, one
+            # proxy in front of each server
             try:
-                sys.path.insert(0, str(ROOT / "tests"))
                 import pgproxy
                 host, port = PG_URL.split("@", 1)[1].split("/", 1)[0].split(":")
-                self.pgproxy = pgproxy.PgProxy(0, host, int(port))
-                self.pgproxy.start()
-                # The relay prepares outbox.advance once per connection, long
-                # before any arming: name the function at once, unarmed (a
-                # proxy that keeps every Parse text needs it not; an early
-                # one learned statement names only while a name was set).
-                try:
-                    self.pgproxy.arm_drop_after_commit(b"outbox.advance", times=0)
-                except TypeError:
-                    pass  # a proxy without `times` watches from the start itself
-                conninfo = self.db.replace(f"{host}:{port}", f"127.0.0.1:{self.pgproxy.port}")
+                ports = (self.pair.p1, self.pair.p2) if self.pair else (int(port),)
+                for p in ports:
+                    proxy = self.pgproxies[p] = pgproxy.PgProxy(0, "127.0.0.1", p)
+                    proxy.start()
+                    # The relay prepares outbox.advance once per connection, long
+                    # before any arming: name the function at once, unarmed (a
+                    # proxy that keeps every Parse text needs it not; an early
+                    # one learned statement names only while a name was set).
+                    try:
+                        proxy.arm_drop_after_commit(b"outbox.advance", times=0)
+                    except TypeError:
+                        pass  # a proxy without `times` watches from the start itself
+                if self.pair:
+                    conninfo = self.pair.multi_host([self.pgproxies[p].port for p in ports])
+                else:
+                    conninfo = self.db.replace(f"{host}:{port}", f"127.0.0.1:{self.pgproxies[int(port)].port}")
             except Exception as e:  # reported by the fault itself
-                self.pgproxy, self.pgproxy_error = None, f"{type(e).__name__}: {e}"
+                self.pgproxies, self.pgproxy_error = {}, f"{type(e).__name__}: {e}"
         # The broker advertises its PROXIED listener at PROXY_PORT, where the
         # delay proxy must listen; one port for the machine, so the relays
         # go through it only when the plan has "delay".
@@ -398,25 +422,32 @@ http = {{ listen = ""; }};
         return self.wait_evidence(m, EVIDENCE["broker"], 20) is not None
 
     def f_postgres(self):
+        """The (current) primary stopped -m immediate and started again."""
         self.current()
         time.sleep(self.rng.uniform(0.2, 1.5))
         m = self.marks()
-        subprocess.run(["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_ctl", "-D",
-                        f"{STATE}/pg-data", "-m", "immediate", "stop"], check=True, capture_output=True)
+        data = self.pair.primary_data if self.pair else f"{STATE}/pg-data"
+        pgpair.as_postgres(f"{pgpair.PG_BIN}/pg_ctl", "-D", data, "-m", "immediate", "stop")
         time.sleep(self.rng.uniform(0.5, 2))
-        subprocess.run([str(ROOT / "deploy/local/up")], check=True, capture_output=True)
+        if self.pair:
+            self.pair.start(data)
+        else:
+            subprocess.run([str(ROOT / "deploy/local/up")], check=True, capture_output=True)
         return self.wait_evidence(m, EVIDENCE["postgres"], 20) is not None
+
+    def admin_url(self):
+        """The maintenance database of the server that takes writes now."""
+        return self.pair.url(self.pair.primary_port, "postgres") if self.pair else PG_URL
 
     def f_terminate_backend(self):
         self.current()
         time.sleep(self.rng.uniform(0.2, 1.5))
         m = self.marks()
-        conn = psycopg2.connect(PG_URL)
+        conn = psycopg2.connect(self.admin_url())
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                        "WHERE application_name = 'outbox-relay' AND datname = %s",
-                        (self.db.rsplit("/", 1)[1],))
+                        "WHERE application_name = 'outbox-relay' AND datname = %s", (self.dbname,))
             n = cur.fetchone()[0]
         conn.close()
         # evidence: a backend was terminated and the relay saw its connection fail
@@ -474,17 +505,19 @@ http = {{ listen = ""; }};
         has committed outbox.advance, before the reply reaches the relay.
         Evidence: the proxy fired and the relay's retry was answered
         "already applied"."""
-        if self.pgproxy is None:
+        if not self.pgproxies:
             raise RuntimeError(f"advance_reply_lost needs tests/pgproxy.py: {self.pgproxy_error}")
         self.current()
         m = self.marks()
-        fired = self.pgproxy.fired
-        self.pgproxy.arm_drop_after_commit(b"outbox.advance")
+        # the proxy in front of the server that takes writes now
+        proxy = self.pgproxies[self.pair.primary_port] if self.pair else next(iter(self.pgproxies.values()))
+        fired = proxy.fired
+        proxy.arm_drop_after_commit(b"outbox.advance")
         deadline = time.monotonic() + 30
-        while self.pgproxy.fired == fired and time.monotonic() < deadline:
+        while proxy.fired == fired and time.monotonic() < deadline:
             time.sleep(0.1)
-        if self.pgproxy.fired == fired:
-            self.pgproxy.disarm()
+        if proxy.fired == fired:
+            proxy.disarm()
             self.notes.append("advance_reply_lost: the proxy did not fire within 30 s")
             return False
         hit = self.wait_evidence(m, [ADVANCE_APPLIED_TEXT], 15)
@@ -492,6 +525,53 @@ http = {{ listen = ""; }};
             self.notes.append(f"advance_reply_lost: the proxy fired, but no relay log line with "
                               f"{ADVANCE_APPLIED_TEXT!r}")
         return hit is not None
+
+    def relay_batch_seq(self, port):
+        """The relay's stored batch number on the server at `port`."""
+        conn = psycopg2.connect(self.pair.url(port), connect_timeout=5)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT batch_seq FROM outbox.relay_state WHERE name = %s", (self.name,))
+                row = cur.fetchone()
+                return row[0] if row else 0
+        finally:
+            conn.close()
+
+    def f_db_failover(self):
+        """The database primary stopped with -m immediate while the writers
+        and the relay run, its synchronous standby promoted; the writers
+        and the relay find the new primary through the multi-host conninfo
+        by themselves. Evidence: the relay that published before the stop
+        logged the lost connection, and the position stored on the new
+        primary rose after its promotion (a relay advanced there). Then the
+        old primary's data directory becomes a fresh synchronous standby of
+        the new one, for the next failover."""
+        r = self.current()
+        time.sleep(self.rng.uniform(0.2, 1.5))
+        start = r.size()
+        t0 = time.monotonic()
+        self.pair.fail_over()
+        promoted = time.monotonic() - t0
+        new_port = self.pair.primary_port
+        seq0 = self.relay_batch_seq(new_port)
+        lost = advanced = False
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (lost and advanced):
+            text = r.text(start).lower()
+            lost = lost or any(p in text for p in EVIDENCE["db_failover"])
+            advanced = advanced or self.relay_batch_seq(new_port) > seq0
+            time.sleep(0.2)
+        took = time.monotonic() - t0
+        t1 = time.monotonic()
+        self.pair.rebuild_standby()
+        log(f"db_failover: promoted in {promoted:.2f} s, the relay lost its connection: {lost}, "
+            f"advanced on the new primary (port {new_port}, from batch {seq0}): {advanced} "
+            f"({took:.1f} s); standby rebuilt in {time.monotonic() - t1:.1f} s; "
+            f"the relay that published before {'lives' if r.alive() else 'exited'}")
+        if not (lost and advanced):
+            self.notes.append(f"db_failover: lost connection in {r.log_path}: {lost}; "
+                              f"advance on the new primary: {advanced}")
+        return lost and advanced
 
     # -- the run -----------------------------------------------------------------
     def inject(self, fault):
@@ -569,8 +649,8 @@ http = {{ listen = ""; }};
         except checker.CheckError as e:
             report, violations = collections.OrderedDict(), [f"the check could not be made: {e}"]
         violations = harness_errors + violations
-        if self.pgproxy is not None:
-            self.pgproxy.stop()
+        for proxy in self.pgproxies.values():
+            proxy.stop()
         report["faults planned"] = sum(self.planned.values())
         report["faults that took effect"] = sum(self.effective.values())
         report["final relay exit code"] = rc
@@ -594,12 +674,14 @@ http = {{ listen = ""; }};
         elif self.args.quick:
             plan = ["crash_point"] * 5 + ["kill"] * 3 + ["zombie", "failover", "broker", "postgres",
                                                           "terminate_backend", "pause", "delay",
-                                                          "foreign_txn", "advance_reply_lost"]
+                                                          "foreign_txn", "advance_reply_lost",
+                                                          "db_failover"]
         else:
             n = self.args.faults
-            weights = {"crash_point": 0.21, "kill": 0.40, "zombie": 0.05, "failover": 0.06,
+            weights = {"crash_point": 0.21, "kill": 0.38, "zombie": 0.05, "failover": 0.06,
                        "broker": 0.05, "postgres": 0.05, "terminate_backend": 0.06, "pause": 0.03,
-                       "delay": 0.03, "foreign_txn": 0.03, "advance_reply_lost": 0.03}
+                       "delay": 0.03, "foreign_txn": 0.03, "advance_reply_lost": 0.03,
+                       "db_failover": 0.02}
             plan = [k for k, w in weights.items() for _ in range(max(2, int(n * w)))]
         unknown = sorted(set(plan) - set(KINDS))
         if unknown:
@@ -611,6 +693,15 @@ http = {{ listen = ""; }};
             plan = [k for k in plan if k in kinds]
         self.rng.shuffle(plan)
         return plan
+
+    def close_pair(self):
+        """The pair's servers stopped and their state removed; their logs
+        kept in the run directory."""
+        if self.pair is None:
+            return
+        for log_file in self.pair.state.glob("*/postgresql.log"):
+            shutil.copy(log_file, self.dir / f"postgresql-{log_file.parent.name}.log")
+        self.pair.destroy()
 
     def drain(self, timeout=300):
         conn = None
@@ -672,7 +763,10 @@ def main():
         args.max_seconds = 300 if args.quick else 4 * 3600
     h = Harness(args)
     log(f"seed {args.seed}")
-    report, violations, took = h.run()
+    try:
+        report, violations, took = h.run()
+    finally:
+        h.close_pair()
     print()
     checker.print_report(report, violations)
     print()
