@@ -331,11 +331,15 @@ def order_violations(txns, key_fn, what):
     return out
 
 
-def check(db_url, bootstrap, topics, relay, ckpt_topic, expect_aborted=False, timeout=READ_TIMEOUT_S):
+def check(db_url, bootstrap, topics, relay, ckpt_topic, expect_aborted=False, timeout=READ_TIMEOUT_S,
+          acked=None):
     """Returns (report dict, list of violation strings). Raises CheckError
-    when the check could not be made (never a pass)."""
+    when the check could not be made (never a pass). `acked`: the ids of the
+    transactions the writers saw committed (COMMIT returned), known outside
+    the database; each must be in the audit table."""
     audit, done_ticket, db_pos, left_in_outbox = load_db(db_url, relay)
     violations = []
+    ack_lost = sorted(acked - {a[2] for a in audit.values()}) if acked is not None else []
 
     data, lso = read_topics(bootstrap, topics, "read_committed", keep_compared(audit), timeout)
     raw, hw = read_topics(bootstrap, topics, "read_uncommitted", lambda m: (m.offset(),), timeout)
@@ -477,6 +481,8 @@ def check(db_url, bootstrap, topics, relay, ckpt_topic, expect_aborted=False, ti
 
     report = collections.OrderedDict([
         ("rows committed (audit)", len(audit)),
+        ("acknowledged transactions (COMMIT returned)", len(acked) if acked is not None else "not known"),
+        ("acknowledged transactions missing from the database", len(ack_lost)),
         ("rows seen read_committed", n_committed),
         ("records in the log (read_uncommitted)", raw_count),
         ("lost", len(lost)),
@@ -497,6 +503,9 @@ def check(db_url, bootstrap, topics, relay, ckpt_topic, expect_aborted=False, ti
         ("database position == last checkpoint", "yes" if pos_ok else "NO"),
         ("database batch_seq", db_pos[0] if db_pos else None),
     ])
+    if ack_lost:
+        violations.append(f"acknowledged transactions missing from the database (and its audit): "
+                          f"{len(ack_lost)}, e.g. {ack_lost[:5]}")
     if lost:
         violations.append(f"lost rows: {len(lost)}, e.g. {sorted(lost)[:10]}")
     if dups:

@@ -598,7 +598,7 @@ http = {{ listen = ""; }};
         sup.start()
         # the writers run through every fault; the row target is a minimum
         load = workload.Workload(self.db, self.args.keys, writers=self.args.writers,
-                                 seed=self.args.seed).start()
+                                 seed=self.args.seed, ack_dir=self.dir).start()
         log(f"{len(plan)} faults planned ({dict(self.planned)}); writers target {self.args.rows} rows")
         self.started = started = time.monotonic()
         harness_errors = []
@@ -645,7 +645,7 @@ http = {{ listen = ""; }};
             # A short hand-made plan (--plan) may hit no transaction in
             # flight; the quick and full plans always do (crash points).
             report, violations = checker.check(self.db, BOOTSTRAP, self.topics, self.name, self.ckpt,
-                                               expect_aborted=not self.args.plan)
+                                               expect_aborted=not self.args.plan, acked=load.acked())
         except checker.CheckError as e:
             report, violations = collections.OrderedDict(), [f"the check could not be made: {e}"]
         violations = harness_errors + violations

@@ -21,11 +21,19 @@ transaction (it only checks pairs whose order is certain). Some transactions rol
 (their ids commit out of order with everyone else's); those write a key of
 their writer's own, so they delay nobody's locks, only their own rows. A key always goes to
 the same topic, so per key the sequence must rise by one along its partition.
+
+Acknowledged transactions: after its COMMIT has returned (before the done
+ticket), a writer appends the transaction id to a file of its own outside
+the database (`ack_dir`). The audit table fails over and rewinds with the
+outbox; these files do not, so the checker can tell a transaction the
+database acknowledged and then lost (an asynchronous standby promoted)
+from one that never committed.
 """
 import multiprocessing as mp
 import random
 import time
 import uuid
+from pathlib import Path
 
 import psycopg2
 
@@ -53,7 +61,7 @@ def setup(url, topics, nkeys):
     conn.close()
 
 
-def _one_txn(cur, rng, nkeys, long_txn_prob, rollback_prob, slow_key):
+def _one_txn(cur, rng, nkeys, long_txn_prob, rollback_prob, slow_key, acks):
     long_txn = rng.random() < long_txn_prob
     if long_txn:
         # A long transaction writes this writer's own key, so it holds no
@@ -85,15 +93,18 @@ def _one_txn(cur, rng, nkeys, long_txn_prob, rollback_prob, slow_key):
         cur.execute("ROLLBACK")
         return 0
     cur.execute("COMMIT")
+    if acks is not None:
+        acks.write(txn + "\n")  # acknowledged (line-buffered: written at once)
     # after COMMIT returned: the done ticket (see the module's comment)
     cur.execute("INSERT INTO fault.txn_done(txn, ticket) VALUES (%s, nextval('fault.ticket'))", (txn,))
     return len(keys)
 
 
-def writer(url, nkeys, stop, target, counter, seed, long_txn_prob, rollback_prob):
+def writer(url, nkeys, stop, target, counter, seed, long_txn_prob, rollback_prob, ack_dir):
     rng = random.Random(seed)
     slow_key = f"slow-{seed}"
     conn = None
+    acks = open(f"{ack_dir}/acked-{seed}.txt", "a", buffering=1) if ack_dir else None
     while not stop.is_set() and counter.value < target:
         try:
             if conn is None or conn.closed:
@@ -102,7 +113,7 @@ def writer(url, nkeys, stop, target, counter, seed, long_txn_prob, rollback_prob
             with conn.cursor() as cur:
                 cur.execute("INSERT INTO fault.key_seq(key, topic) SELECT %s, topic FROM "
                             "fault.key_seq WHERE key = 'key-000' ON CONFLICT DO NOTHING", (slow_key,))
-                n = _one_txn(cur, rng, nkeys, long_txn_prob, rollback_prob, slow_key)
+                n = _one_txn(cur, rng, nkeys, long_txn_prob, rollback_prob, slow_key, acks)
             with counter.get_lock():
                 counter.value += n
         except psycopg2.Error:
@@ -114,20 +125,24 @@ def writer(url, nkeys, stop, target, counter, seed, long_txn_prob, rollback_prob
                 pass
             conn = None
             time.sleep(0.2)
+    if acks is not None:
+        acks.close()
 
 
 class Workload:
     """`writers` fast writer processes, plus `slow_writers` whose transactions
     are often long (half of them stay open 0.5-3 s), until `target` rows are
-    committed or stop()."""
+    committed or stop(). With `ack_dir`, each writer records the
+    transactions whose COMMIT returned there (acked())."""
 
     def __init__(self, url, nkeys, writers=4, slow_writers=1, target=10**12, rollback_prob=0.1,
-                 seed=1):
+                 seed=1, ack_dir=None):
+        self.ack_dir = ack_dir
         self.stop_ev = mp.Event()
         self.counter = mp.Value("q", 0)
         self.procs = [mp.Process(target=writer, daemon=True,
                                  args=(url, nkeys, self.stop_ev, target, self.counter, seed + i,
-                                       0.5 if i >= writers else 0.0, rollback_prob))
+                                       0.5 if i >= writers else 0.0, rollback_prob, ack_dir))
                       for i in range(writers + slow_writers)]
 
     def start(self):
@@ -148,3 +163,10 @@ class Workload:
             p.join(30)
             if p.is_alive():
                 p.kill()
+
+    def acked(self):
+        """The ids of every transaction whose COMMIT returned (after stop())."""
+        out = set()
+        for f in Path(self.ack_dir).glob("acked-*.txt"):
+            out.update(f.read_text().split())
+        return out
