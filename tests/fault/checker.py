@@ -24,6 +24,10 @@ of the audit table (else: phantom), appear once (else: duplicated), and have
 that row's topic, key and payload, and its workload headers k, s, t
 (else: content mismatch). Every committed row must appear (else: lost). Per
 key, the writer's sequence rises by one along the partition (per-key order).
+Every transaction the writers saw acknowledged (COMMIT returned; recorded
+outside the database, workload.py) must be in the audit table (else: the
+database lost acknowledged work, e.g. a promoted asynchronous standby; the
+audit table is rewound with the outbox, so only this shows it).
 
 The checkpoint chain. The relay's own records in the checkpoint topic (its
 key, no outbox-id header, and the outbox-relay-checkpoint marker header

@@ -17,6 +17,22 @@ tried again, and a kind that falls short of its plan, or a plan cut short by
 the time budget, fails the run. The last line is `fault run: N passed, N
 failed`.
 
+Database failover (`db_failover`): the database primary is stopped with
+-m immediate while the writers and the relay run, and its synchronous
+standby promoted; the writers, the relays and the checker find the server
+that takes writes through a multi-host conninfo (target_session_attrs=
+read-write). Then the old primary's data directory becomes a fresh
+synchronous standby of the new one (pg_basebackup -R), ready for the next.
+A plan with db_failover runs its whole database on such a primary+standby
+pair of its own (tests/pgpair.py: own state directory under /var/tmp, own
+ports, removed at the end; the server logs are copied to the run directory);
+the `postgres` and `terminate_backend` faults then act on the pair's
+current primary. A plan without it uses deploy/local/up's cluster.
+
+The writers record every transaction whose COMMIT returned in files of the
+run directory, outside the database; the checker fails on one missing from
+the database (the audit table would fail over, or rewind, with the outbox).
+
 deploy/local/up must have run (scripts/test does that).
 """
 import argparse
