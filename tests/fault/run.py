@@ -254,20 +254,10 @@ class Harness:
             # the reply to outbox.advance (tests/pgproxy.py); on a pair, one
             # proxy in front of each server
             try:
-                import pgproxy
                 host, port = PG_URL.split("@", 1)[1].split("/", 1)[0].split(":")
                 ports = (self.pair.p1, self.pair.p2) if self.pair else (int(port),)
                 for p in ports:
-                    proxy = self.pgproxies[p] = pgproxy.PgProxy(0, "127.0.0.1", p)
-                    proxy.start()
-                    # The relay prepares outbox.advance once per connection, long
-                    # before any arming: name the function at once, unarmed (a
-                    # proxy that keeps every Parse text needs it not; an early
-                    # one learned statement names only while a name was set).
-                    try:
-                        proxy.arm_drop_after_commit(b"outbox.advance", times=0)
-                    except TypeError:
-                        pass  # a proxy without `times` watches from the start itself
+                    self.start_pgproxy(p)
                 if self.pair:
                     conninfo = self.pair.multi_host([self.pgproxies[p].port for p in ports])
                 else:
@@ -300,6 +290,19 @@ batch = {{ max_rows = {self.args.batch_rows}; poll_interval_ms = 50; }};
 http = {{ listen = ""; }};
 """)
         log(f"run directory {self.dir}, database {self.db}, relay {self.name}")
+
+    def start_pgproxy(self, upstream_port, listen_port=0):
+        import pgproxy
+        proxy = self.pgproxies[upstream_port] = pgproxy.PgProxy(listen_port, "127.0.0.1", upstream_port)
+        proxy.start()
+        # The relay prepares outbox.advance once per connection, long
+        # before any arming: name the function at once, unarmed (a
+        # proxy that keeps every Parse text needs it not; an early
+        # one learned statement names only while a name was set).
+        try:
+            proxy.arm_drop_after_commit(b"outbox.advance", times=0)
+        except TypeError:
+            pass  # a proxy without `times` watches from the start itself
 
     # -- the relays -------------------------------------------------------------
     def supervise(self):
@@ -566,9 +569,18 @@ http = {{ listen = ""; }};
         time.sleep(self.rng.uniform(0.2, 1.5))
         start = r.size()
         t0 = time.monotonic()
+        old_port = self.pair.primary_port
         self.pair.fail_over()
         promoted = time.monotonic() - t0
         new_port = self.pair.primary_port
+        # A proxy in front of the stopped server would accept connections
+        # and close them: libpq then gives up on the whole host list instead
+        # of trying the next host (a refused connection moves it on). So the
+        # proxy goes down with its server and comes back with the rebuilt
+        # standby, on the same port.
+        proxy_port = self.pgproxies[old_port].port if self.pgproxies else None
+        if proxy_port:
+            self.pgproxies[old_port].stop()
         seq0 = self.relay_batch_seq(new_port)
         lost = advanced = False
         deadline = time.monotonic() + 30
@@ -580,6 +592,8 @@ http = {{ listen = ""; }};
         took = time.monotonic() - t0
         t1 = time.monotonic()
         self.pair.rebuild_standby()
+        if proxy_port:
+            self.start_pgproxy(old_port, proxy_port)
         log(f"db_failover: promoted in {promoted:.2f} s, the relay lost its connection: {lost}, "
             f"advanced on the new primary (port {new_port}, from batch {seq0}): {advanced} "
             f"({took:.1f} s); standby rebuilt in {time.monotonic() - t1:.1f} s; "
