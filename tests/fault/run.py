@@ -257,7 +257,7 @@ class Harness:
                 host, port = PG_URL.split("@", 1)[1].split("/", 1)[0].split(":")
                 ports = (self.pair.p1, self.pair.p2) if self.pair else (int(port),)
                 for p in ports:
-                    self.start_pgproxy(p)
+                    self.start_pgproxy(p, host=host)
                 if self.pair:
                     conninfo = self.pair.multi_host([self.pgproxies[p].port for p in ports])
                 else:
@@ -291,9 +291,9 @@ http = {{ listen = ""; }};
 """)
         log(f"run directory {self.dir}, database {self.db}, relay {self.name}")
 
-    def start_pgproxy(self, upstream_port, listen_port=0):
+    def start_pgproxy(self, upstream_port, listen_port=0, host="127.0.0.1"):
         import pgproxy
-        proxy = self.pgproxies[upstream_port] = pgproxy.PgProxy(listen_port, "127.0.0.1", upstream_port)
+        proxy = self.pgproxies[upstream_port] = pgproxy.PgProxy(listen_port, host, upstream_port)
         proxy.start()
         # The relay prepares outbox.advance once per connection, long
         # before any arming: name the function at once, unarmed (a
