@@ -37,7 +37,8 @@ def readme_acls(name, outbox_topics, ckpt, dlq=None):
     """The ACLs of deploy/README.md ("Kafka security") for relay `name`."""
     acls = [Acl("TRANSACTIONAL_ID", name, "LITERAL", "WRITE")]
     for t in outbox_topics:
-        acls += [Acl("TOPIC", t, "LITERAL", "WRITE"), Acl("TOPIC", t, "LITERAL", "DESCRIBE_CONFIGS")]
+        acls += [Acl("TOPIC", t, "LITERAL", "WRITE"),
+                 Acl("TOPIC", t, "LITERAL", "DESCRIBE_CONFIGS")]
     acls += [Acl("TOPIC", ckpt, "LITERAL", "READ"), Acl("TOPIC", ckpt, "LITERAL", "WRITE")]
     if dlq:
         acls.append(Acl("TOPIC", dlq, "LITERAL", "WRITE"))

@@ -92,7 +92,8 @@ def test_scram_exactly_once_through_a_restart(outbox_db, relays, scram_broker, t
     check_exactly_once(read_all(tps, bootstrap=b.admin_bootstrap), range(500))
     assert_secret_never_shown(r.text(), r2.text())
     for run in (r, r2):
-        bad = [ln for ln in run.text().splitlines() if re.search(r"(?i)authori[sz]|authenticat|refused", ln)]
+        bad = [ln for ln in run.text().splitlines()
+               if re.search(r"(?i)authori[sz]|authenticat|refused", ln)]
         assert not bad, run.text()
 
 
@@ -101,8 +102,9 @@ STARTUP_ERRORS = [
      r"could not connect to Kafka at .*: authentication failed: .*invalid credentials with SASL "
      r"mechanism SCRAM-SHA-512.*check sasl\.username and sasl\.password"),
     ("plain-not-offered", lambda: sasl_props(mechanism="PLAIN"),
-     r"could not connect to Kafka at .*: authentication failed: .*SASL PLAIN mechanism handshake failed: "
-     r"Broker: Unsupported SASL mechanism: broker's supported mechanisms: SCRAM-SHA-512.*sasl\.mechanism"),
+     r"could not connect to Kafka at .*: authentication failed: .*SASL PLAIN mechanism handshake "
+     r"failed: Broker: Unsupported SASL mechanism: broker's supported mechanisms: SCRAM-SHA-512"
+     r".*sasl\.mechanism"),
 ]
 
 
