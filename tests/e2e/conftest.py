@@ -92,9 +92,12 @@ def outbox_db(outbox_dbs):
     return outbox_dbs()
 
 
-def create_topics(names, partitions=1, config=None):
-    SESSION_TOPICS.update(names)
-    admin = AdminClient({"bootstrap.servers": BOOTSTRAP, **QUIET})
+def create_topics(names, partitions=1, config=None, bootstrap=BOOTSTRAP):
+    """Create the topics (on the local broker, or the one at `bootstrap`)
+    and wait until every partition has a leader."""
+    if bootstrap == BOOTSTRAP:
+        SESSION_TOPICS.update(names)
+    admin = AdminClient({"bootstrap.servers": bootstrap, **QUIET})
     futs = admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1,
                                          config=config or {}) for n in names])
     for f in futs.values():
@@ -120,10 +123,10 @@ def topics():
     return make
 
 
-def read_all(topic_names, isolation="read_committed", timeout=120):
+def read_all(topic_names, isolation="read_committed", timeout=120, bootstrap=BOOTSTRAP):
     """Every record of every partition of the topics, from the start to the
     end (the last stable offset for read_committed). No consumer group."""
-    cons = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": "e2e-unused",
+    cons = Consumer({"bootstrap.servers": bootstrap, "group.id": "e2e-unused",
                      "isolation.level": isolation, "enable.auto.commit": False,
                      "enable.partition.eof": True, "fetch.wait.max.ms": 50, **QUIET})
     md = cons.list_topics(timeout=10)

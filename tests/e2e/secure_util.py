@@ -1,13 +1,15 @@
-"""Helpers for the tests on the broker's secured listeners
-(tests/e2e/test_security.py): the listeners and files deploy/local/up made,
-relay configurations for them, and ACLs through Kafka's own Admin client
+"""Helpers for the tests on the brokers' secured listeners
+(tests/e2e/test_security.py, tests/e2e/test_scram.py): the listeners and
+files deploy/local/up made, relay configurations for them, the ACLs
+deploy/README.md lists, and ACLs through Kafka's own Admin client
 (deploy/local/kafka/SecurityAdmin.java: Debian 12's confluent-kafka 1.7 has
 no ACL calls)."""
+import collections
 import os
 import subprocess
 from pathlib import Path
 
-from conftest import BOOTSTRAP, ROOT
+from conftest import BOOTSTRAP, ROOT, write_config
 
 STATE = os.environ.get("OUTBOX_LOCAL_STATE", "/var/tmp/outbox-relay-local")
 TLS = Path(os.environ.get("OUTBOX_TLS_DIR", f"{STATE}/tls"))
@@ -28,6 +30,40 @@ def sasl_props(mechanism="PLAIN", password=None, ca="ca.crt"):
             f"ssl.ca.location={TLS / ca}"]
 
 
+Acl = collections.namedtuple("Acl", "resource name pattern op")
+
+
+def readme_acls(name, outbox_topics, ckpt, dlq=None):
+    """The ACLs of deploy/README.md ("Kafka security") for relay `name`."""
+    acls = [Acl("TRANSACTIONAL_ID", name, "LITERAL", "WRITE")]
+    for t in outbox_topics:
+        acls += [Acl("TOPIC", t, "LITERAL", "WRITE"),
+                 Acl("TOPIC", t, "LITERAL", "DESCRIBE_CONFIGS")]
+    acls += [Acl("TOPIC", ckpt, "LITERAL", "READ"), Acl("TOPIC", ckpt, "LITERAL", "WRITE")]
+    if dlq:
+        acls.append(Acl("TOPIC", dlq, "LITERAL", "WRITE"))
+    return acls
+
+
+def grant(admin, principal, acls):
+    """Exactly `acls` for the principal: every other ACL of it removed."""
+    admin.clear(principal)
+    for a in acls:
+        admin.add(principal, a)
+    assert admin.list(principal) == {f"{a.resource}:{a.name}:{a.pattern}:{a.op}" for a in acls}
+
+
+def secure_config(path, db_url, name, bootstrap, props, **opts):
+    return write_config(path, db_url, name, **{"kafka.bootstrap_servers": bootstrap,
+                                                "kafka.properties": props, **opts})
+
+
+def assert_secret_never_shown(*texts, secret=None):
+    secret = secret or kafka_password()
+    for t in texts:
+        assert secret not in t, "the password appears in the relay's output"
+
+
 def mtls_props(cert="client"):
     return ["security.protocol=SSL", f"ssl.ca.location={TLS / 'ca.crt'}",
             f"ssl.certificate.location={TLS / (cert + '.crt')}",
@@ -35,16 +71,21 @@ def mtls_props(cert="client"):
 
 
 class SecurityAdmin:
-    """SecurityAdmin.java serving on a pipe, over the PLAINTEXT listener (whose
-    principal is the super user): add, remove, list and clear ACLs."""
+    """SecurityAdmin.java serving on a pipe, over a PLAINTEXT listener (whose
+    principal is the super user): add, remove, list and clear ACLs. By
+    default on the broker of deploy/local/up with its 4.1.1 jars; the Kafka
+    3.9 broker of deploy/local/scram-broker passes its own listener and jars."""
 
-    def __init__(self):
-        assert JARS, "OUTBOX_KAFKA_JARS is not set: source the env file of deploy/local/up"
+    def __init__(self, bootstrap=BOOTSTRAP, jars=JARS):
+        assert jars, "OUTBOX_KAFKA_JARS is not set: source the env file of deploy/local/up"
+        # Kafka 4 logs through log4j2, Kafka 3.9 through log4j 1 (reload4j):
+        # each reads its own property and ignores the other.
         self.proc = subprocess.Popen(
             ["java", "-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
              f"-Dlog4j2.configurationFile={ROOT / 'deploy/local/kafka/log4j2-tools.xml'}",
-             "-cp", f"{JARS}/*", str(ROOT / "deploy/local/kafka/SecurityAdmin.java"),
-             BOOTSTRAP, "serve"],
+             f"-Dlog4j.configuration=file:{ROOT / 'deploy/local/kafka39/log4j.properties'}",
+             "-cp", f"{jars}/*", str(ROOT / "deploy/local/kafka/SecurityAdmin.java"),
+             bootstrap, "serve"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout.readline().strip() == "ready"
 

@@ -14,7 +14,6 @@ deploy/local/up makes (deploy/local/tls, deploy/local/kafka/server.properties.in
 - PostgreSQL with sslmode=verify-full as a least-privilege login that
   pg_hba.conf admits only over TLS, and a wrong CA at start-up.
 """
-import collections
 import re
 import uuid
 from urllib.parse import urlsplit
@@ -24,22 +23,10 @@ import pytest
 
 from conftest import (PG_URL, ckpt_topic, create_topics, psql, read_all, relay_cmd, wait_for,
                       write_config)
-from secure_util import (MTLS_BOOTSTRAP, MTLS_USER, SASL_BOOTSTRAP, SASL_USER, TLS,
-                         SecurityAdmin, kafka_password, mtls_props, sasl_props)
+from secure_util import (MTLS_BOOTSTRAP, MTLS_USER, SASL_BOOTSTRAP, SASL_USER, TLS, Acl,
+                         SecurityAdmin, assert_secret_never_shown, grant, mtls_props,
+                         readme_acls, sasl_props, secure_config)
 from test_relay import check_exactly_once, connect, drained, insert_rows, scalar
-
-Acl = collections.namedtuple("Acl", "resource name pattern op")
-
-
-def readme_acls(name, outbox_topics, ckpt, dlq=None):
-    """The ACLs of deploy/README.md ("Kafka security") for relay `name`."""
-    acls = [Acl("TRANSACTIONAL_ID", name, "LITERAL", "WRITE")]
-    for t in outbox_topics:
-        acls += [Acl("TOPIC", t, "LITERAL", "WRITE"), Acl("TOPIC", t, "LITERAL", "DESCRIBE_CONFIGS")]
-    acls += [Acl("TOPIC", ckpt, "LITERAL", "READ"), Acl("TOPIC", ckpt, "LITERAL", "WRITE")]
-    if dlq:
-        acls.append(Acl("TOPIC", dlq, "LITERAL", "WRITE"))
-    return acls
 
 
 @pytest.fixture(scope="module")
@@ -51,30 +38,12 @@ def acl_admin():
     admin.close()
 
 
-def grant(admin, principal, acls):
-    admin.clear(principal)
-    for a in acls:
-        admin.add(principal, a)
-    assert admin.list(principal) == {f"{a.resource}:{a.name}:{a.pattern}:{a.op}" for a in acls}
-
-
-def secure_config(path, db_url, name, bootstrap, props, **opts):
-    return write_config(path, db_url, name, **{"kafka.bootstrap_servers": bootstrap,
-                                                "kafka.properties": props, **opts})
-
-
 def insert_poison(conn, n, topic):
     """Row n to a topic that does not exist: a poison row."""
     with conn.cursor() as cur:
         cur.execute("SELECT outbox.publish(%s, 'k', convert_to(%s, 'UTF8'), jsonb_build_object('n', %s::text))",
                     (topic, f"row-{n}", n))
     conn.commit()
-
-
-def assert_secret_never_shown(*texts, secret=None):
-    secret = secret or kafka_password()
-    for t in texts:
-        assert secret not in t, "the password appears in the relay's output"
 
 
 def relay_topics(outbox_db, topics, name, n=1, dlq=False):
