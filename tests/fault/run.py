@@ -142,7 +142,10 @@ class DelayProxy(threading.Thread):
 
     def run(self):
         while True:
-            cli, _ = self.srv.accept()
+            try:
+                cli, _ = self.srv.accept()
+            except OSError:  # the listening socket was closed: the run is over
+                return
             try:
                 host, port = self.upstream.split(":")
                 up = socket.create_connection((host, int(port)), timeout=5)
