@@ -1092,11 +1092,16 @@ static void print_key(FILE *out, const rd_kafka_message_t *m)
 static void print_lost_one(const struct verify *v, const struct vrec *k,
 			   const rd_kafka_message_t *m, bool *first, FILE *out)
 {
-	const char *why = k->after == VA_REUSED ? "id reused" : "not in the database";
+	const char *why = k->after == VA_REUSED	 ? "id reused"
+			  : k->after == VA_PRESENT ? "row present"
+						   : "not in the database";
+	/* A row present is published already but not lost: the OR003
+	 * procedure deletes it before a reset that relays the table. */
+	const char *what = k->after == VA_PRESENT ? "published" : "lost";
 
 	if (!v->opts->json) {
-		fprintf(out, "lost\t%s\t%" PRId32 "\t%" PRId64 "\t%" PRId64 "\t", v->tps[k->tp].topic,
-			v->tps[k->tp].partition, k->offset, k->id);
+		fprintf(out, "%s\t%s\t%" PRId32 "\t%" PRId64 "\t%" PRId64 "\t", what,
+			v->tps[k->tp].topic, v->tps[k->tp].partition, k->offset, k->id);
 		print_key(out, m);
 		fprintf(out, "\t%s\n", why);
 		return;
@@ -1106,13 +1111,14 @@ static void print_lost_one(const struct verify *v, const struct vrec *k,
 	fprintf(out, ",\"partition\":%" PRId32 ",\"offset\":%" PRId64 ",\"outbox_id\":%" PRId64
 		",\"key\":\"", v->tps[k->tp].partition, k->offset, k->id);
 	print_key(out, m);
-	fprintf(out, "\",\"why\":\"%s\"}", why);
+	fprintf(out, "\",\"why\":\"%s\",\"state\":\"%s\"}", why, what);
 	*first = false;
 }
 
+/* Listed by --list-lost: lost, or published with its row still present. */
 static bool is_lost(const struct vrec *k)
 {
-	return k->after == VA_LOST || k->after == VA_REUSED;
+	return k->after == VA_LOST || k->after == VA_REUSED || k->after == VA_PRESENT;
 }
 
 /* --list-lost: the lost records of one partition (v->recs[lo, hi), in

@@ -119,16 +119,19 @@ def check_failover(msgs, writers):
 def lost_by_database(cfg, tps):
     """outbox-relay verify's report of the events Kafka has that the database
     lost: (exit code, the JSON summary, the row numbers "n" of the records
-    it lists, in order)."""
+    it lists as lost, in order, and {n: outbox id} of those it lists as
+    published with their row still in the table)."""
     res = relay_cmd("verify", "-c", cfg, "--topics", ",".join(tps), "--json", "--list-lost")
     assert res.returncode in (0, 6), res.stdout + res.stderr
     summary = json.loads(res.stdout)
-    listed = {(e["topic"], e["partition"], e["offset"]) for e in summary["lost_list"]}
+    listed = {(e["topic"], e["partition"], e["offset"]): e for e in summary["lost_list"]}
     assert len(listed) == len(summary["lost_list"]), summary["lost_list"]
-    ns = sorted(int(dict(m.headers())["n"].decode()) for m in read_all(tps)
-                if (m.topic(), m.partition(), m.offset()) in listed)
-    assert len(ns) == len(listed), "verify listed records that are not in Kafka"
-    return res.returncode, summary, ns
+    found = [(int(dict(m.headers())["n"].decode()), listed[(m.topic(), m.partition(), m.offset())])
+             for m in read_all(tps) if (m.topic(), m.partition(), m.offset()) in listed]
+    assert len(found) == len(listed), "verify listed records that are not in Kafka"
+    lost = sorted(n for n, e in found if e["state"] == "lost")
+    published = {n: e["outbox_id"] for n, e in found if e["state"] == "published"}
+    return res.returncode, summary, lost, published
 
 
 def takeover_time(text, stopped_at):
@@ -227,7 +230,22 @@ def test_asynchronous_replica_that_missed_commits(relay_during_failover, pair, t
     wait_for(lambda: scalar(old, "SELECT bool_and(replay_lsn >= %s::pg_lsn) "
                                  "FROM pg_stat_replication", (lsn,)),
              60, "the standby to replay lot A")
+    running = relay_during_failover == "running"
+    survivors = range(2500, 2600) if running else range(0)
+    if running:
+        # lot S: on both servers, but published (and advanced) only after
+        # the standby stopped: after the failover its rows are still in the
+        # table, unrelayed, and in Kafka already
+        relay.proc.send_signal(signal.SIGSTOP)
+        insert_rows(old, tps, survivors.start, len(survivors), per_txn=len(survivors))
+        lsn = scalar(old, "SELECT pg_current_wal_lsn()::text")
+        wait_for(lambda: scalar(old, "SELECT bool_and(replay_lsn >= %s::pg_lsn) "
+                                     "FROM pg_stat_replication", (lsn,)),
+                 60, "the standby to replay lot S")
     db.stop(db.standby, "fast")
+    if running:
+        relay.proc.send_signal(signal.SIGCONT)
+        wait_for(drained(old), 60, "the relay to publish lot S")
     restarted = relay_during_failover == "restarted"
     seq_a = scalar(old, "SELECT batch_seq FROM outbox.status('r-async')")
     # lot B: only on the old primary ("restarted": one transaction, one batch)
@@ -274,27 +292,35 @@ def test_asynchronous_replica_that_missed_commits(relay_during_failover, pair, t
 
     # The recovery procedure of docs/sql.md, "OR003".
     # 1. Every relay of this name is stopped (it exited). 2. Look at the rows
-    # and at Kafka: the table holds lot C only (lot A's rows were deleted
-    # when relayed, lot B is gone with the old primary), none of it relayed.
+    # and at Kafka: the table holds lot C (and lot S) only (lot A's rows
+    # were deleted when relayed, lot B is gone with the old primary), none
+    # of it relayed.
     rows = [r[0] for r in query(new, "SELECT convert_from(payload, 'UTF8') FROM outbox.event")]
-    assert sorted(rows) == sorted(f"row-{n}" for n in range(2000, 2500))
+    assert sorted(rows) == sorted(f"row-{n}" for n in [*range(2000, 2500), *survivors])
     in_kafka = read_all(tps)
-    assert sorted(int(dict(m.headers())["n"].decode()) for m in in_kafka) == list(range(2000))
+    assert sorted(int(dict(m.headers())["n"].decode()) for m in in_kafka) == \
+        [*range(2000), *survivors]
     # 3. outbox-relay verify --list-lost, before the reset: the events Kafka
-    # has that the database lost are exactly lot B, nothing else is wrong
-    ex, audit_before, lost_by_db = lost_by_database(cfg, tps)
+    # has that the database lost are exactly lot B, nothing else is wrong;
+    # lot S is listed as published, its rows still in the table
+    ex, audit_before, lost_by_db, published = lost_by_database(cfg, tps)
     assert ex == 6, audit_before
     assert audit_before["kinds"]["lost_by_database"]["count"] == 1000, audit_before["kinds"]
     assert audit_before["violations"] == 1000, audit_before["kinds"]
     assert lost_by_db == list(range(1000, 2000))
+    assert sorted(published) == list(survivors)
+    # 4. The rows listed as published are in Kafka already: delete them, so
+    # that the reset's 'relay' does not publish them a second time.
+    if published:
+        query(new, "DELETE FROM outbox.event WHERE id = ANY(%s)", (list(published.values()),))
     ck_seq = int(dict(f.split("=", 1) for f in ck_before.split()[1:])["seq"])
-    # 4. The current generation.
+    # 5. The current generation.
     gen, seq = query(new, "SELECT generation, batch_seq FROM outbox.status('r-async')")[0]
     assert seq < ck_seq, "the promoted standby should hold an older position than Kafka"
-    # 5. Reset: 'relay', the table holds only rows never relayed; a batch
+    # 6. Reset: 'relay', the table holds only rows never relayed; a batch
     # number above the checkpoint's.
     query(new, "SELECT * FROM outbox.position_reset('r-async', %s, 'relay', %s)", (gen, ck_seq + 1))
-    # 6. Start the relay once trusting the database's position.
+    # 7. Start the relay once trusting the database's position.
     cfg2 = write_config(tmp_path / "relay-recover.conf", db.url(db.p2), "r-async",
                         **opts, **{"relay.on_database_ahead": "trust-database"})
     again = relays(cfg2)
@@ -305,7 +331,7 @@ def test_asynchronous_replica_that_missed_commits(relay_during_failover, pair, t
     msgs = read_all(tps)
     by_n = collections.Counter(int(dict(m.headers())["n"].decode()) for m in msgs)
     assert {n for n, c in by_n.items() if c > 1} == set(), "duplicates"
-    assert set(by_n) == set(range(2500)), "lost or phantom rows"
+    assert set(by_n) == {*range(2500), *survivors}, "lost or phantom rows"
     ids = collections.defaultdict(set)
     for m in msgs:
         ids[int(dict(m.headers())["outbox-id"].decode())].add(int(dict(m.headers())["n"].decode()))
@@ -313,14 +339,15 @@ def test_asynchronous_replica_that_missed_commits(relay_during_failover, pair, t
     assert reused, "the promoted replica's id sequence should restart below the lost rows' ids"
     pos = audit_before["database_position"]
     assert (pos["batch"], pos["lost"], pos["ids_reused"], pos["rows_present"],
-            pos["checkpoint_rows"], pos["digest"]) == (seq, 1000, len(reused), 0, 1000, "equal"), pos
+            pos["checkpoint_rows"], pos["digest"]) == \
+        (seq, 1000, len(reused), len(survivors), 1000 + len(survivors), "equal"), pos
     # outbox-relay verify tells the operator: the same outbox-id on two records.
     audit = relay_cmd("verify", "-c", cfg2, "--topics", ",".join(tps), "--json")
     assert audit.returncode == 6, audit.stdout + audit.stderr
     kinds = json.loads(audit.stdout)["kinds"]
     assert kinds["duplicate"]["count"] == len(reused), kinds
     # after the reset the database's batch is Kafka's again: the report of
-    # what it lost is only there before step 5
+    # what it lost is only there before step 6
     assert kinds["lost_by_database"]["count"] == 0, kinds
     assert json.loads(audit.stdout)["database_position"]["lost_report"] == "not_ahead"
     print(f"verify: { {k: v['count'] for k, v in kinds.items() if v['count']} }")
