@@ -74,6 +74,9 @@ CRASH_POINTS = ["after-fetch", "after-produce", "during-commit", "after-commit",
 TXN_TIMEOUT_MS = 6000
 COMMIT_TIMEOUT_MS = 3000
 LEASE_TTL_MS = 2000
+# The broker's transaction.abort.timed.out.transaction.cleanup.interval.ms
+# (deploy/local/kafka/server.properties.in).
+ABORT_CLEANUP_MS = 5000
 
 # What the relay's log must show for a fault to count as having taken effect
 # (matched loosely, case-insensitive, in what any relay wrote after the fault
@@ -480,7 +483,11 @@ http = {{ listen = ""; }};
         time.sleep(self.rng.uniform(0.1, 1))
         m = self.marks()
         r.proc.send_signal(signal.SIGSTOP)
-        time.sleep(TXN_TIMEOUT_MS / 1000 + 2)
+        # The broker aborts a timed-out transaction at its next cleanup
+        # pass: paused past both, an open transaction is surely aborted
+        # before the relay runs again (8 s, the pause before, left it to
+        # chance: the relay could commit first, and the fault hit nothing).
+        time.sleep((TXN_TIMEOUT_MS + ABORT_CLEANUP_MS) / 1000 + 2)
         r.proc.send_signal(signal.SIGCONT)
         # the relay may meet the aborted transaction only at its request timeout
         return self.wait_evidence(m, EVIDENCE["pause"], 45) is not None
