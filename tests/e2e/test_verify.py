@@ -109,25 +109,54 @@ def test_duplicate_from_outside(outbox_db, topics, relays, tmp_path):
     assert s["rows"] == ROWS + 1
 
 
-def test_checkpoint_gap(outbox_db, topics, relays, tmp_path):
-    """Another transactional producer appends a checkpoint of this relay
-    (its key and marker) that skips a batch number."""
-    name = "r-verify-gap"
+# A checkpoint appended after the relay's last one (seq, gen, done) by
+# another transactional producer with the relay's key and marker, and what
+# verify must call it: (kind, the value, headers beyond the marker, the
+# example's text).
+FORGED = {
+    "gap": ("checkpoint_gap", "v1 seq={s2} gen={gen} after=0 done={done} next=-", [],
+            "batch {s2} after batch {seq} (1 missing)"),
+    "seq_backwards": ("checkpoint_seq_backwards", "v1 seq={seq} gen={gen} after=0 done={done} next=-",
+                      [], "batch {seq} after batch {seq}"),
+    "generation_backwards": ("generation_backwards",
+                             "v1 seq={s1} gen={g0} after=0 done={done} next=-", [],
+                             "batch {s1} generation {g0} after {gen}"),
+    # the position of the relay's first checkpoint again: behind its last
+    "position_backwards": ("position_backwards", "v1 seq={s1} gen={gen} {first_position}", [],
+                           "offset {offset}: batch {s1} "),
+    # a record with the relay's key and an outbox-id header: an outbox row
+    # aimed at the checkpoint topic, never a checkpoint
+    "foreign": ("checkpoint_foreign", "v1 seq={s1} gen={gen} after=0 done={done} next=-",
+                [("outbox-id", b"12345")], "it is an outbox row (it has an outbox-id header)"),
+}
+
+
+@pytest.mark.parametrize("forged", sorted(FORGED))
+def test_forged_checkpoint_is_reported(forged, outbox_db, topics, relays, tmp_path):
+    """Each break of the checkpoint chain verify checks, made on the real
+    broker after a history the relay wrote alone: exactly that kind, once."""
+    kind, value, headers, example = FORGED[forged]
+    name = f"r-verify-{forged.replace('_', '-')}"
     cfg, tps, conn = relayed_history(outbox_db, topics, relays, tmp_path, name)
     seq, done, _, _ = db_position(conn, name)
-    gen = next(int(f.split("=")[1]) for f in
-               [m for m in read_all([ckpt_topic(outbox_db, name)])][-1].value().decode().split()
+    chain = read_all([ckpt_topic(outbox_db, name)])
+    gen = next(int(f.split("=")[1]) for f in chain[-1].value().decode().split()
                if f.startswith("gen="))
+    first = chain[0].value().decode().split()
+    fields = dict(seq=seq, s1=seq + 1, s2=seq + 2, gen=gen, g0=gen - 1, done=done,
+                  offset=chain[-1].offset() + 2,  # after the last one's commit marker
+                  first_position=" ".join(f for f in first[3:6]))
+    assert fields["first_position"] != " ".join(chain[-1].value().decode().split()[3:6])
     p = foreign_txn_producer()
     p.begin_transaction()
     p.produce(ckpt_topic(outbox_db, name), key=name.encode(), partition=0,
-              value=f"v1 seq={seq + 2} gen={gen} after=0 done={done} next=-".encode(),
-              headers=[("outbox-relay-checkpoint", name.encode())])
+              value=value.format(**fields).encode(),
+              headers=[("outbox-relay-checkpoint", name.encode()), *headers])
     p.commit_transaction(30)
     ex, s = verify(cfg, tps)
     assert ex == 6
-    only(s, "checkpoint_gap", 1)
-    assert f"batch {seq + 2} after batch {seq} (1 missing)" in s["kinds"]["checkpoint_gap"]["examples"][0]
+    only(s, kind, 1)
+    assert example.format(**fields) in s["kinds"][kind]["examples"][0], s["kinds"][kind]
 
 
 def test_foreign_aborted_hidden_committed_reported(outbox_db, topics, relays, tmp_path):
