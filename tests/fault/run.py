@@ -128,6 +128,15 @@ LABELS = {
 TRIES = 3
 
 
+def stopped(proc):
+    """True when the process is stopped (state T in /proc)."""
+    try:
+        with open(f"/proc/{proc.pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except OSError:
+        return False
+
+
 def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -479,16 +488,31 @@ http = {{ listen = ""; }};
         return n > 0 and self.wait_evidence(m, EVIDENCE["terminate_backend"], 15) is not None
 
     def f_pause(self):
-        r = self.current()
-        time.sleep(self.rng.uniform(0.1, 1))
+        """The relay stops (SIGSTOP) with a transaction open and stays
+        stopped past the transaction timeout and the broker's abort cleanup
+        pass. A relay armed with the crash point after-produce (pass 1-4)
+        and the test-only stop action takes over by a clean hand-over and
+        stops itself there: a pause timed from outside often fell between
+        transactions and hit nothing (half the tries, on the pair). Evidence:
+        after SIGCONT the relay meets the aborted transaction."""
+        leader = self.current()
+        with self.lock:
+            armed = Relay(self, {"OUTBOX_RELAY_CRASH_AT": f"after-produce:{self.rng.randint(1, 4)}",
+                                 "OUTBOX_RELAY_CRASH_ACTION": "stop"})
+        armed.wait_log("standby", 30)
+        leader.proc.send_signal(signal.SIGTERM)  # a clean hand-over: not a fault
+        leader.proc.wait(60)
+        deadline = time.monotonic() + 60
+        while not stopped(armed.proc) and armed.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not stopped(armed.proc):
+            self.notes.append(f"pause: the armed relay did not stop itself in 60 s: {armed.log_path}")
+            if armed.alive():
+                armed.proc.kill()
+            return False
         m = self.marks()
-        r.proc.send_signal(signal.SIGSTOP)
-        # The broker aborts a timed-out transaction at its next cleanup
-        # pass: paused past both, an open transaction is surely aborted
-        # before the relay runs again (8 s, the pause before, left it to
-        # chance: the relay could commit first, and the fault hit nothing).
         time.sleep((TXN_TIMEOUT_MS + ABORT_CLEANUP_MS) / 1000 + 2)
-        r.proc.send_signal(signal.SIGCONT)
+        armed.proc.send_signal(signal.SIGCONT)
         # the relay may meet the aborted transaction only at its request timeout
         return self.wait_evidence(m, EVIDENCE["pause"], 45) is not None
 
