@@ -675,9 +675,10 @@ static enum step check_behind(struct relay *r, const struct position *ck,
 			 ck->batch_seq, ck->batch_rows, ck->batch_idsum, rows, idsum);
 	}
 	log_error("the database lost committed work: %s behind Kafka (%s). A failover to a "
-		  "replica that missed commits, or a restore: Kafka may hold events the database "
-		  "no longer has, and its transaction ids may be reused. Stopping; follow \"OR003: "
-		  "transaction ids behind the position\" in docs/sql.md",
+		  "replica that missed commits, or a restore (or rows of that span deleted by "
+		  "hand): Kafka may hold events the database no longer has, and its transaction "
+		  "ids may be reused. Stopping; follow \"OR003: transaction ids behind the "
+		  "position\" in docs/sql.md",
 		  what, detail);
 	metrics_set_error("the database lost committed work (OR003)");
 	return step_exit(r, EXIT_POSITION);
