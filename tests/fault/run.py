@@ -827,9 +827,17 @@ def main():
         args.max_seconds = 300 if args.quick else 4 * 3600
     h = Harness(args)
     log(f"seed {args.seed}")
+    # SIGTERM (a CI timeout, an operator) ends the run through the finally
+    # below, so that a pair of its own does not outlive it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         report, violations, took = h.run()
     finally:
+        h.stopping = True  # the supervisor starts no more relays
+        with h.lock:
+            for r in h.all_relays:  # none outlives an interrupted run
+                if r.alive():
+                    r.proc.kill()
         h.close_pair()
     print()
     checker.print_report(report, violations)
