@@ -1031,9 +1031,10 @@ int outbox_wait(struct outbox *ob, const struct waiter *w, int timeout_ms, bool 
 /*
  * For `verify` only (read-only, never on the relay's hot path): the kept rows
  * in id order, with the same columns as fetch_page and whether each is
- * relayed at the stored position. Plain SELECTs rather than outbox.*
- * functions: an audit read must work against the installed schema without
- * a migration, and it reads nothing the relay role cannot already read.
+ * relayed at the stored position. A plain SELECT rather than a new outbox.*
+ * function: an audit read must work against the installed schema without
+ * a migration; it reads outbox.event and outbox.position_get(), as the
+ * relay's role may (tests/e2e/test_verify.py runs it as such a login).
  */
 #define RETAINED_ROWS_SQL                                                                          \
 	"SELECT e.id, e.topic, e.key, e.payload, "                                                 \
@@ -1042,9 +1043,10 @@ int outbox_wait(struct outbox *ob, const struct waiter *w, int timeout_ms, bool 
 	"CASE WHEN e.headers IS NOT NULL THEN "                                                    \
 	"ARRAY(SELECT h.value FROM pg_catalog.jsonb_each_text(e.headers) AS h) END, "              \
 	"(pg_catalog.date_part('epoch', e.created_at) * 1000000)::bigint / 1000, "                 \
-	"outbox.relayed(e.txid, e.id, s.pos_done, s.pos_next, s.pos_after_id) "                    \
-	"FROM outbox.event AS e, outbox.relay_state AS s "                                         \
-	"WHERE s.name = $1 AND e.id > $2::bigint "                                                 \
+	"outbox.relayed(e.txid, e.id, s.pos_done::pg_snapshot, s.pos_next::pg_snapshot, "         \
+	"s.pos_after_id) "                                                                         \
+	"FROM outbox.event AS e, outbox.position_get($1) AS s "                                    \
+	"WHERE e.id > $2::bigint "                                                                 \
 	"AND ($4::bigint = 0 OR e.created_at >= pg_catalog.now() - $4::bigint * interval '1 ms') " \
 	"ORDER BY e.id LIMIT $3::int"
 
@@ -1069,12 +1071,19 @@ int outbox_position_stamp(struct outbox *ob, int64_t *batch_seq, int64_t *advanc
 {
 	const char *p[1] = {ob->cfg->relay_name};
 	PGresult *res;
+	/* outbox.status, not the relay_state table: the relay's role may
+	 * call the one and not read the other. */
 	int rc = call(ob,
 		      "SELECT batch_seq, "
 		      "(pg_catalog.date_part('epoch', advanced_at) * 1000000)::bigint / 1000 "
-		      "FROM outbox.relay_state WHERE name = $1",
+		      "FROM outbox.status($1)",
 		      1, p, 0, &res);
 
+	if (rc == OB_UNKNOWN_RELAY) { /* no row yet: nothing stored */
+		*batch_seq = -1;
+		*advanced_ms = 0;
+		return OB_OK;
+	}
 	if (rc != OB_OK)
 		return rc;
 	*batch_seq = PQntuples(res) ? text_i64(res, 0, 0) : -1;

@@ -5,12 +5,14 @@ aborted transaction) is not a break."""
 import json
 import time
 import uuid
+from urllib.parse import urlsplit
 
 import pytest
 
 from confluent_kafka import Producer
 
-from conftest import BOOTSTRAP, QUIET, ckpt_topic, read_all, relay_cmd, wait_for, write_config
+from conftest import (BOOTSTRAP, PG_URL, QUIET, ckpt_topic, psql, read_all, relay_cmd, wait_for,
+                      write_config)
 from test_relay import connect, db_position, drained, insert_rows, scalar
 
 ROWS = 300
@@ -329,3 +331,26 @@ def test_usage_and_connection_errors(tmp_path):
                        **{"kafka.bootstrap_servers": "127.0.0.1:1"})
     res = relay_cmd("verify", "-c", cfg, timeout=60)
     assert res.returncode == 1 and "verify:" in res.stderr, res.stderr
+
+
+def test_verify_as_a_least_privilege_relay_login(outbox_db, topics, relays, tmp_path):
+    """verify needs no more than the relay's own rights: a login that is a
+    member of outbox_relay only audits a history (the stored position read
+    through outbox.status, not the relay_state table it may not read)."""
+    name = "r-verify-leastpriv"
+    cfg, tps, _ = relayed_history(outbox_db, topics, relays, tmp_path, name)
+    user = f"relay_verify_{uuid.uuid4().hex[:8]}"
+    dbname = urlsplit(outbox_db).path.lstrip("/")
+    psql(PG_URL, "-c", f"CREATE ROLE {user} LOGIN IN ROLE outbox_relay",
+         "-c", f"GRANT CONNECT ON DATABASE {dbname} TO {user}")
+    try:
+        u = urlsplit(outbox_db)
+        cfg2 = write_config(tmp_path / "verify.conf", outbox_db, name, **{
+            "postgres.conninfo": f"host={u.hostname} port={u.port} dbname={dbname} user={user}"})
+        ex, s = verify(cfg2, tps)
+        assert ex == 0, s
+        assert s["rows"] == ROWS and s["database_position"]["lost_report"] == "not_ahead", s
+    finally:
+        psql(PG_URL, "-c", f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{user}'")
+        psql(outbox_db, "-c", f"DROP OWNED BY {user}")
+        psql(PG_URL, "-c", f"DROP ROLE {user}")
