@@ -838,7 +838,7 @@ int outbox_fetch_page(struct outbox *ob, const struct position *pos, int max_row
 }
 
 int outbox_advance(struct outbox *ob, int64_t generation, const struct position *pos,
-		   int64_t *deleted, bool *already)
+		   int64_t *truncated, bool *already)
 {
 	char gen[24], seq[24], after[24], keep[24];
 	const char *p[7] = {ob->cfg->relay_name, gen, seq, pos->done, pos->next, after, keep};
@@ -860,7 +860,7 @@ int outbox_advance(struct outbox *ob, int64_t generation, const struct position 
 		log_info("advance of relay \"%s\" to batch %" PRId64 " was already applied (the reply "
 			 "to an earlier try was lost)",
 			 ob->cfg->relay_name, pos->batch_seq);
-	*deleted = text_i64(res, 0, 0);
+	*truncated = text_i64(res, 0, 0);
 	PQclear(res);
 	return OB_OK;
 }
@@ -898,6 +898,19 @@ int outbox_reserve_topics(struct outbox *ob, int64_t generation, const char *con
 	if (rc == OB_OK)
 		PQclear(res);
 	return rc;
+}
+
+int outbox_cleanup(struct outbox *ob, int64_t *truncated)
+{
+	const char *p[1] = {ob->cfg->relay_name};
+	PGresult *res;
+	int rc = call(ob, "SELECT outbox.cleanup($1)", 1, p, 0, &res);
+
+	if (rc != OB_OK)
+		return rc;
+	*truncated = text_i64(res, 0, 0);
+	PQclear(res);
+	return OB_OK;
 }
 
 int outbox_purge(struct outbox *ob, int max_rows, int64_t *deleted)

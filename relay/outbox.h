@@ -93,20 +93,24 @@ int outbox_span_digest(struct outbox *ob, const struct position *from, const str
  * is the number appended; 0 means the window is exhausted. */
 int outbox_fetch_page(struct outbox *ob, const struct position *pos, int max_rows,
 		      int64_t max_bytes, struct batch *b, int *nrows) MUSTCHECK;
-/* Fenced, monotone advance to pos; deletes the relayed rows unless
- * postgres.retention_ms keeps them (then outbox_purge does later).
+/* Fenced, monotone advance to pos; unless postgres.retention_ms keeps
+ * relayed rows (then outbox_purge deletes them later), truncates the
+ * partitions of outbox.event it left fully relayed (*truncated: how many).
  * Idempotent: when exactly this position (generation, batch, snapshots,
  * after_id) is already stored, as after a reply lost to a dropped
- * connection, it succeeds with *deleted 0, logs it at info and sets
+ * connection, it succeeds with *truncated 0, logs it at info and sets
  * *already (may be NULL). Any other move back is OB_BACKWARDS. */
 int outbox_advance(struct outbox *ob, int64_t generation, const struct position *pos,
-		   int64_t *deleted, bool *already) MUSTCHECK;
+		   int64_t *truncated, bool *already) MUSTCHECK;
 /* Register the topics this relay writes itself (checkpoint, dead letters):
  * the database then refuses outbox rows aimed at them (OR006). Replaces the
  * relay's earlier set; fenced by generation (OB_FENCED). Call after taking
  * the lease. topics: n borrowed strings. */
 int outbox_reserve_topics(struct outbox *ob, int64_t generation, const char *const *topics,
 			  int n) MUSTCHECK;
+/* While idle: truncate the partitions of outbox.event that the last
+ * advance could not (a writer's transaction or a reader was in them). */
+int outbox_cleanup(struct outbox *ob, int64_t *truncated) MUSTCHECK;
 /* Delete up to max_rows relayed rows older than postgres.retention_ms. */
 int outbox_purge(struct outbox *ob, int max_rows, int64_t *deleted) MUSTCHECK;
 int outbox_lag(struct outbox *ob, int64_t *rows, int64_t *oldest_age_ms) MUSTCHECK;

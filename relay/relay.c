@@ -74,6 +74,7 @@ struct relay {
 	bool awake;
 
 	int64_t last_probe_ms; /* Kafka reachability and the purge, while idle */
+	bool cleanup_due;      /* advanced since the last cleanup (retention 0) */
 	int64_t next_lag_ms;   /* the lag, every few seconds, busy or idle */
 	int64_t last_lag_ms;
 	int failed_attempts;   /* of the current batch, in a row */
@@ -440,10 +441,10 @@ static enum step renew_lease(struct relay *r)
  * after a stop they end at the commit timeout (a restart repairs it). */
 static enum step db_advance(struct relay *r, const struct position *pos)
 {
-	int64_t deleted, give_up = 0;
+	int64_t truncated, give_up = 0;
 
 	for (;;) {
-		int st = outbox_advance(r->ob, r->generation, pos, &deleted, NULL);
+		int st = outbox_advance(r->ob, r->generation, pos, &truncated, NULL);
 		if (st == OB_OK)
 			break;
 		if (db_trouble(r, st, "could not advance the database position") == STEP_EXIT) {
@@ -468,8 +469,10 @@ static enum step db_advance(struct relay *r, const struct position *pos)
 	}
 	if (pos->batch_seq > r->db_confirmed_seq)
 		r->db_confirmed_seq = pos->batch_seq;
-	log_debug("advanced to batch %" PRId64 " (after_id %" PRId64 "), deleted %" PRId64 " rows",
-		  pos->batch_seq, pos->after_id, deleted);
+	log_debug("advanced to batch %" PRId64 " (after_id %" PRId64 "), truncated %" PRId64
+		  " partitions",
+		  pos->batch_seq, pos->after_id, truncated);
+	r->cleanup_due = r->cfg->retention_ms <= 0;
 	return STEP_OK;
 }
 
@@ -1343,6 +1346,23 @@ static void purge_kept(struct relay *r)
 		log_debug("purged %" PRId64 " relayed rows past retention", deleted);
 }
 
+/* Once idle after an advance, and every few seconds while idle: truncate
+ * the partitions the advances left behind (a writer's open transaction or
+ * a reader held one; the current block is tried at most once a second by
+ * advance). Cheap when there is nothing to do. */
+static void cleanup(struct relay *r)
+{
+	int64_t truncated;
+
+	if (r->cfg->retention_ms > 0)
+		return;
+	r->cleanup_due = false;
+	if (outbox_cleanup(r->ob, &truncated) != OB_OK)
+		log_warning("could not clean up relayed rows: %s", outbox_errstr(r->ob));
+	else if (truncated)
+		log_debug("truncated %" PRId64 " fully relayed partitions of outbox.event", truncated);
+}
+
 /* Every few seconds, busy or idle: the lag (a backlog being drained must
  * show on /metrics and /readyz too). The count scans the backlog, so the
  * next one waits fifty times as long as this one took, and at least 3 s:
@@ -1381,6 +1401,7 @@ static void probe(struct relay *r)
 		return;
 	r->last_probe_ms = now_ms();
 	purge_kept(r);
+	cleanup(r);
 	kafka_ok = publisher_ping(r->pub, 2000) == 0;
 	metrics_lock()->kafka_ok = kafka_ok;
 	metrics_unlock();
@@ -1420,6 +1441,8 @@ static enum step loop(struct relay *r)
 				set_awake(r, false);
 				continue;
 			}
+			if (r->cleanup_due)
+				cleanup(r);
 			probe(r);
 			int st = outbox_wait(r->ob, &r->w, r->cfg->poll_interval_ms, &notified);
 

@@ -34,6 +34,10 @@ SET client_min_messages = warning;
 \set description 'topic and headers rules as domains; reserved topics as a domain constraint (cheaper writes)'
 \ir lib/apply.sql
 
+\set migration 0005_partitioned_outbox
+\set description 'outbox.event partitioned by id blocks; relayed rows leave by TRUNCATE of a whole partition'
+\ir lib/apply.sql
+
 \unset migration
 \unset description
 SELECT format('outbox schema at version %s', outbox.version()) AS installed;
