@@ -21,6 +21,15 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 from confluent_kafka.admin import AdminClient, NewTopic
 
 ROOT = Path(__file__).resolve().parents[2]
+
+# Rows a relay has still to publish: with schema 5 relayed rows stay in
+# outbox.event until their whole partition is truncated, so the row count no
+# longer says how far the relays got. Rows not relayed by some relay's stored
+# position (every row while no relay exists).
+WAITING = ("SELECT count(*) FROM outbox.event AS e "
+           "WHERE NOT EXISTS (SELECT FROM outbox.relay_state) "
+           "OR EXISTS (SELECT FROM outbox.relay_state AS o WHERE NOT outbox.relayed("
+           "e.txid, e.id, o.pos_done, o.pos_next, o.pos_after_id))")
 PG_URL = os.environ.get("OUTBOX_PG_URL", "postgresql://postgres@127.0.0.1:55432/outbox")
 BOOTSTRAP = os.environ.get("OUTBOX_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
 RELAY_BIN = os.environ.get("OUTBOX_RELAY_BIN", str(ROOT / "build/relay/outbox-relay"))

@@ -10,7 +10,7 @@ import uuid
 import psycopg2
 from confluent_kafka.admin import AdminClient
 
-from conftest import (BOOTSTRAP, QUIET, SESSION_TOPICS, ckpt_topic, header, read_all, wait_for,
+from conftest import (WAITING, BOOTSTRAP, QUIET, SESSION_TOPICS, ckpt_topic, header, read_all, wait_for,
                       write_config)
 from test_relay import (assert_positions_agree, check_exactly_once, connect, db_position, drained,
                         insert_rows, scalar)
@@ -92,7 +92,7 @@ def test_lost_checkpoint_topic_exits_5_then_trust_database(outbox_db, topics, re
     assert f"database position is at batch {seq} but there is no checkpoint in Kafka" in text, text
     assert "lost or truncated" in text and "trust-database" in text, text
     # refused before publishing anything: the new rows wait in the outbox
-    assert scalar(conn, "SELECT count(*) FROM outbox.event") == 200
+    assert scalar(conn, WAITING) == 200
     assert db_position(conn, name)[0] == seq
     assert ns_of(read_all(tps)) == list(range(500))
 
@@ -152,7 +152,7 @@ def test_truncated_checkpoint_topic_exits_5_then_trust_database(outbox_db, topic
     assert rc == 5, f"expected exit 5, got {rc}:\n{refused.text()}"
     assert (f"database position is at batch {ahead} but the checkpoint in Kafka is at batch "
             f"{behind}") in refused.text(), refused.text()
-    assert scalar(conn, "SELECT count(*) FROM outbox.event") == 100
+    assert scalar(conn, WAITING) == 100
     assert ns_of(read_all(tps)) == list(range(600))
 
     trusting = write_config(tmp_path / "trust.conf", outbox_db, name,
@@ -195,7 +195,7 @@ def test_transaction_id_regression_exits_5(outbox_db, topics, relays, tmp_path):
     assert f"the database's transaction ids are behind the relay position of relay \"{name}\"" \
         in text, text
     assert "Recovery: transaction id regression" in text, text  # the hint points at docs/sql.md
-    assert scalar(conn, "SELECT count(*) FROM outbox.event") == 10
+    assert scalar(conn, WAITING) == 10
     assert ns_of(read_all(tps)) == list(range(50))
 
 
@@ -212,11 +212,11 @@ def test_sigint_stops_cleanly_and_releases_the_lease(outbox_db, topics, relays, 
     insert_rows(conn, tps, 0, 20000, per_txn=1000)
     relay = relays(cfg)
     relay.wait_log("publishing")
-    wait_for(lambda: scalar(conn, "SELECT count(*) FROM outbox.event") < 20000, 60,
+    wait_for(lambda: scalar(conn, WAITING) < 20000, 60,
              "publishing to begin")
     assert relay.stop(signal.SIGINT) == 0, relay.text()
     assert "lease released" in relay.text(), relay.text()
-    left = scalar(conn, "SELECT count(*) FROM outbox.event")
+    left = scalar(conn, WAITING)
     assert left > 0, "the stop should come mid-stream"
     # released, not left to expire: the TTL is a minute
     assert scalar(conn, "SELECT lease_expires_in_ms FROM outbox.status(%s)", (name,)) <= 0
@@ -282,7 +282,7 @@ def test_abandoned_transaction_aborted_by_next_start(outbox_db, topics, relays, 
     raw = ns_of(read_all(tps, "read_uncommitted"))
     abandoned = sorted(set(raw) - set(committed))
     assert abandoned == list(range(1000, 2000)), abandoned[:5]
-    assert scalar(conn, "SELECT count(*) FROM outbox.event") == 2000
+    assert scalar(conn, WAITING) == 2000
 
     relay = relays(cfg)
     wait_for(drained(conn), 30, "the outbox to drain after the restart")

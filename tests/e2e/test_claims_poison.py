@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from claims_util import http_config, insert, metric, ready, status
-from conftest import BOOTSTRAP, QUIET, create_topics, header, read_all, wait_for, write_config
+from conftest import WAITING, BOOTSTRAP, QUIET, create_topics, header, read_all, wait_for, write_config
 from test_relay import check_exactly_once, connect, drained, insert_rows, scalar
 
 
@@ -53,7 +53,7 @@ def assert_halted(relay, port, conn, good, poison_id, why):
     assert metric(port, "poison_stopped") == 1
     assert why in relay.text(), relay.text()
     assert ns_of(read_all([good])) == [0, 1, 2, 3, 4]
-    assert scalar(conn, "SELECT count(*) FROM outbox.event") == 5
+    assert scalar(conn, WAITING) == 5
 
 
 def test_missing_topic_stops_then_creating_it_resumes(outbox_db, topics, relays, tmp_path):

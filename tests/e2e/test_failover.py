@@ -15,7 +15,7 @@ import time
 import psycopg2
 import pytest
 
-from conftest import (ROOT, create_topics, log_time, read_all, relay_cmd, wait_for,
+from conftest import (WAITING, ROOT, create_topics, log_time, read_all, relay_cmd, wait_for,
                       write_config)
 from test_relay import checkpoint_of, check_exactly_once, connect, drained, insert_rows, scalar
 
@@ -182,7 +182,7 @@ def test_synchronous_failover_loses_nothing(pair, topics, relays, tmp_path):
         w.halt.set()
         w.join(30)
     new = connect(db.url(db.p2))
-    wait_for(lambda: scalar(new, "SELECT count(*) FROM outbox.event") == 0, 60,
+    wait_for(lambda: scalar(new, WAITING) == 0, 60,
              "the relay to drain the new primary")
     assert relay.proc.poll() is None, f"the relay exited:\n{relay.text()}"
     took_over = takeover_time(relay.text(), stopped_at)
@@ -224,6 +224,13 @@ def test_asynchronous_replica_that_missed_commits(relay_during_failover, pair, t
     relay = relays(cfg)
     relay.wait_log("publishing")
     old = connect(db.url(db.p1))
+    # A writer transaction left open on the old primary holds its partition:
+    # lot A is relayed but stays in the table (its partition cannot be
+    # truncated while the transaction is open), on both servers
+    holder = psycopg2.connect(db.url(db.p1))
+    with holder.cursor() as cur:
+        cur.execute("INSERT INTO outbox.event (topic, key, payload) VALUES (%s, 'hold', 'hold')",
+                    (tps[0],))
     insert_rows(old, tps, 0, 1000, per_txn=100)  # lot A: on both servers
     wait_for(drained(old), 60, "the relay to publish lot A")
     lsn = scalar(old, "SELECT pg_current_wal_lsn()::text")
@@ -262,6 +269,7 @@ def test_asynchronous_replica_that_missed_commits(relay_during_failover, pair, t
     if frozen:
         relay.proc.send_signal(signal.SIGSTOP)
     db.stop(db.primary)
+    holder.close()  # its transaction died with the old primary
     db.start(db.standby)
     db.standby_cmd("promote")
     new = connect(db.url(db.p2))
@@ -292,11 +300,12 @@ def test_asynchronous_replica_that_missed_commits(relay_during_failover, pair, t
 
     # The recovery procedure of docs/sql.md, "OR003".
     # 1. Every relay of this name is stopped (it exited). 2. Look at the rows
-    # and at Kafka: the table holds lot C (and lot S) only (lot A's rows
-    # were deleted when relayed, lot B is gone with the old primary), none
-    # of it relayed.
+    # and at Kafka: the table holds lot A (relayed, kept by the open
+    # transaction's partition), lot C (and lot S); lot B is gone with the old
+    # primary.
     rows = [r[0] for r in query(new, "SELECT convert_from(payload, 'UTF8') FROM outbox.event")]
-    assert sorted(rows) == sorted(f"row-{n}" for n in [*range(2000, 2500), *survivors])
+    assert sorted(rows) == sorted(f"row-{n}" for n in [*range(1000), *range(2000, 2500),
+                                                       *survivors])
     in_kafka = read_all(tps)
     assert sorted(int(dict(m.headers())["n"].decode()) for m in in_kafka) == \
         [*range(2000), *survivors]
@@ -317,9 +326,12 @@ def test_asynchronous_replica_that_missed_commits(relay_during_failover, pair, t
     # 5. The current generation.
     gen, seq = query(new, "SELECT generation, batch_seq FROM outbox.status('r-async')")[0]
     assert seq < ck_seq, "the promoted standby should hold an older position than Kafka"
-    # 6. Reset: 'relay', the table holds only rows never relayed; a batch
-    # number above the checkpoint's.
-    query(new, "SELECT * FROM outbox.position_reset('r-async', %s, 'relay', %s)", (gen, ck_seq + 1))
+    # 6. Reset: 'unrelayed', which deletes the rows the stored position
+    # relayed (lot A: 'relay' would publish them again); a batch number
+    # above the checkpoint's.
+    reset = query(new, "SELECT rows_deleted FROM outbox.position_reset('r-async', %s, 'unrelayed', %s)",
+                  (gen, ck_seq + 1))
+    assert reset == [(1000,)], reset
     # 7. Start the relay once trusting the database's position.
     cfg2 = write_config(tmp_path / "relay-recover.conf", db.url(db.p2), "r-async",
                         **opts, **{"relay.on_database_ahead": "trust-database"})

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from conftest import create_topics, header, read_all, wait_for, write_config
+from conftest import WAITING, create_topics, header, read_all, wait_for, write_config
 from test_relay import connect, drained, insert_rows, scalar
 
 
@@ -71,9 +71,9 @@ def test_broker_aborted_transaction_is_not_fenced(outbox_db, topics, relays, tmp
     # A stop lands mid-transaction most of the time while a backlog drains;
     # try until one did (the relay logs the broker's abort when it did).
     for attempt in range(4):
-        wait_for(lambda: scalar(conn, "SELECT count(*) FROM outbox.event") < total, 60,
+        wait_for(lambda: scalar(conn, WAITING) < total, 60,
                  "publishing to start")
-        if scalar(conn, "SELECT count(*) FROM outbox.event") == 0:
+        if scalar(conn, WAITING) == 0:
             break
         relay.proc.send_signal(signal.SIGSTOP)
         # transaction.timeout.ms, then the broker's abort sweep (every 5 s

@@ -11,7 +11,7 @@ import psycopg2
 import pytest
 from confluent_kafka import TIMESTAMP_CREATE_TIME
 
-from conftest import (SANITIZED, ckpt_topic, header, java_partition, read_all, relay_cmd,
+from conftest import (WAITING, SANITIZED, ckpt_topic, header, java_partition, read_all, relay_cmd,
                       wait_for, write_config)
 
 
@@ -47,7 +47,7 @@ def insert_rows(conn, topics, start, count, keys=64, per_txn=1000, key_prefix="k
 
 
 def drained(conn):
-    return lambda: scalar(conn, "SELECT count(*) FROM outbox.event") == 0
+    return lambda: scalar(conn, WAITING) == 0
 
 
 def check_exactly_once(msgs, expected_ns, partitions=None):
@@ -150,14 +150,14 @@ def test_stop_and_start_mid_stream(outbox_db, topics, relays, tmp_path):
         # some batches of this run committed and advanced...
         wait_for(lambda: db_position(conn, "r-restart")[0] >= seq + 2, 60,
                  f"round {round_}: two batches", interval=0.02)
-        waiting = scalar(conn, "SELECT count(*) FROM outbox.event")
+        waiting = scalar(conn, WAITING)
         started = time.monotonic()
         assert relay.stop() == 0, relay.text()
         assert time.monotonic() - started < 15
         # ...and rows were still waiting when the signal went
         assert waiting > 0, f"round {round_}: the outbox was empty at the stop"
         seq = db_position(conn, "r-restart")[0]
-        assert scalar(conn, "SELECT count(*) FROM outbox.event") > 0
+        assert scalar(conn, WAITING) > 0
     writer.join()
     relay = relays(cfg)
     wait_for(drained(conn), 180, "the outbox to drain")
@@ -207,7 +207,7 @@ def test_crash_point_repaired(point, outbox_db, topics, relays, tmp_path):
     assert rc == -9, f"expected SIGKILL at {point}, got {rc}:\n{crashing.text()}"
     assert f'crash point "{point}" reached' in crashing.text()
     assert_read_ahead_at_crash(crashing.text(), point)
-    before = scalar(conn, "SELECT count(*) FROM outbox.event")
+    before = scalar(conn, WAITING)
     assert 0 < before < 6000, "the crash should come mid-stream"
 
     relay = relays(cfg)

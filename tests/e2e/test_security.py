@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import psycopg2
 import pytest
 
-from conftest import (PG_URL, ckpt_topic, create_topics, psql, read_all, relay_cmd, wait_for,
+from conftest import (WAITING, PG_URL, ckpt_topic, create_topics, psql, read_all, relay_cmd, wait_for,
                       write_config)
 from secure_util import (MTLS_BOOTSTRAP, MTLS_USER, SASL_BOOTSTRAP, SASL_USER, TLS, Acl,
                          SecurityAdmin, assert_secret_never_shown, grant, mtls_props,
@@ -148,7 +148,7 @@ def test_each_listed_acl_taken_away(outbox_db, topics, relays, acl_admin, tmp_pa
             assert r.wait_exit(60) == 1, f"{case}: {r.text()}"
         r.wait_log(want, 60)
         if case != "topic-describe-configs":  # only a warning: the rows still go
-            assert scalar(conn, "SELECT count(*) FROM outbox.event") > 0, f"{case}: {r.text()}"
+            assert scalar(conn, WAITING) > 0, f"{case}: {r.text()}"
         acl_admin.add(SASL_USER, acl)
         if exits:
             texts.append(r.text())
@@ -178,7 +178,7 @@ def test_dead_letter_write_taken_away(outbox_db, topics, relays, acl_admin, tmp_
     # without Write the relay cannot even see the topic, which it checks at start
     r.wait_log(f'could not create topic "{re.escape(dlq)}": .*TOPIC_AUTHORIZATION_FAILED.*'
                r"grant the relay's ACLs on it \(Write", 60)
-    assert scalar(conn, "SELECT count(*) FROM outbox.event") == 11
+    assert scalar(conn, WAITING) == 11
     acl_admin.add(SASL_USER, Acl("TOPIC", dlq, "LITERAL", "WRITE"))
     wait_for(drained(conn), 60, "the rows once the ACL is back")
     assert r.stop() == 0

@@ -8,7 +8,7 @@ shards exactly once, ids rising per key along each partition, and
 import json
 import uuid
 
-from conftest import create_topics, read_all, relay_cmd, wait_for, write_config
+from conftest import WAITING, create_topics, read_all, relay_cmd, wait_for, write_config
 from test_relay import check_exactly_once, connect, drained, insert_rows, scalar
 
 ROWS = 3000
@@ -32,7 +32,7 @@ def test_two_shards_share_topics_and_checkpoint_topic(outbox_dbs, topics, relays
         shards.append((conn, cfg))
     running = [relays(cfg) for _, cfg in shards]
     # shard 0's relay dies by kill -9 in the middle of its drain ...
-    wait_for(lambda: scalar(shards[0][0], "SELECT count(*) FROM outbox.event") < ROWS // 2, 60,
+    wait_for(lambda: scalar(shards[0][0], WAITING) < ROWS // 2, 60,
              "shard 0's relay to publish")
     running[0].kill()
     for s, (conn, _) in enumerate(shards):  # ... while both shards keep writing
