@@ -54,6 +54,15 @@ DRAFT_SQL = os.path.join(ROOT, "bench", "sql", "draft_0003_partitioned_outbox.sq
 TOPICS = 3
 
 
+def install_upto(url, stop):
+    """install.sql's migrations before `stop` (e.g. "0005"): an older schema."""
+    text = open(os.path.join(ROOT, "sql", "install.sql")).read()
+    text = text[:text.index("\\set migration %s" % stop)].replace(
+        "\\ir lib/", "\\ir %s/" % os.path.join(ROOT, "sql", "lib"))
+    subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url], input=text, text=True,
+                   check=True, stdout=subprocess.DEVNULL)
+
+
 def log(msg):
     print("dbcost: " + msg, file=sys.stderr, flush=True)
 
@@ -467,7 +476,8 @@ class Driver:
 
 VARIANTS = {
     # name: (kind, template, max_rows or None)
-    "relay": "the relay (RelWithDebInfo, crash points off), schema v2",
+    "relay": "the relay (RelWithDebInfo, crash points off), schema of install.sql (5 since the partitioned outbox)",
+    "relay-v4": "--relay-v4 BIN on schema 4 (install.sql up to 0004): the DELETE in advance and its VACUUM",
     "driver": "driver: the relay's statements from a libpq driver, schema v2",
     "driver-nobytes": "driver, fetch_page(..., max_bytes => NULL), schema v2",
     "driver-keep": "driver, advance with retention (no DELETE), then nothing: no cleanup at all (a lower bound)",
@@ -520,7 +530,10 @@ class DbCost:
         if kind not in self.templates:
             name = "dbcost_%s_tpl_%s" % (RUN, kind)
             url = self.pg.create(name)
-            bench.Pg.install(url)
+            if kind == "v4":
+                install_upto(url, "0005")
+            else:
+                bench.Pg.install(url)
             if kind == "proto":
                 subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", DRAFT_SQL],
                                check=True, stdout=subprocess.DEVNULL)
@@ -621,9 +634,9 @@ class DbCost:
                 return pid
         return None
 
-    def run_relay(self, max_rows):
+    def run_relay(self, max_rows, kind="v2", binary=None):
         topics = self.kafka_topics()
-        dbname, url = self.fresh("v2")
+        dbname, url = self.fresh(kind)
         try:
             per = [sum(1 for s in range(1, self.args.rows + 1) if s % TOPICS == i) for i in range(TOPICS)]
             cons = [bench.Consumer(t, self.args.rows, want=n, timeout=600) for t, n in zip(topics, per)]
@@ -633,7 +646,7 @@ class DbCost:
 
             def body():
                 relay = bench.Relay(self.tmp, label, url, max_rows=max_rows,
-                                    max_bytes=bench.max_bytes_for(max_rows))
+                                    max_bytes=bench.max_bytes_for(max_rows), binary=binary)
                 self.procs.append(relay)
                 relay.wait_publishing(120)
                 pid = None
@@ -646,6 +659,11 @@ class DbCost:
                 perf = perf_start(self.args.perf, "relay-%d" % max_rows, pid)
                 counts = [c.finish(self.args.timeout)["count"] for c in cons]
                 time.sleep(0.3)  # the last advance follows the last Kafka commit
+                # the cleanup is part of the cost: schema 5 truncates the
+                # last partition at the last advance or when the relay idles
+                deadline = time.time() + 10
+                while self.leftover(url) and time.time() < deadline:
+                    time.sleep(0.1)
                 b1 = backend_ticks(pid) if pid else None
                 perf_stop(perf)
                 relay.stop()
@@ -712,6 +730,10 @@ class DbCost:
     def one(self, variant, max_rows):
         if variant == "relay":
             return self.run_relay(max_rows)
+        if variant == "relay-v4":
+            if not self.args.relay_v4:
+                raise SystemExit("dbcost: variant relay-v4 needs --relay-v4 BIN (a relay built for schema 4)")
+            return self.run_relay(max_rows, kind="v4", binary=self.args.relay_v4)
         if variant == "driver":
             return self.run_driver("v2", max_rows)
         if variant == "driver-nobytes":
@@ -736,7 +758,10 @@ class DbCost:
         res = {"run": RUN, "args": vars(a), "copy": [], "runs": [], "delete": []}
         self.template("v2")
         if any(v.startswith("proto") for v in a.variants):
-            self.template("proto")
+            raise SystemExit("dbcost: the proto variants apply bench/sql/draft_0003 to schema 2-4; "
+                             "install.sql is at schema 5 now (runs 2-6 of bench/sql/RESULTS.md measured them)")
+        if "relay-v4" in a.variants:
+            self.template("v4")
         for rep in range(a.repeat):
             res["copy"].append(self.copy_floor())
             log("copy floor: backend %.0f ms, server %.0f ms" % (res["copy"][-1]["backend_us"] / 1e3,
@@ -841,6 +866,8 @@ def report(res):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=300000)
+    ap.add_argument("--relay-v4", metavar="BIN",
+                    help="for variant relay-v4: a relay built for schema 4 (before the partitioned outbox)")
     ap.add_argument("--max-rows", type=int, nargs="+", default=[1000, 10000])
     ap.add_argument("--variants", nargs="+", default=["relay", "delete"],
                     help="any of: %s; 'all' for every one" % ", ".join(VARIANTS))
