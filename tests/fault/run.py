@@ -23,15 +23,38 @@ standby promoted; the writers, the relays and the checker find the server
 that takes writes through a multi-host conninfo (target_session_attrs=
 read-write). Then the old primary's data directory becomes a fresh
 synchronous standby of the new one (pg_basebackup -R), ready for the next.
-A plan with db_failover runs its whole database on such a primary+standby
-pair of its own (tests/pgpair.py: own state directory under /var/tmp, own
-ports, removed at the end; the server logs are copied to the run directory);
-the `postgres` and `terminate_backend` faults then act on the pair's
-current primary. A plan without it uses deploy/local/up's cluster.
+A plan with db_failover (or db_failover_async) runs its whole database on
+such a primary+standby pair of its own (tests/pgpair.py: own state
+directory under /var/tmp, own ports, removed at the end; the server logs
+are copied to the run directory); the `postgres` and `terminate_backend`
+faults then act on the pair's current primary. A plan without either uses
+deploy/local/up's cluster.
+
+Failover to an asynchronous replica that missed commits
+(`db_failover_async`, issue 15; in the full plan, not the quick one): the
+standby stops receiving (the primary made asynchronous for it, the standby
+stopped -m fast once it has the primary's WAL up to then) while the writers
+commit and the relay publishes at least two more batches, past
+transactions the standby missed; the primary is stopped -m immediate, the
+standby started again and promoted. The database
+has then lost transactions that Kafka has, its transaction and outbox ids
+restart below the relay's, and its stored batch is behind Kafka's. The
+supervisor is held: every relay alive must stop by itself with exit code 5
+(OR003). The harness then does what docs/sql.md "OR003" tells the operator
+(tests/or003.py): `verify --list-lost`, the rows listed `published`
+deleted, `position_reset(name, generation, 'relay', Kafka's batch + 1)`,
+one relay started with relay.on_database_ahead = "trust-database" until it
+advanced; then the supervisor goes on and the old primary becomes the new
+one's standby. The checker then follows two histories (checker.py, "Two
+histories"): the records whose rows the database lost must be exactly those
+verify listed as lost, of transactions acknowledged in the lost span; no
+other acknowledged transaction may be missing; rows are told apart by the
+workload's own transaction and key, not by the reused ids.
 
 The writers record every transaction whose COMMIT returned in files of the
 run directory, outside the database; the checker fails on one missing from
-the database (the audit table would fail over, or rewind, with the outbox).
+the database (the audit table would fail over, or rewind, with the outbox),
+unless acknowledged in a db_failover_async's lost span.
 
 deploy/local/up must have run (scripts/test does that).
 """
@@ -591,16 +614,20 @@ http = {{ listen = ""; }};
                               f"{ADVANCE_APPLIED_TEXT!r}")
         return hit is not None
 
-    def relay_batch_seq(self, port):
-        """The relay's stored batch number on the server at `port`."""
+    def relay_position(self, port):
+        """The relay's stored batch number on the server at `port`, and the
+        xmin of its stored pos_done (every transaction below it relayed)."""
         conn = psycopg2.connect(self.pair.url(port), connect_timeout=5)
         try:
             with conn.cursor() as cur:
-                cur.execute("SELECT batch_seq FROM outbox.relay_state WHERE name = %s", (self.name,))
-                row = cur.fetchone()
-                return row[0] if row else 0
+                cur.execute("SELECT batch_seq, pg_snapshot_xmin(pos_done)::text::bigint "
+                            "FROM outbox.relay_state WHERE name = %s", (self.name,))
+                return cur.fetchone() or (0, 0)
         finally:
             conn.close()
+
+    def relay_batch_seq(self, port):
+        return self.relay_position(port)[0]
 
     def f_db_failover(self):
         """The database primary stopped with -m immediate while the writers
@@ -661,7 +688,8 @@ http = {{ listen = ""; }};
         """A failover to an asynchronous replica that missed commits (issue
         15): the standby stops receiving (its primary made asynchronous;
         pgpair.Pair.stop_receiving) while the writers commit and a relay
-        publishes at least two more batches, then the primary is stopped
+        publishes at least two more batches, past transactions the standby
+        missed, then the primary is stopped
         -m immediate and the standby, started again, promoted. The new
         primary lost transactions Kafka has, its ids restart below the
         relay's position, and its stored batch is behind Kafka's checkpoint.
@@ -685,9 +713,15 @@ http = {{ listen = ""; }};
         old_port = self.pair.primary_port
         mark = self.load.ack_mark()
         self.pair.stop_receiving()
+        missed = int(self.pair.primary_sql("SELECT pg_snapshot_xmax(pg_current_snapshot())::text")[0])
         seq0 = self.relay_batch_seq(old_port)
+        # until the relay's position passed transactions the standby
+        # missed (every id below `missed` done), two batches at least
         deadline = time.monotonic() + 30
-        while self.relay_batch_seq(old_port) < seq0 + 2 and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            seq, done_xmin = self.relay_position(old_port)
+            if seq >= seq0 + 2 and done_xmin > missed:
+                break
             time.sleep(0.1)
         time.sleep(self.rng.uniform(0, 0.5))
         with self.lock:
