@@ -694,7 +694,7 @@ def check(db_url, bootstrap, topics, relay, ckpt_topic, expect_aborted=False, ti
         ("records in the log (read_uncommitted)", raw_count),
         ("lost", len(lost)),
         ("duplicated", len(dups)),
-        ("phantom (no row, or not listed lost)", len(beyond_v)),
+        ("phantom, or unlike verify's lost list (violations)", len(beyond_v)),
         ("topic/key/payload/header mismatches", len(mismatch) + len(no_id)),
         ("per-key order violations", len(order)),
         ("checkpoints in the chain", len(chain)),
