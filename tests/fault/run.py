@@ -689,26 +689,25 @@ http = {{ listen = ""; }};
         15): the standby stops receiving (its primary made asynchronous;
         pgpair.Pair.stop_receiving) while the writers commit and a relay
         publishes at least two more batches, past transactions the standby
-        missed, then the primary is stopped
-        -m immediate and the standby, started again, promoted. The new
-        primary lost transactions Kafka has, its ids restart below the
-        relay's position, and its stored batch is behind Kafka's checkpoint.
-        The supervisor is held: every relay alive at the failover (the one
-        that publishes and a standby relay started for this) must stop by
-        itself with exit code 5 (OR003), within a minute (one that does
-        not is killed and the fault did not take effect). Then the recovery
-        of docs/sql.md "OR003" (tests/or003.py): verify --list-lost, the
-        rows listed `published` deleted, position_reset(name, generation,
-        'relay', Kafka's batch + 1), one relay started with
+        missed, then the primary is stopped -m immediate and the standby,
+        started again, promoted. The new primary lost transactions Kafka has,
+        its ids restart below the relay's position, and its stored batch is
+        behind Kafka's checkpoint. The supervisor is held: every relay alive at
+        the failover (the one that publishes and a standby relay started for
+        this) must stop by itself with exit code 5 (OR003), within a minute
+        (one that does not is killed and the fault did not take effect). Then
+        the recovery of docs/sql.md "OR003" (tests/or003.py): verify
+        --list-lost, the rows listed `published` deleted, position_reset(name,
+        generation, 'relay', Kafka's batch + 1), one relay started with
         relay.on_database_ahead = "trust-database" until it advanced, then
         stopped (SIGTERM) and the supervisor let go. Evidence: every relay
         exited 5, verify listed at least one record as lost, and the relay
-        published again. For the checker: the transactions acknowledged
-        between the standby's stop and the primary's (the lost span), the
-        promoted standby's snapshot xmax (the new history's transaction ids
-        begin there), the reset's batch and verify's list (checker.check,
-        "Two histories"). Then the old primary's data directory becomes the
-        new primary's standby (pg_basebackup -R)."""
+        published again. For the checker: the transactions acknowledged between
+        the standby's stop and the primary's (the lost span), the promoted
+        standby's snapshot xmax (the new history's transaction ids begin
+        there), the reset's batch and verify's list (checker.check, "Two
+        histories"). Then the old primary's data directory becomes the new
+        primary's standby (pg_basebackup -R)."""
         self.current()
         with self.lock:  # a standby relay too: every relay must stop
             standby = Relay(self)
