@@ -8,6 +8,9 @@ made by deploy/local/standby.
     pair = Pair(sync=True, dbname="outbox")   # initdb, install.sql, standby up
     conninfo = pair.multi_host()              # both servers, read-write wins
     pair.fail_over()                          # primary -m immediate, promote
+    pair.stop_receiving()                     # (before fail_over) the standby
+                                              # stops with the primary's WAL up
+                                              # to now: later commits it misses
     pair.rebuild_standby()                    # old primary's data replaced by
                                               # a base backup of the new one
     pair.destroy()
@@ -23,6 +26,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import psycopg2
@@ -127,12 +131,73 @@ class Pair:
     def stop(self, data, mode="immediate"):
         as_postgres(f"{PG_BIN}/pg_ctl", "-D", data, "-m", mode, "-w", "stop", check=False)
 
-    def fail_over(self):
-        """Stops the primary with -m immediate and promotes the standby: the
-        roles swap. The old primary stays down until rebuild_standby()."""
+    def primary_sql(self, sql, args=(), db="postgres"):
+        """One statement on the current primary (autocommit); its first row."""
+        conn = psycopg2.connect(self.url(self.primary_port, db), connect_timeout=5)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, args)
+                return cur.fetchone() if cur.description else None
+        finally:
+            conn.close()
+
+    def set_sync(self, sync):
+        """The primary's synchronous_standby_names: the standby's name, or
+        none (its commits then wait for no standby)."""
+        self.primary_sql("ALTER SYSTEM SET synchronous_standby_names = %s",
+                         ("outbox_standby" if sync else "",))
+        self.primary_sql("SELECT pg_reload_conf()")
+
+    def stop_receiving(self, timeout=60):
+        """An asynchronous standby that misses the commits from now on: the
+        primary made asynchronous (else its commits would wait for the
+        stopped standby), the standby waited for until it has replayed the
+        primary's WAL up to now (so every commit acknowledged before this
+        call is on it), then stopped (-m fast: it keeps what it received).
+        fail_over() starts it again and promotes it. (A paused replay,
+        pg_wal_replay_pause(), would not do: the standby keeps receiving, and
+        replays it all at promotion.)"""
+        self.set_sync(False)
+        lsn = self.primary_sql("SELECT pg_current_wal_lsn()::text")[0]
+        deadline = time.monotonic() + timeout
+        while not self.primary_sql("SELECT coalesce(bool_and(replay_lsn >= %s::pg_lsn), false) "
+                                   "FROM pg_stat_replication", (lsn,))[0]:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the standby did not replay the primary's WAL up to {lsn} "
+                                   f"within {timeout} s")
+            time.sleep(0.05)
+        self.stop(self.nodes[self.role[1]][0], "fast")
+
+    def standby_xmax(self):
+        """The standby's snapshot xmax (it must run, in recovery): every
+        transaction it has as committed has a lower id, every transaction
+        it runs once promoted a higher or equal one."""
+        conn = psycopg2.connect(self.url(self.standby_port), connect_timeout=5)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
+                return cur.fetchone()[0]
+        finally:
+            conn.close()
+
+    def standby_running(self):
+        data = self.nodes[self.role[1]][0]
+        return as_postgres(f"{PG_BIN}/pg_ctl", "-D", data, "status", check=False).returncode == 0
+
+    def fail_over(self, before_promote=None):
+        """Stops the primary with -m immediate and promotes the standby
+        (started again first if stop_receiving() stopped it): the roles
+        swap. The old primary stays down until rebuild_standby().
+        `before_promote()` runs with the standby up, in recovery; its value
+        is returned."""
         self.stop(self.primary_data)
+        if not self.standby_running():
+            self.start(self.nodes[self.role[1]][0])
+        seen = before_promote() if before_promote else None
         self.standby_cmd("promote")
         self.role.reverse()
+        return seen
 
     def rebuild_standby(self):
         """The old primary's data directory replaced by a fresh base backup

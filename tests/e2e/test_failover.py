@@ -15,11 +15,12 @@ import time
 import psycopg2
 import pytest
 
-from conftest import (WAITING, ROOT, create_topics, log_time, read_all, relay_cmd, wait_for,
-                      write_config)
+from conftest import (RELAY_BIN, ROOT, WAITING, create_topics, log_time, read_all, relay_cmd,
+                      relay_env, wait_for, write_config)
 from test_relay import checkpoint_of, check_exactly_once, connect, drained, insert_rows, scalar
 
 sys.path.insert(0, str(ROOT / "tests"))
+import or003  # noqa: E402
 from pgpair import Pair  # noqa: E402
 
 
@@ -118,20 +119,17 @@ def check_failover(msgs, writers):
 
 def lost_by_database(cfg, tps):
     """outbox-relay verify's report of the events Kafka has that the database
-    lost: (exit code, the JSON summary, the row numbers "n" of the records
-    it lists as lost, in order, and {n: outbox id} of those it lists as
-    published with their row still in the table)."""
-    res = relay_cmd("verify", "-c", cfg, "--topics", ",".join(tps), "--json", "--list-lost")
-    assert res.returncode in (0, 6), res.stdout + res.stderr
-    summary = json.loads(res.stdout)
+    lost (tests/or003.py): (exit code, the JSON summary, the row numbers "n"
+    of the records it lists as lost, in order, and {n: outbox id} of those
+    it lists as published with their row still in the table)."""
+    code, summary = or003.list_lost(RELAY_BIN, cfg, tps, env=relay_env(None))
     listed = {(e["topic"], e["partition"], e["offset"]): e for e in summary["lost_list"]}
-    assert len(listed) == len(summary["lost_list"]), summary["lost_list"]
     found = [(int(dict(m.headers())["n"].decode()), listed[(m.topic(), m.partition(), m.offset())])
              for m in read_all(tps) if (m.topic(), m.partition(), m.offset()) in listed]
     assert len(found) == len(listed), "verify listed records that are not in Kafka"
     lost = sorted(n for n, e in found if e["state"] == "lost")
     published = {n: e["outbox_id"] for n, e in found if e["state"] == "published"}
-    return res.returncode, summary, lost, published
+    return code, summary, lost, published
 
 
 def takeover_time(text, stopped_at):
@@ -233,10 +231,6 @@ def test_asynchronous_replica_that_missed_commits(relay_during_failover, pair, t
                     (tps[0],))
     insert_rows(old, tps, 0, 1000, per_txn=100)  # lot A: on both servers
     wait_for(drained(old), 60, "the relay to publish lot A")
-    lsn = scalar(old, "SELECT pg_current_wal_lsn()::text")
-    wait_for(lambda: scalar(old, "SELECT bool_and(replay_lsn >= %s::pg_lsn) "
-                                 "FROM pg_stat_replication", (lsn,)),
-             60, "the standby to replay lot A")
     running = relay_during_failover == "running"
     survivors = range(2500, 2600) if running else range(0)
     if running:
@@ -245,11 +239,8 @@ def test_asynchronous_replica_that_missed_commits(relay_during_failover, pair, t
         # table, unrelayed, and in Kafka already
         relay.proc.send_signal(signal.SIGSTOP)
         insert_rows(old, tps, survivors.start, len(survivors), per_txn=len(survivors))
-        lsn = scalar(old, "SELECT pg_current_wal_lsn()::text")
-        wait_for(lambda: scalar(old, "SELECT bool_and(replay_lsn >= %s::pg_lsn) "
-                                     "FROM pg_stat_replication", (lsn,)),
-                 60, "the standby to replay lot S")
-    db.stop(db.standby, "fast")
+    # the standby has lot A (and lot S) and misses everything after
+    db.stop_receiving()
     if running:
         relay.proc.send_signal(signal.SIGCONT)
         wait_for(drained(old), 60, "the relay to publish lot S")
@@ -268,10 +259,8 @@ def test_asynchronous_replica_that_missed_commits(relay_during_failover, pair, t
     frozen = relay_during_failover == "frozen"
     if frozen:
         relay.proc.send_signal(signal.SIGSTOP)
-    db.stop(db.primary)
+    db.fail_over()  # the standby started again and promoted
     holder.close()  # its transaction died with the old primary
-    db.start(db.standby)
-    db.standby_cmd("promote")
     new = connect(db.url(db.p2))
     # lot C: after the failover; frozen: 50 transactions, more than lot B
     # and the relay's advances took on the old primary
@@ -320,18 +309,15 @@ def test_asynchronous_replica_that_missed_commits(relay_during_failover, pair, t
     assert sorted(published) == list(survivors)
     # 4. The rows listed as published are in Kafka already: delete them, so
     # that the reset's 'relay' does not publish them a second time.
-    if published:
-        query(new, "DELETE FROM outbox.event WHERE id = ANY(%s)", (list(published.values()),))
+    assert or003.delete_published(new, audit_before) == len(published)
     ck_seq = int(dict(f.split("=", 1) for f in ck_before.split()[1:])["seq"])
-    # 5. The current generation.
-    gen, seq = query(new, "SELECT generation, batch_seq FROM outbox.status('r-async')")[0]
+    assert or003.kafka_batch(audit_before) == ck_seq
+    # 5. The current generation, 6. reset: 'unrelayed', which deletes the
+    # rows the stored position relayed (lot A, still in the table: 'relay'
+    # would publish them again); a batch number above the checkpoint's.
+    (gen, seq), row = or003.reset(new, "r-async", ck_seq + 1)
     assert seq < ck_seq, "the promoted standby should hold an older position than Kafka"
-    # 6. Reset: 'unrelayed', which deletes the rows the stored position
-    # relayed (lot A: 'relay' would publish them again); a batch number
-    # above the checkpoint's.
-    reset = query(new, "SELECT rows_deleted FROM outbox.position_reset('r-async', %s, 'unrelayed', %s)",
-                  (gen, ck_seq + 1))
-    assert reset == [(1000,)], reset
+    assert row[4] == 1000, row  # rows_deleted: lot A
     # 7. Start the relay once trusting the database's position.
     cfg2 = write_config(tmp_path / "relay-recover.conf", db.url(db.p2), "r-async",
                         **opts, **{"relay.on_database_ahead": "trust-database"})

@@ -23,15 +23,38 @@ standby promoted; the writers, the relays and the checker find the server
 that takes writes through a multi-host conninfo (target_session_attrs=
 read-write). Then the old primary's data directory becomes a fresh
 synchronous standby of the new one (pg_basebackup -R), ready for the next.
-A plan with db_failover runs its whole database on such a primary+standby
-pair of its own (tests/pgpair.py: own state directory under /var/tmp, own
-ports, removed at the end; the server logs are copied to the run directory);
-the `postgres` and `terminate_backend` faults then act on the pair's
-current primary. A plan without it uses deploy/local/up's cluster.
+A plan with db_failover (or db_failover_async) runs its whole database on
+such a primary+standby pair of its own (tests/pgpair.py: own state
+directory under /var/tmp, own ports, removed at the end; the server logs
+are copied to the run directory); the `postgres` and `terminate_backend`
+faults then act on the pair's current primary. A plan without either uses
+deploy/local/up's cluster.
+
+Failover to an asynchronous replica that missed commits
+(`db_failover_async`, issue 15; in the full plan, not the quick one): the
+standby stops receiving (the primary made asynchronous for it, the standby
+stopped -m fast once it has the primary's WAL up to then) while the writers
+commit and the relay publishes at least two more batches, past transactions
+the standby missed; the primary is stopped -m immediate, the standby
+started again and promoted. The database has then lost transactions that
+Kafka has, its transaction and outbox ids restart below the relay's, and
+its stored batch is behind Kafka's. The supervisor is held: every relay
+alive (a standby relay among them) must stop by itself with exit code 5
+(OR003). The harness then does what docs/sql.md "OR003" tells the operator
+(tests/or003.py): `verify --list-lost`, the rows listed `published`
+deleted, `position_reset(name, generation, 'unrelayed', Kafka's batch + 1)`,
+one relay started with relay.on_database_ahead = "trust-database" until it
+advanced; then the supervisor goes on and the old primary becomes the new
+one's standby. The checker then follows two histories (checker.py, "Two
+histories"): the records whose rows the database lost must be exactly those
+verify listed as lost, of transactions acknowledged in the lost span; no
+other acknowledged transaction may be missing; rows are told apart by the
+workload's own transaction and key, not by the reused ids.
 
 The writers record every transaction whose COMMIT returned in files of the
 run directory, outside the database; the checker fails on one missing from
-the database (the audit table would fail over, or rewind, with the outbox).
+the database (the audit table would fail over, or rewind, with the outbox),
+unless acknowledged in a db_failover_async's lost span.
 
 deploy/local/up must have run (scripts/test does that).
 """
@@ -60,6 +83,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import checker  # noqa: E402
+import or003  # noqa: E402
 import pgpair  # noqa: E402
 import workload  # noqa: E402
 
@@ -109,7 +133,7 @@ FOREIGN_TXN_WAIT_TEXT = "last stable offset"
 # The relay's retried advance was answered "already applied" (issue 12.2).
 ADVANCE_APPLIED_TEXT = "already applied"
 KINDS = ["crash_point", "kill", "zombie", "failover", "broker", "postgres", "terminate_backend",
-         "pause", "delay", "foreign_txn", "advance_reply_lost", "db_failover"]
+         "pause", "delay", "foreign_txn", "advance_reply_lost", "db_failover", "db_failover_async"]
 LABELS = {
     "crash_point": "crash point",  # with the point's name
     "kill": "kill -9 (random time)",
@@ -123,6 +147,7 @@ LABELS = {
     "foreign_txn": "foreign transaction open on the checkpoint partition across a restart",
     "advance_reply_lost": "reply to outbox.advance lost after the server committed",
     "db_failover": "database primary stopped -m immediate, synchronous standby promoted",
+    "db_failover_async": "asynchronous standby that missed commits promoted; OR003 recovery",
 }
 # Tries of one planned fault before it counts as not taken effect.
 TRIES = 3
@@ -187,10 +212,10 @@ class DelayProxy(threading.Thread):
 
 
 class Relay:
-    def __init__(self, h, env=None):
+    def __init__(self, h, env=None, config=None):
         self.log_path = h.dir / f"relay-{len(h.all_relays)}.log"
         self.logf = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([RELAY_BIN, "run", "-c", str(h.config)], stdout=self.logf,
+        self.proc = subprocess.Popen([RELAY_BIN, "run", "-c", str(config or h.config)], stdout=self.logf,
                                      stderr=self.logf, env={**os.environ, **(env or {})})
         h.all_relays.append(self)
 
@@ -233,18 +258,22 @@ class Harness:
         # every crash point in turn, so each is hit equally often
         self.points = itertools.cycle(self.rng.sample(CRASH_POINTS, len(CRASH_POINTS)))
         self.db = None
-        self.pair = None  # tests/pgpair.py's primary+standby, when the plan has db_failover
+        self.pair = None  # tests/pgpair.py's primary+standby, when the plan has db_failover(_async)
+        self.hold = False  # the supervisor starts no relay (the OR003 recovery)
+        self.async_failovers = []  # for the checker: see f_db_failover_async
 
     # -- set-up -------------------------------------------------------------
     def setup(self):
         self.dbname = dbname = self.name.replace("-", "_")
         sql = os.environ.get("OUTBOX_E2E_INSTALL_SQL", str(ROOT / "sql/install.sql"))
-        if "db_failover" in self.plan_kinds:
-            # The whole run on a primary and a synchronous standby of its own
-            # (not the env's cluster): the writers, the relays and the
-            # checker reach whichever takes writes through a multi-host
-            # conninfo.
-            self.pair = pgpair.Pair(sync=True, dbname=dbname, install_sql=sql)
+        if self.plan_kinds & {"db_failover", "db_failover_async"}:
+            # The whole run on a primary and a standby of its own (not the
+            # env's cluster): the writers, the relays and the checker reach
+            # whichever takes writes through a multi-host conninfo. The
+            # standby is synchronous when the plan has db_failover (the
+            # asynchronous failover makes it asynchronous for its own time).
+            self.pair = pgpair.Pair(sync="db_failover" in self.plan_kinds, dbname=dbname,
+                                    install_sql=sql)
             self.db = self.pair.multi_host()
             log(f"database on a primary+standby pair of its own: {self.pair.state}")
         else:
@@ -304,6 +333,12 @@ kafka = {{ bootstrap_servers = "{bootstrap}"; checkpoint_topic = "{self.ckpt}";
 batch = {{ max_rows = {self.args.batch_rows}; poll_interval_ms = 50; }};
 http = {{ listen = ""; }};
 """)
+        # step 7 of the OR003 recovery: one start trusting the database's
+        # position (db_failover_async)
+        self.trust_config = self.dir / "relay-trust-database.conf"
+        self.trust_config.write_text(self.config.read_text().replace(
+            f"lease_ttl_ms = {LEASE_TTL_MS};",
+            f'lease_ttl_ms = {LEASE_TTL_MS}; on_database_ahead = "trust-database";'))
         log(f"run directory {self.dir}, database {self.db}, relay {self.name}")
 
     def start_pgproxy(self, upstream_port, listen_port=0, host="127.0.0.1"):
@@ -332,7 +367,7 @@ http = {{ listen = ""; }};
                         self.exit_codes[r.proc.returncode] += 1
                         if r.proc.returncode not in (-9, 3, 0):
                             log(f"relay exited {r.proc.returncode}: see {r.log_path}")
-                if not any(r.alive() for r in self.all_relays):
+                if not self.hold and not any(r.alive() for r in self.all_relays):
                     Relay(self)
             time.sleep(0.2)
 
@@ -579,16 +614,20 @@ http = {{ listen = ""; }};
                               f"{ADVANCE_APPLIED_TEXT!r}")
         return hit is not None
 
-    def relay_batch_seq(self, port):
-        """The relay's stored batch number on the server at `port`."""
+    def relay_position(self, port):
+        """The relay's stored batch number on the server at `port`, and the
+        xmin of its stored pos_done (every transaction below it relayed)."""
         conn = psycopg2.connect(self.pair.url(port), connect_timeout=5)
         try:
             with conn.cursor() as cur:
-                cur.execute("SELECT batch_seq FROM outbox.relay_state WHERE name = %s", (self.name,))
-                row = cur.fetchone()
-                return row[0] if row else 0
+                cur.execute("SELECT batch_seq, pg_snapshot_xmin(pos_done)::text::bigint "
+                            "FROM outbox.relay_state WHERE name = %s", (self.name,))
+                return cur.fetchone() or (0, 0)
         finally:
             conn.close()
+
+    def relay_batch_seq(self, port):
+        return self.relay_position(port)[0]
 
     def f_db_failover(self):
         """The database primary stopped with -m immediate while the writers
@@ -607,14 +646,7 @@ http = {{ listen = ""; }};
         self.pair.fail_over()
         promoted = time.monotonic() - t0
         new_port = self.pair.primary_port
-        # A proxy in front of the stopped server would accept connections
-        # and close them: libpq then gives up on the whole host list instead
-        # of trying the next host (a refused connection moves it on). So the
-        # proxy goes down with its server and comes back with the rebuilt
-        # standby, on the same port.
-        proxy_port = self.pgproxies[old_port].port if self.pgproxies else None
-        if proxy_port:
-            self.pgproxies[old_port].stop()
+        proxy_port = self.pgproxy_down(old_port)
         seq0 = self.relay_batch_seq(new_port)
         lost = advanced = False
         deadline = time.monotonic() + 30
@@ -626,8 +658,7 @@ http = {{ listen = ""; }};
         took = time.monotonic() - t0
         t1 = time.monotonic()
         self.pair.rebuild_standby()
-        if proxy_port:
-            self.start_pgproxy(old_port, proxy_port)
+        self.pgproxy_up(old_port, proxy_port)
         log(f"db_failover: promoted in {promoted:.2f} s, the relay lost its connection: {lost}, "
             f"advanced on the new primary (port {new_port}, from batch {seq0}): {advanced} "
             f"({took:.1f} s); standby rebuilt in {time.monotonic() - t1:.1f} s; "
@@ -637,12 +668,142 @@ http = {{ listen = ""; }};
                               f"advance on the new primary: {advanced}")
         return lost and advanced
 
+    def pgproxy_down(self, port):
+        """A proxy in front of the stopped server would accept connections
+        and close them: libpq then gives up on the whole host list instead
+        of trying the next host (a refused connection moves it on). So the
+        proxy goes down with its server (returns its port, or None) and
+        comes back with the rebuilt standby, on the same port
+        (pgproxy_up)."""
+        proxy_port = self.pgproxies[port].port if self.pgproxies else None
+        if proxy_port:
+            self.pgproxies[port].stop()
+        return proxy_port
+
+    def pgproxy_up(self, port, proxy_port):
+        if proxy_port:
+            self.start_pgproxy(port, proxy_port)
+
+    def f_db_failover_async(self):
+        """A failover to an asynchronous replica that missed commits (issue
+        15): the standby stops receiving (its primary made asynchronous;
+        pgpair.Pair.stop_receiving) while the writers commit and a relay
+        publishes at least two more batches, past transactions the standby
+        missed, then the primary is stopped -m immediate and the standby,
+        started again, promoted. The new primary lost transactions Kafka has,
+        its ids restart below the relay's position, and its stored batch is
+        behind Kafka's checkpoint. The supervisor is held: every relay alive at
+        the failover (the one that publishes and a standby relay started for
+        this) must stop by itself with exit code 5 (OR003), within a minute
+        (one that does not is killed and the fault did not take effect). Then
+        the recovery of docs/sql.md "OR003" (tests/or003.py): verify
+        --list-lost, the rows listed `published` deleted, position_reset(name,
+        generation, 'unrelayed', Kafka's batch + 1), one relay started with
+        relay.on_database_ahead = "trust-database" until it advanced, then
+        stopped (SIGTERM) and the supervisor let go. Evidence: every relay
+        exited 5, verify listed at least one record as lost, and the relay
+        published again. For the checker: the transactions acknowledged between
+        the standby's stop and the primary's (the lost span), the promoted
+        standby's snapshot xmax (the new history's transaction ids begin
+        there), the reset's batch and verify's list (checker.check, "Two
+        histories"). Then the old primary's data directory becomes the new
+        primary's standby (pg_basebackup -R)."""
+        self.current()
+        with self.lock:  # a standby relay too: every relay must stop
+            standby = Relay(self)
+        standby.wait_log("standby", 30)
+        time.sleep(self.rng.uniform(0.2, 1.0))
+        old_port = self.pair.primary_port
+        mark = self.load.ack_mark()
+        self.pair.stop_receiving()
+        missed = int(self.pair.primary_sql("SELECT pg_snapshot_xmax(pg_current_snapshot())::text")[0])
+        seq0 = self.relay_batch_seq(old_port)
+        # until the relay's position passed transactions the standby
+        # missed (every id below `missed` done), two batches at least
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            seq, done_xmin = self.relay_position(old_port)
+            if seq >= seq0 + 2 and done_xmin > missed:
+                break
+            time.sleep(0.1)
+        time.sleep(self.rng.uniform(0, 0.5))
+        with self.lock:
+            self.hold = True
+            live = [x for x in self.all_relays if x.alive()]
+        seq1 = self.relay_batch_seq(old_port)
+        t0 = time.monotonic()
+        xmax, end = self.pair.fail_over(
+            before_promote=lambda: (self.pair.standby_xmax(), self.load.ack_mark()))
+        new_port = self.pair.primary_port
+        proxy_port = self.pgproxy_down(old_port)
+        span = self.load.acked_between(mark, end)
+        # 1. every relay of the name stopped: by itself, exit code 5
+        deadline = time.monotonic() + 60
+        while any(x.alive() for x in live) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        stuck = [x for x in live if x.alive()]
+        for x in stuck:
+            x.proc.kill()
+            x.proc.wait(30)
+        codes = [x.proc.returncode for x in live]
+        exited = not stuck and all(c == 5 for c in codes)
+        stopped_in = time.monotonic() - t0
+        # 3. what Kafka has that the database lost (before any reset)
+        code, summary = or003.list_lost(RELAY_BIN, self.config, self.topics)
+        kafka_batch = or003.kafka_batch(summary)
+        db_batch = summary["database_position"]["batch"]
+        nlost = sum(e["state"] == "lost" for e in summary["lost_list"])
+        npub = sum(e["state"] == "published" for e in summary["lost_list"])
+        reset = None
+        if kafka_batch > db_batch:
+            conn = psycopg2.connect(self.db, connect_timeout=5)
+            try:
+                deleted = or003.delete_published(conn, summary)  # 4.
+                reset = kafka_batch + 1
+                (gen, _), row = or003.reset(conn, self.name, reset)  # 5., 6.
+            finally:
+                conn.close()
+            log(f"db_failover_async: verify exit {code}: {nlost} records lost by the database, "
+                f"{npub} published (rows deleted: {deleted}); position_reset('{self.name}', {gen}, "
+                f"'unrelayed', {reset}): {row}")
+        self.async_failovers.append({"span_acks": span, "xmax": xmax, "reset": reset,
+                                     "listed": summary["lost_list"]})
+        # 7. one start trusting the database's position, until it advanced
+        again = False
+        with self.lock:
+            trust = Relay(self, config=self.trust_config) if reset else None
+            self.hold = False
+        if trust:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and trust.alive() and not again:
+                again = self.relay_batch_seq(new_port) > reset
+                time.sleep(0.2)
+            trust.proc.send_signal(signal.SIGTERM)  # a clean hand-over: not a fault
+            trust.proc.wait(60)
+        took = time.monotonic() - t0
+        self.pair.rebuild_standby()
+        self.pgproxy_up(old_port, proxy_port)
+        log(f"db_failover_async: the relay advanced batches {seq0}..{seq1} after the standby "
+            f"stopped receiving; promoted at xmax {xmax} (port {new_port}); {len(span)} "
+            f"transactions acknowledged in the lost span; relay exits {codes} in {stopped_in:.1f} s"
+            f"{f' ({len(stuck)} killed)' if stuck else ''}; database at batch {db_batch}, Kafka "
+            f"at {kafka_batch}; published again after the reset: {again} ({took:.1f} s)")
+        if not (exited and nlost and again):
+            self.notes.append(f"db_failover_async: relay exits {codes} ({len(stuck)} killed), "
+                              f"lost records listed {nlost}, published again {again}: "
+                              f"{[str(x.log_path) for x in live]}")
+        return exited and nlost > 0 and again
+
     # -- the run -----------------------------------------------------------------
     def inject(self, fault):
         """Tries a planned fault until it takes effect (at most TRIES times)."""
         for attempt in range(TRIES):
             self.attempts[fault] += 1
-            if getattr(self, "f_" + fault)():
+            try:
+                hit = getattr(self, "f_" + fault)()
+            finally:
+                self.hold = False  # a fault that raised gives the relays back too
+            if hit:
                 self.effective[fault] += 1
                 if fault != "crash_point":
                     self.faults[LABELS[fault]] += 1
@@ -661,8 +822,8 @@ http = {{ listen = ""; }};
         sup = threading.Thread(target=self.supervise, daemon=True)
         sup.start()
         # the writers run through every fault; the row target is a minimum
-        load = workload.Workload(self.db, self.args.keys, writers=self.args.writers,
-                                 seed=self.args.seed, ack_dir=self.dir).start()
+        self.load = load = workload.Workload(self.db, self.args.keys, writers=self.args.writers,
+                                             seed=self.args.seed, ack_dir=self.dir).start()
         log(f"{len(plan)} faults planned ({dict(self.planned)}); writers target {self.args.rows} rows")
         self.started = started = time.monotonic()
         harness_errors = []
@@ -707,9 +868,12 @@ http = {{ listen = ""; }};
             log(f"relays still alive at the end: {[str(x.log_path) for x in stray]}")
         try:
             # A short hand-made plan (--plan) may hit no transaction in
-            # flight; the quick and full plans always do (crash points).
+            # flight; the quick and full plans always do (crash points),
+            # unless --kinds left the crash points out.
+            expect_aborted = not self.args.plan and "crash_point" in self.plan_kinds
             report, violations = checker.check(self.db, BOOTSTRAP, self.topics, self.name, self.ckpt,
-                                               expect_aborted=not self.args.plan, acked=load.acked())
+                                               expect_aborted=expect_aborted, acked=load.acked(),
+                                               failovers=self.async_failovers)
         except checker.CheckError as e:
             report, violations = collections.OrderedDict(), [f"the check could not be made: {e}"]
         violations = harness_errors + violations
@@ -745,7 +909,7 @@ http = {{ listen = ""; }};
             weights = {"crash_point": 0.21, "kill": 0.38, "zombie": 0.05, "failover": 0.06,
                        "broker": 0.05, "postgres": 0.05, "terminate_backend": 0.06, "pause": 0.03,
                        "delay": 0.03, "foreign_txn": 0.03, "advance_reply_lost": 0.03,
-                       "db_failover": 0.02}
+                       "db_failover": 0.02, "db_failover_async": 0.01}
             plan = [k for k, w in weights.items() for _ in range(max(2, int(n * w)))]
         unknown = sorted(set(plan) - set(KINDS))
         if unknown:

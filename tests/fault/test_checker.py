@@ -56,3 +56,87 @@ def test_cross_transaction_order():
     # A's done ticket lost: not checked
     lost = {"A": (1, None, "3", "8"), "B": (6, 9, "4", "7")}
     assert checker.order_violations(lost, num, "batches") == []
+
+
+# -- two histories: a failover to a replica that missed commits ------------------
+
+def test_chain_across_a_reset():
+    # batches 1, 2 of the old history; the operator's position_reset stored
+    # batch 4 (Kafka's last was 3); the new history's first batch is 5, of a
+    # lower generation, its window back at the replica's ids
+    chain = SOUND + [ck(3, 5, 1, "1:1:", "8:9:", 40), ck(4, 6, 1, "8:9:")]
+    assert checker.chain_violations(chain, resets={4}) == []
+    assert [s for s, _ in checker.segments(chain, {4})] == [0, 3]
+    # without the reset, the same chain is a gap and a generation going back
+    v = checker.chain_violations(chain)
+    assert any("batches 4..4 have no checkpoint" in x for x in v)
+    assert any("without the lease" in x for x in v)
+    # a batch published again after the reset, or one skipped, still fails
+    again = chain + [ck(5, 6, 1, "8:9:")]
+    assert any("batch 6 committed again" in x for x in checker.chain_violations(again, {4}))
+    skip = SOUND + [ck(3, 6, 1, "1:1:", "8:9:", 40)]
+    assert any("have no checkpoint" in x for x in checker.chain_violations(skip, {4}))
+
+
+def test_rows_of_the_new_history_map_to_its_own_batches():
+    # the new history's ids begin at 8 (the promoted standby's xmax)
+    chain = SOUND + [ck(3, 5, 1, "1:1:", "8:14:", 40), ck(4, 6, 1, "8:14:")]
+    segs = checker.segments(chain, {4})
+    # txid 11 is reused by the new history: batch 5 or 6, not the old
+    # history's batch 1 whose position covers txid 11 (of the lost rows)
+    assert checker.first_covering(chain, 30, 11) == 0
+    assert checker.batch_index(segs, 1, 30, 11) == 3
+    assert checker.batch_index(segs, 1, 50, 11) == 4
+    # a row the replica kept, which the old chain never published (its
+    # transaction, 12, was open at every old position): the reset's
+    # 'relay' publishes it in a batch of the new history
+    assert checker.batch_index(segs, 0, 500, 12) == 4
+    assert checker.batch_index(segs, 0, 100, 11) == 0
+
+
+def test_key_order_with_a_lost_branch():
+    ok = {"a": [(1, False), (2, False), (3, True), (4, True), (3, False), (4, False)]}
+    assert checker.key_order_violations(ok) == []
+    # a lost record out of order, a gap in the database's history
+    assert checker.key_order_violations({"a": [(1, False), (3, True)]}) == [("a", 1, 3, "lost")]
+    assert checker.key_order_violations({"a": [(1, False), (2, True), (3, False)]}) == \
+        [("a", 1, 3)]
+    # reordering within the database's history
+    assert checker.key_order_violations({"a": [(2, False), (1, False)]}) == [("a", 0, 2), ("a", 2, 1)]
+
+
+def lost(where, state="lost"):
+    return {"topic": where[0], "partition": where[1], "offset": where[2], "state": state}
+
+
+def test_records_the_database_lost_against_verify():
+    gone = {("t", 0, 7): (40, "x1", "key-001", 5, None), ("t", 1, 3): (41, "x1", "key-002", 9, None)}
+    found = {("t", 0, 6), ("t", 1, 2)}
+    listed = [lost(("t", 0, 7)), lost(("t", 1, 3)), lost(("t", 1, 2), "published")]
+    assert checker.lost_violations(gone, found, listed, span_acks={"x1"}) == []
+    # a transaction acknowledged before the standby stopped receiving (or
+    # never): the database should have it; its record is a phantom
+    v = checker.lost_violations(gone, found, listed, span_acks={"x0"})
+    assert len(v) == 2 and all("not acknowledged in a failover's lost span" in x for x in v)
+    # verify's list short of a record, or naming one with a row
+    v = checker.lost_violations(gone, found, listed[1:], span_acks={"x1"})
+    assert len(v) == 1 and "did not list it as lost" in v[0]
+    v = checker.lost_violations(gone, found, listed + [lost(("t", 0, 6))], span_acks={"x1"})
+    assert len(v) == 1 and "the database has its row" in v[0]
+    v = checker.lost_violations(gone, found, [lost(("t", 0, 7), "published")] + listed[1:],
+                                span_acks={"x1"})
+    assert any("did not list it as lost" in x for x in v)
+    # a lost row published twice (the same transaction and key at two offsets)
+    dup = {**gone, ("t", 0, 9): (40, "x1", "key-001", 5, None)}
+    v = checker.lost_violations(dup, found, listed + [lost(("t", 0, 9))], span_acks={"x1"})
+    assert len(v) == 1 and "duplicated" in v[0]
+
+
+def test_acknowledged_transactions_missing_only_in_a_lost_span():
+    acked = {"a", "b", "c", "d"}
+    # c and d acknowledged after the standby stopped receiving: c was lost
+    assert checker.acks_missing(acked, {"a", "b", "d"}, span_acks={"c", "d"}) == (["c"], [])
+    # b acknowledged before: the replica had it, the database must too
+    assert checker.acks_missing(acked, {"a", "d"}, span_acks={"c", "d"}) == (["b", "c"], ["b"])
+    # no failover lost anything: every acknowledged transaction must be there
+    assert checker.acks_missing(acked, {"a", "b", "c"}, span_acks=set()) == (["d"], ["d"])

@@ -164,6 +164,20 @@ class Workload:
             if p.is_alive():
                 p.kill()
 
+    def ack_mark(self):
+        """Where each writer's file of acknowledged transactions ends now
+        (for acked_between)."""
+        return {f.name: f.stat().st_size for f in Path(self.ack_dir).glob("acked-*.txt")}
+
+    def acked_between(self, start, end):
+        """The transactions acknowledged between two ack_mark()s."""
+        out = set()
+        for name, stop in end.items():
+            with open(Path(self.ack_dir) / name, "rb") as f:
+                f.seek(start.get(name, 0))
+                out.update(f.read(stop - start.get(name, 0)).decode().split())
+        return out
+
     def acked(self):
         """The ids of every transaction whose COMMIT returned (after stop())."""
         out = set()
