@@ -298,23 +298,25 @@ BEGIN
                       AND NOT (v_block < v_cur AND p_in_window AND p_after_id >= (v_block + 1) * 65536 - 1);
         UPDATE outbox.event_partition SET tried_at = clock_timestamp() WHERE part = r.part;
         v_part := format('outbox.event_p%s', r.part)::regclass;
+        -- A committed row not relayed yet: surely not now. (An empty look
+        -- proves nothing yet: an open writer's row is not seen.)
         EXECUTE format('SELECT EXISTS (SELECT FROM %s)', v_part) INTO STRICT v_any;
-        IF v_any AND NOT outbox.partition_unrelayed(v_part) THEN
-            BEGIN
-                EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE NOWAIT', v_part);
-            EXCEPTION WHEN lock_not_available THEN
-                CONTINUE;
-            END;
-            -- Under the lock no uncommitted row is left in the partition,
-            -- and this statement's snapshot sees every committed one.
-            CONTINUE WHEN outbox.partition_unrelayed(v_part);
+        CONTINUE WHEN v_any AND outbox.partition_unrelayed(v_part);
+        BEGIN
+            EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE NOWAIT', v_part);
+        EXCEPTION WHEN lock_not_available THEN
+            CONTINUE;
+        END;
+        -- Under the lock no uncommitted row is left in the partition, and
+        -- this statement's snapshot sees every committed one.
+        CONTINUE WHEN outbox.partition_unrelayed(v_part);
+        EXECUTE format('SELECT EXISTS (SELECT FROM %s)', v_part) INTO STRICT v_any;
+        IF v_any THEN
             EXECUTE format('TRUNCATE %s', v_part);
             v_n := v_n + 1;
-        ELSIF v_any THEN
-            CONTINUE;
         END IF;
-        -- Emptied (or found empty). The current block still receives ids:
-        -- it stays open.
+        -- Emptied, or empty under the lock. The current block still
+        -- receives ids: it stays open.
         UPDATE outbox.event_partition
         SET done_block = CASE WHEN v_block < v_cur THEN v_block ELSE v_block - 8 END
         WHERE part = r.part;
