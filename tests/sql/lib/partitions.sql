@@ -37,3 +37,12 @@ $$;
 CREATE FUNCTION pg_temp.untried() RETURNS void LANGUAGE sql AS $$
     UPDATE outbox.event_partition SET tried_at = '-infinity';
 $$;
+
+-- Advance relay p_name to a position, as its next batch in its current
+-- generation (read from position_get), with a retention (0: truncate).
+CREATE FUNCTION pg_temp.adv(p_name text, p_done text, p_next text DEFAULT NULL, p_after_id bigint DEFAULT 0,
+                            p_retention_ms bigint DEFAULT 0)
+    RETURNS bigint LANGUAGE sql AS $$
+    SELECT outbox.advance(p_name, p.generation, p.batch_seq + 1, p_done, p_next, p_after_id, p_retention_ms)
+    FROM outbox.position_get(p_name) AS p;
+$$;
