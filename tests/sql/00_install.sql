@@ -2,7 +2,7 @@
 -- once and then a third time; public.install_check holds what it saw
 -- before the third run.
 BEGIN;
-SELECT plan(40);
+SELECT plan(48);
 
 -- Versions ------------------------------------------------------------------
 SELECT has_table('outbox', 'schema_version', 'outbox.schema_version exists');
@@ -39,8 +39,47 @@ SELECT results_eq(
              ('created_at', 'timestamp with time zone', true, 'now()', '')$$,
     'outbox.event has the contract''s columns, types, defaults and identity'
 );
-SELECT col_is_pk('outbox', 'event', 'id', 'outbox.event.id is the primary key');
+-- Partitioned by blocks of 65536 ids into eight partitions (schema version
+-- 5): LIST on block % 8. A partitioned table's unique key would have to
+-- contain the partition key's columns, and an expression may not be one: the
+-- parent has no primary key, each partition a unique index on id (equal ids
+-- always fall into the same partition, so ids are unique table-wide).
+SELECT is(pg_get_partkeydef('outbox.event'::regclass), 'LIST ((((id / 65536) % (8)::bigint)))',
+          'outbox.event is partitioned by LIST on its id''s block of 65536 modulo 8');
+SELECT results_eq(
+    $$SELECT c.relname::text COLLATE "default", pg_get_expr(c.relpartbound, c.oid) COLLATE "default",
+             c.relkind::text, c.relispartition
+      FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid
+      WHERE i.inhparent = 'outbox.event'::regclass
+      ORDER BY 1$$,
+    $$SELECT format('event_p%s', k), format('FOR VALUES IN (''%s'')', k), 'r', true
+      FROM generate_series(0, 7) AS k$$,
+    'it has exactly the eight partitions event_p0..event_p7, one for each remainder (no default partition)');
+SELECT is_empty(
+    $$SELECT conname FROM pg_constraint WHERE conrelid = 'outbox.event'::regclass AND contype IN ('p', 'u')$$,
+    'the parent has no primary or unique key (one cannot be declared on an expression partition key)');
+SELECT results_eq(
+    $$SELECT c.relname::text COLLATE "default", x.indexrelid::regclass::text,
+             x.indisunique, x.indisvalid, pg_get_indexdef(x.indexrelid, 1, true)
+      FROM pg_inherits AS i
+      JOIN pg_class AS c ON c.oid = i.inhrelid
+      JOIN pg_index AS x ON x.indrelid = c.oid
+      WHERE i.inhparent = 'outbox.event'::regclass AND x.indisunique
+      ORDER BY 1$$,
+    $$SELECT format('event_p%s', k), format('outbox.event_p%s_id_key', k), true, true, 'id'
+      FROM generate_series(0, 7) AS k$$,
+    'every partition has exactly one unique index, valid, on id alone');
 SELECT has_index('outbox', 'event', 'event_txid_idx', ARRAY['txid'], 'outbox.event has an index on txid');
+SELECT is((SELECT count(*)::int FROM pg_inherits AS i JOIN pg_index AS x ON x.indexrelid = i.inhrelid
+           WHERE i.inhparent = 'outbox.event_txid_idx'::regclass AND x.indisvalid),
+          8, '... in every partition');
+SELECT is_empty(
+    $$SELECT c.relname FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid
+      WHERE i.inhparent = 'outbox.event'::regclass
+        AND NOT c.reloptions @> ARRAY['autovacuum_vacuum_insert_threshold=-1',
+                                      'autovacuum_vacuum_scale_factor=0.01',
+                                      'autovacuum_analyze_scale_factor=0.01']$$,
+    'every partition: no insert-triggered vacuum (its rows leave by TRUNCATE), vacuum and analyze at 1%');
 SELECT is_empty(
     $$SELECT conname FROM pg_constraint WHERE conrelid = 'outbox.event'::regclass AND contype = 'c'$$,
     'outbox.event has no table CHECK constraint (a table''s CHECKs are planned again by every statement)'
@@ -76,6 +115,20 @@ SELECT results_eq(
 );
 SELECT col_is_pk('outbox', 'relay_state', 'name', 'outbox.relay_state.name is the primary key');
 
+-- outbox.event_partition: rotate()'s state, one row per partition -----------
+SELECT results_eq(
+    $$SELECT a.attname::text COLLATE "default", format_type(a.atttypid, a.atttypmod), a.attnotnull
+      FROM pg_attribute AS a
+      WHERE a.attrelid = 'outbox.event_partition'::regclass AND a.attnum > 0 AND NOT a.attisdropped
+      ORDER BY a.attnum$$,
+    $$VALUES ('part', 'integer', true), ('done_block', 'bigint', true),
+             ('tried_at', 'timestamp with time zone', true)$$,
+    'outbox.event_partition has a partition number, the newest block truncated, the last try');
+SELECT results_eq(
+    'SELECT part, done_block, tried_at FROM outbox.event_partition ORDER BY part',
+    $$SELECT k, -1::bigint, '-infinity'::timestamptz FROM generate_series(0, 7) AS k$$,
+    'a fresh install has one row per partition: nothing truncated, never tried');
+
 -- Functions: the API the relay calls by name. Any change of a name, an
 -- argument or a result column breaks the C side: it must show up here.
 SELECT results_eq(
@@ -85,6 +138,8 @@ SELECT results_eq(
       ORDER BY 1$$,
     $$VALUES
       ('outbox.advance(text,bigint,bigint,text,text,bigint,bigint)', 'bigint'),
+      ('outbox.cleanup(text)', 'integer'),
+      ('outbox.delete_relayed()', 'bigint'),
       ('outbox.fetch_page(pg_snapshot,pg_snapshot,bigint,integer,bigint)',
        'TABLE(id bigint, topic text, key bytea, payload bytea, header_names text[], header_values text[], created_ms bigint)'),
       ('outbox.fetch_page_bounds(pg_snapshot,pg_snapshot,bigint,integer,bigint)', 'bigint[]'),
@@ -99,10 +154,11 @@ SELECT results_eq(
       ('outbox.notify_enable()', 'boolean'),
       ('outbox.notify_enabled()', 'boolean'),
       ('outbox.notify_event()', 'trigger'),
+      ('outbox.partition_unrelayed(regclass)', 'boolean'),
       ('outbox.position_get(text)',
        'TABLE(generation bigint, batch_seq bigint, pos_done text, pos_next text, pos_after_id bigint)'),
       ('outbox.position_reset(text,bigint,text,bigint)',
-       'TABLE(generation bigint, batch_seq bigint, pos_done text, rows_restamped bigint)'),
+       'TABLE(generation bigint, batch_seq bigint, pos_done text, rows_restamped bigint, rows_deleted bigint)'),
       ('outbox.publish(text,bytea,bytea,jsonb)', 'bigint'),
       ('outbox.publish(text,text,jsonb,jsonb)', 'bigint'),
       ('outbox.publish(text,text,text,jsonb)', 'bigint'),
@@ -114,6 +170,7 @@ SELECT results_eq(
       ('outbox.reserve_topics(text,bigint,text[])', 'integer'),
       ('outbox.reserved_topic_apply()', 'text[]'),
       ('outbox.reserved_topic_changed()', 'trigger'),
+      ('outbox.rotate(bigint,boolean,boolean)', 'integer'),
       ('outbox.status(text)',
        'TABLE(name text, owner text, generation bigint, lease_expires_at timestamp with time zone, lease_expires_in_ms bigint, batch_seq bigint, pos_done text, pos_next text, pos_after_id bigint, created_at timestamp with time zone, updated_at timestamp with time zone, advanced_at timestamp with time zone, lag_rows bigint, lag_oldest_age_ms bigint)'),
       ('outbox.version()', 'integer'),
@@ -125,17 +182,19 @@ SELECT results_eq(
       FROM pg_proc AS p
       WHERE p.pronamespace = 'outbox'::regnamespace
         AND p.proname IN ('lease_acquire', 'lease_renew', 'lease_release', 'position_get',
-                          'window_open', 'fetch_page', 'advance', 'purge', 'lag', 'status',
-                          'relay_forget', 'reserve_topics')
+                          'window_open', 'fetch_page', 'advance', 'cleanup', 'purge', 'lag', 'status',
+                          'relay_forget', 'reserve_topics', 'position_reset')
       ORDER BY 1$$,
     $$VALUES
       ('advance', 'p_name text, p_generation bigint, p_batch_seq bigint, p_done text, p_next text, p_after_id bigint, p_retention_ms bigint DEFAULT 0'),
+      ('cleanup', 'p_name text'),
       ('fetch_page', 'p_done pg_snapshot, p_next pg_snapshot, p_after_id bigint, p_max_rows integer, p_max_bytes bigint'),
       ('lag', 'p_name text'),
       ('lease_acquire', 'p_name text, p_owner text, p_ttl_ms integer, p_allow_other_names boolean DEFAULT false'),
       ('lease_release', 'p_name text, p_generation bigint'),
       ('lease_renew', 'p_name text, p_generation bigint, p_ttl_ms integer'),
       ('position_get', 'p_name text'),
+      ('position_reset', 'p_name text, p_generation bigint, p_existing text, p_batch_seq bigint DEFAULT NULL::bigint'),
       ('purge', 'p_name text, p_retention_ms bigint, p_max_rows integer'),
       ('relay_forget', 'p_name text'),
       ('reserve_topics', 'p_name text, p_generation bigint, p_topics text[]'),
@@ -149,7 +208,7 @@ SELECT results_eq(
 SELECT results_eq(
     $$SELECT p.proname::text COLLATE "default" FROM pg_proc AS p
       WHERE p.pronamespace = 'outbox'::regnamespace AND p.prosecdef ORDER BY 1$$,
-    $$VALUES ('advance'), ('lag'), ('lease_acquire'), ('lease_release'), ('lease_renew'),
+    $$VALUES ('advance'), ('cleanup'), ('lag'), ('lease_acquire'), ('lease_release'), ('lease_renew'),
              ('notify_disable'), ('notify_enable'), ('position_get'), ('position_reset'),
              ('purge'), ('relay_forget'), ('reserve_topics'), ('reserved_topic_apply'), ('status'),
              ('window_open')$$,
@@ -190,16 +249,20 @@ $$;
 SELECT unalike(pg_temp.plan_of($$SELECT * FROM outbox.fetch_page('1:1:', '5:5:', 0, 10, 1000)$$),
               '%Function Scan on fetch_page%', 'fetch_page() is inlined into the calling query');
 -- A backlog in a table that was never analyzed: the page is still read by
--- the primary key, in order, with no sort of the whole page.
+-- the id index of each partition, merged in id order (the partitions'
+-- blocks interleave by id), with no sort of the whole page.
 INSERT INTO outbox.event (txid, topic, payload)
 SELECT '3', 'plan', convert_to(repeat('x', 200), 'UTF8') FROM generate_series(1, 30000);
 SELECT is((SELECT count(*)::int FROM pg_stats WHERE schemaname = 'outbox' AND tablename = 'event'), 0,
           '(outbox.event has no statistics)');
+SELECT is((SELECT count(*)::int
+           FROM regexp_matches(pg_temp.plan_of($$SELECT * FROM outbox.fetch_page('1:1:', '5:5:', 12345, 10000, 16777216)$$),
+                               'Index Scan using event_p[0-7]_id_key on event_p[0-7]', 'g')),
+          8, 'a backlog page is read by the id index of every partition, even on a table without statistics');
 SELECT alike(pg_temp.plan_of($$SELECT * FROM outbox.fetch_page('1:1:', '5:5:', 12345, 10000, 16777216)$$),
-             '%Index Scan using event_pkey on event%',
-             'a backlog page is read by the primary key, even on a table without statistics');
-SELECT unalike(pg_temp.plan_of($$SELECT * FROM outbox.fetch_page('1:1:', '5:5:', 12345, 10000, 16777216)$$),
-               '%Sort%', '... in id order, with no sort');
+             E'%Merge Append\n%Sort Key: e.id\n%', '... merged in id order (Merge Append)');
+SELECT doesnt_match(pg_temp.plan_of($$SELECT * FROM outbox.fetch_page('1:1:', '5:5:', 12345, 10000, 16777216)$$),
+                    '(^|\n|->  )(Incremental )?Sort\n|Seq Scan', '... with no sort and no sequential scan');
 
 -- Roles ---------------------------------------------------------------------
 SELECT has_role('outbox_relay', 'role outbox_relay exists');
@@ -218,7 +281,7 @@ SELECT is_empty(
 );
 
 -- The contract's constants ---------------------------------------------------
-SELECT is(outbox.version(), 4, 'schema version 4');
+SELECT is(outbox.version(), 5, 'schema version 5');
 SELECT is((SELECT count(*)::int FROM outbox.event WHERE topic <> 'plan'), 0, 'a fresh install has no outbox rows');
 SELECT is((SELECT count(*)::int FROM outbox.relay_state), 0, 'a fresh install has no relay');
 SELECT is(outbox.notify_enabled(), false, 'NOTIFY is off after install');

@@ -1,6 +1,6 @@
 -- 60_privileges.sql: what outbox_writer and outbox_relay may and may not do.
 BEGIN;
-SELECT plan(49);
+SELECT plan(55);
 
 -- Run a statement as a role; the role is back to ours afterwards, also when
 -- the statement fails (the caller's exception handler rolls the SET back).
@@ -59,7 +59,8 @@ SELECT set_eq(
              ('outbox.lease_release(text,bigint)'), ('outbox.position_get(text)'), ('outbox.window_open(text)'),
              ('outbox.fetch_page(pg_snapshot,pg_snapshot,bigint,integer,bigint)'),
              ('outbox.fetch_page_bounds(pg_snapshot,pg_snapshot,bigint,integer,bigint)'),
-             ('outbox.advance(text,bigint,bigint,text,text,bigint,bigint)'), ('outbox.purge(text,bigint,integer)'),
+             ('outbox.advance(text,bigint,bigint,text,text,bigint,bigint)'), ('outbox.cleanup(text)'),
+             ('outbox.purge(text,bigint,integer)'),
              ('outbox.lag(text)'), ('outbox.status(text)'), ('outbox.reserve_topics(text,bigint,text[])'),
              ('outbox.relay_awake(boolean)')$$,
     'outbox_relay may execute exactly the relay''s functions');
@@ -101,6 +102,10 @@ SELECT throws_ok(pg_temp.writer($$SELECT * FROM outbox.fetch_page('1:1:', '2:2:'
                  'the writer cannot fetch pages');
 SELECT throws_ok(pg_temp.writer($$SELECT outbox.advance('x', 1, 1, '1:1:', NULL, 0)$$), '42501', NULL,
                  'the writer cannot advance a position');
+SELECT throws_ok(pg_temp.writer($$SELECT outbox.cleanup('x')$$), '42501', NULL,
+                 'the writer cannot clean the outbox up');
+SELECT throws_ok(pg_temp.writer($$TRUNCATE outbox.event_p0$$), '42501', NULL,
+                 'the writer cannot truncate a partition');
 SELECT lives_ok(pg_temp.writer($$SELECT outbox.version(), outbox.notify_enabled()$$),
                 'anyone may ask the schema version and whether NOTIFY is on');
 SELECT ok(outbox.notify_enable(), '(NOTIFY on)');
@@ -109,9 +114,13 @@ SELECT lives_ok(pg_temp.writer($$INSERT INTO outbox.event (topic) VALUES ('t')$$
 SELECT ok(outbox.notify_disable(), '(NOTIFY off)');
 
 -- The relay -----------------------------------------------------------------------
--- Three rows of a long-committed transaction (id chosen by hand).
+-- Three rows of a long-committed transaction (id chosen by hand), in a
+-- block of their own, tried by nobody yet.
+\ir lib/partitions.sql
 DELETE FROM outbox.event;
+SELECT pg_temp.next_block() AS b \gset
 INSERT INTO outbox.event (txid, topic) SELECT '5', 'old' FROM generate_series(1, 3);
+SELECT pg_temp.untried();
 SELECT lives_ok(pg_temp.relay($$SELECT * FROM outbox.lease_acquire('priv', 'relay-1', 60000)$$),
                 'the relay takes its lease');
 SELECT lives_ok(pg_temp.relay($$SELECT outbox.lease_renew('priv', 1, 60000), outbox.position_get('priv'),
@@ -121,9 +130,14 @@ SELECT lives_ok(pg_temp.relay($$SELECT * FROM outbox.fetch_page('1:1:', pg_curre
                 'fetches a page');
 SELECT is(pg_temp.relay_count($$SELECT count(*) FROM outbox.fetch_page('1:1:', pg_current_snapshot(), 0, 100, 1000000)$$),
           3::bigint, '... with the rows in it');
-SELECT lives_ok(pg_temp.relay($$SELECT outbox.advance('priv', 1, 1, pg_current_snapshot()::text, NULL, 0)$$),
-                'advances its position, which deletes the relayed rows');
-SELECT is((SELECT count(*)::int FROM outbox.event), 0, '... all of them (SECURITY DEFINER did the delete)');
+SELECT is(pg_temp.relay_count($$SELECT outbox.advance('priv', 1, 1, pg_current_snapshot()::text, NULL, 0)$$),
+          1::bigint, 'advances its position, which truncates the relayed rows'' partition');
+SELECT is((SELECT count(*)::int FROM outbox.event), 0,
+          '... all of them are gone (SECURITY DEFINER did the truncation)');
+INSERT INTO outbox.event (txid, topic) SELECT '5', 'old' FROM generate_series(1, 3);
+SELECT is(pg_temp.relay_count($$SELECT outbox.cleanup('priv')$$), 1::bigint,
+          'the relay may call cleanup(), which truncates the partition of relayed rows too');
+SELECT is((SELECT count(*)::int FROM outbox.event), 0, '... its rows are gone');
 SELECT lives_ok(pg_temp.relay($$SELECT outbox.purge('priv', 0, 10), outbox.lag('priv'), outbox.status('priv')$$),
                 'purges, reads lag and status');
 SELECT lives_ok(pg_temp.relay($$SELECT outbox.lease_release('priv', 1)$$), 'releases its lease');
@@ -135,6 +149,10 @@ SELECT throws_ok(pg_temp.relay($$DELETE FROM outbox.relay_state$$), '42501', NUL
                  'the relay cannot delete relay_state rows');
 SELECT throws_ok(pg_temp.relay($$DELETE FROM outbox.event$$), '42501', NULL,
                  'the relay cannot delete outbox rows directly');
+SELECT throws_ok(pg_temp.relay(format('TRUNCATE %s', pg_temp.part_of(:b))), '42501', NULL,
+                 'nor truncate a partition');
+SELECT throws_ok(pg_temp.relay($$UPDATE outbox.event_partition SET done_block = 99$$), '42501', NULL,
+                 'nor touch the partitions'' rotation state');
 SELECT throws_ok(pg_temp.relay($$INSERT INTO outbox.event (topic) VALUES ('t')$$), '42501', NULL,
                  'the relay cannot insert outbox rows');
 SELECT throws_ok(pg_temp.relay($$SELECT outbox.publish('t', 'k', 'v')$$), '42501', NULL,
