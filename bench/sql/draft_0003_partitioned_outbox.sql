@@ -1,3 +1,5 @@
+-- SUPERSEDED by sql/migrations/0005_partitioned_outbox.sql (schema 5); kept
+-- as the prototype that bench/sql/RESULTS.md's runs 2-6 measured.
 -- DRAFT, NOT SHIPPED (bench/dbcost.py's prototype, issue 13): what a
 -- migration 0003 could look like that takes the DELETE off the relay's hot
 -- path. outbox.event becomes a table partitioned by blocks of identity
