@@ -82,7 +82,7 @@ class Variant:
     ("group.name" -> value, dotted for nested groups) and librdkafka
     properties on top of the base configuration (scenario B's)."""
 
-    def __init__(self, name, binary=None, notify=True, settings=None, kprops=None):
+    def __init__(self, name, binary=None, notify=True, settings=None, kprops=None, schema=None):
         if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
             raise ValueError("variant name %r: letters, digits, '.', '_', '-' only" % name)
         self.name = name
@@ -90,19 +90,23 @@ class Variant:
         self.notify = notify
         self.settings = dict(settings or {})
         self.kprops = dict(kprops or {})
+        # None: install.sql's latest; N: its migrations up to N (a relay
+        # built for that schema, e.g. before the partitioned outbox)
+        self.schema = int(schema) if schema else None
         if not os.access(self.binary, os.X_OK):
             raise ValueError("variant %s: %s is not an executable" % (name, self.binary))
 
     @classmethod
     def parse(cls, spec):
         """NAME=[BINARY][:key=value;key=value...]. key "notify" (on/off) is
-        the variant's NOTIFY; "librdkafka.NAME" adds a kafka.properties
-        entry NAME=value; anything else is a relay setting "group.name"."""
+        the variant's NOTIFY; "schema" (N) installs install.sql's migrations
+        up to N only; "librdkafka.NAME" adds a kafka.properties entry
+        NAME=value; anything else is a relay setting "group.name"."""
         if "=" not in spec:
             raise ValueError("--variant %r: NAME=[BINARY][:key=value;...]" % spec)
         name, rest = spec.split("=", 1)
         binary, _, opts = rest.partition(":")
-        notify, settings, kprops = True, {}, {}
+        notify, settings, kprops, schema = True, {}, {}, None
         for kv in (x.strip() for x in opts.split(";")):
             if not kv:
                 continue
@@ -111,26 +115,30 @@ class Variant:
             k, v = (x.strip() for x in kv.split("=", 1))
             if k == "notify":
                 notify = v.lower() in ON
+            elif k == "schema":
+                schema = v
             elif k.startswith("librdkafka."):
                 kprops[k[len("librdkafka."):]] = v
             elif "." in k:
                 settings[k] = v
             else:
-                raise ValueError("variant %s: %r is neither notify, librdkafka.NAME nor group.name" % (name, k))
-        return cls(name, binary or None, notify, settings, kprops)
+                raise ValueError("variant %s: %r is neither notify, schema, librdkafka.NAME nor group.name"
+                                 % (name, k))
+        return cls(name, binary or None, notify, settings, kprops, schema)
 
     @classmethod
     def from_json(cls, obj):
         n = obj.get("notify", True)
         return cls(obj["name"], obj.get("binary"), n if isinstance(n, bool) else str(n).lower() in ON,
-                   obj.get("config", {}), {k: str(v) for k, v in obj.get("librdkafka", {}).items()})
+                   obj.get("config", {}), {k: str(v) for k, v in obj.get("librdkafka", {}).items()},
+                   obj.get("schema"))
 
     def describe(self):
         return describe(self.to_json())
 
     def to_json(self):
         return {"name": self.name, "binary": self.binary, "notify": self.notify,
-                "config": self.settings, "librdkafka": self.kprops}
+                "config": self.settings, "librdkafka": self.kprops, "schema": self.schema}
 
     def conf_text(self, name, url, ckpt_topic):
         """The relay's configuration file: scenario B's (bench.py Relay),
@@ -172,6 +180,8 @@ class Variant:
 def describe(v):
     """A variant (as to_json gives it) in words."""
     parts = ["NOTIFY %s" % ("on" if v["notify"] else "off")]
+    if v.get("schema"):
+        parts.append("schema %s" % v["schema"])
     parts += ["%s=%s" % kv for kv in sorted(v["config"].items())]
     parts += ["librdkafka %s=%s" % kv for kv in sorted(v["librdkafka"].items())]
     parts.append("relay " + (os.path.relpath(v["binary"], bench.ROOT) if v["binary"].startswith(bench.ROOT)
@@ -512,6 +522,7 @@ class Steady:
         name = "bench_%s_steady_empty" % RUN
         Pg.install(self.pg.create(name))
         self.template = name
+        self.templates = {None: name}
         # LogAppendTime: the broker stamps each record as it appends it
         for i in range(self.args.topics):
             self.topics.append(self.kafka.create("steady-%s-t%d" % (RUN, i), self.args.partitions,
@@ -541,7 +552,15 @@ class Steady:
     def segment(self, variant, rnd, phases, perf=False):
         k = self.next()
         dbname = "bench_%s_s%d" % (RUN, k)
-        url = self.pg.create(dbname, template=self.template)
+        if variant.schema not in self.templates:
+            name = "bench_%s_steady_empty_v%d" % (RUN, variant.schema)
+            text = open(os.path.join(bench.ROOT, "sql", "install.sql")).read()
+            text = text[:text.index("\\set migration %04d" % (variant.schema + 1))].replace(
+                "\\ir lib/", "\\ir %s/" % os.path.join(bench.ROOT, "sql", "lib"))
+            subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", self.pg.create(name)],
+                           input=text, text=True, check=True, stdout=subprocess.DEVNULL)
+            self.templates[variant.schema] = name
+        url = self.pg.create(dbname, template=self.templates[variant.schema])
         relay = None
         try:
             Pg.run(url, "SELECT outbox.notify_enable()" if variant.notify else "SELECT outbox.notify_disable()")

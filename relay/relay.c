@@ -75,6 +75,8 @@ struct relay {
 
 	int64_t last_probe_ms; /* Kafka reachability and the purge, while idle */
 	bool cleanup_due;      /* advanced since the last cleanup (retention 0) */
+	int64_t idle_since_ms; /* when the loop last found nothing (0: busy) */
+	int64_t last_cleanup_ms;
 	int64_t next_lag_ms;   /* the lag, every few seconds, busy or idle */
 	int64_t last_lag_ms;
 	int failed_attempts;   /* of the current batch, in a row */
@@ -1346,17 +1348,23 @@ static void purge_kept(struct relay *r)
 		log_debug("purged %" PRId64 " relayed rows past retention", deleted);
 }
 
-/* Once idle after an advance, and every few seconds while idle: truncate
- * the partitions the advances left behind (a writer's open transaction or
- * a reader held one; the current block is tried at most once a second by
- * advance). Cheap when there is nothing to do. */
+/* Once the loop has found nothing for a second after an advance, and every
+ * few seconds while it stays idle: truncate what the advances left behind.
+ * advance() never tries the block that still receives ids (its partition
+ * would be truncated again and again under a steady trickle, and writers
+ * arriving meanwhile wait for the relay's commit), nor a partition a
+ * writer's open transaction or a reader held; cleanup() does, once the
+ * rows stop. Cheap when there is nothing to do. */
 static void cleanup(struct relay *r)
 {
-	int64_t truncated;
+	int64_t truncated, now = now_ms();
 
-	if (r->cfg->retention_ms > 0)
+	if (r->cfg->retention_ms > 0 || !r->idle_since_ms || now - r->idle_since_ms < 1000)
+		return;
+	if (!r->cleanup_due && now - r->last_cleanup_ms < 3000)
 		return;
 	r->cleanup_due = false;
+	r->last_cleanup_ms = now;
 	if (outbox_cleanup(r->ob, &truncated) != OB_OK)
 		log_warning("could not clean up relayed rows: %s", outbox_errstr(r->ob));
 	else if (truncated)
@@ -1401,7 +1409,6 @@ static void probe(struct relay *r)
 		return;
 	r->last_probe_ms = now_ms();
 	purge_kept(r);
-	cleanup(r);
 	kafka_ok = publisher_ping(r->pub, 2000) == 0;
 	metrics_lock()->kafka_ok = kafka_ok;
 	metrics_unlock();
@@ -1441,8 +1448,9 @@ static enum step loop(struct relay *r)
 				set_awake(r, false);
 				continue;
 			}
-			if (r->cleanup_due)
-				cleanup(r);
+			if (!r->idle_since_ms)
+				r->idle_since_ms = now_ms();
+			cleanup(r);
 			probe(r);
 			int st = outbox_wait(r->ob, &r->w, r->cfg->poll_interval_ms, &notified);
 
@@ -1453,6 +1461,7 @@ static enum step loop(struct relay *r)
 				return STEP_EXIT;
 			continue;
 		}
+		r->idle_since_ms = 0;
 		set_awake(r, true);
 		crash_point("after-fetch");
 		if ((s = vet_batch(r)) == STEP_REFILL)

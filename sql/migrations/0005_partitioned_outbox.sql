@@ -248,8 +248,9 @@ COMMENT ON FUNCTION outbox.partition_unrelayed(regclass) IS
     'Internal to outbox.rotate(): whether the partition holds a committed row not relayed by every relay.';
 
 -- Truncate the partitions whose every row is relayed. Per partition, its
--- newest block that has ids yet (at most the sequence's current block) is
--- considered when it is newer than what was truncated there last, and
+-- newest block that has ids yet (at most the sequence's current block; the
+-- current block itself only with p_force) is considered when it is newer
+-- than what was truncated there last, and
 --   * the position is not inside a window that has still to read up to that
 --     block's last id (then it is surely not done: no probe), or it has read
 --     every id assigned so far;
@@ -293,6 +294,11 @@ BEGIN
     FOR r IN SELECT * FROM outbox.event_partition ORDER BY part LOOP
         v_block := v_cur - ((v_cur - r.part) % 8 + 8) % 8;  -- newest block of this partition
         CONTINUE WHEN v_block < 0 OR v_block <= r.done_block;
+        -- The block that still receives ids: only when the relay asks
+        -- (cleanup(), idle). Under a steady trickle advance() would truncate
+        -- it again and again, and every writer arriving meanwhile would wait
+        -- for the relay's commit; its rows go with it when the block ends.
+        CONTINUE WHEN v_block = v_cur AND NOT p_force;
         CONTINUE WHEN p_in_window AND NOT v_read_all AND p_after_id < (v_block + 1) * 65536 - 1;
         CONTINUE WHEN NOT p_force AND r.tried_at > clock_timestamp() - interval '1 second'
                       AND NOT (v_block < v_cur AND p_in_window AND p_after_id >= (v_block + 1) * 65536 - 1);
