@@ -250,6 +250,7 @@ def test_lost_by_database(outbox_db, topics, relays, tmp_path):
         cur.execute("SELECT batch_seq, pos_done, pos_next, pos_after_id, advanced_at "
                     "FROM outbox.relay_state WHERE name = %s", (name,))
         kept = cur.fetchone()
+    last_kept_id = scalar(conn, "SELECT last_value FROM outbox.event_id_seq")
     time.sleep(0.05)
     insert_rows(conn, tps, 200, 100, per_txn=50)  # published after the kept position
     wait_for(drained(conn), 60, "the last rows to be relayed")
@@ -259,6 +260,9 @@ def test_lost_by_database(outbox_db, topics, relays, tmp_path):
     with conn.cursor() as cur:
         cur.execute("UPDATE outbox.relay_state SET batch_seq = %s, pos_done = %s, pos_next = %s, "
                     "pos_after_id = %s, advanced_at = %s WHERE name = %s", (*kept, name))
+        # the replica never had the later rows (schema 5 keeps relayed rows
+        # until their partition goes: they may still be here)
+        cur.execute("DELETE FROM outbox.event WHERE id > %s", (last_kept_id,))
 
     def n_of(m):
         return int(dict(m.headers())["n"].decode())
