@@ -119,9 +119,18 @@ class Pg:
             conn.close()
 
     @staticmethod
-    def install(url):
-        subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f",
-                        os.path.join(ROOT, "sql", "install.sql")],
+    def install(url, schema=None):
+        """sql/install.sql into url; with schema N only its migrations up to
+        N (an older schema, for a relay built for it)."""
+        if schema is None:
+            subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f",
+                            os.path.join(ROOT, "sql", "install.sql")],
+                           check=True, stdout=subprocess.DEVNULL)
+            return
+        text = open(os.path.join(ROOT, "sql", "install.sql")).read()
+        text = text[:text.index("\\set migration %04d" % (schema + 1))].replace(
+            "\\ir lib/", "\\ir %s/" % os.path.join(ROOT, "sql", "lib"))
+        subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url], input=text, text=True,
                        check=True, stdout=subprocess.DEVNULL)
 
 

@@ -54,15 +54,6 @@ DRAFT_SQL = os.path.join(ROOT, "bench", "sql", "draft_0003_partitioned_outbox.sq
 TOPICS = 3
 
 
-def install_upto(url, stop):
-    """install.sql's migrations before `stop` (e.g. "0005"): an older schema."""
-    text = open(os.path.join(ROOT, "sql", "install.sql")).read()
-    text = text[:text.index("\\set migration %s" % stop)].replace(
-        "\\ir lib/", "\\ir %s/" % os.path.join(ROOT, "sql", "lib"))
-    subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url], input=text, text=True,
-                   check=True, stdout=subprocess.DEVNULL)
-
-
 def log(msg):
     print("dbcost: " + msg, file=sys.stderr, flush=True)
 
@@ -530,10 +521,7 @@ class DbCost:
         if kind not in self.templates:
             name = "dbcost_%s_tpl_%s" % (RUN, kind)
             url = self.pg.create(name)
-            if kind == "v4":
-                install_upto(url, "0005")
-            else:
-                bench.Pg.install(url)
+            bench.Pg.install(url, 4 if kind == "v4" else None)
             if kind == "proto":
                 subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", DRAFT_SQL],
                                check=True, stdout=subprocess.DEVNULL)

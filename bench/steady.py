@@ -554,11 +554,7 @@ class Steady:
         dbname = "bench_%s_s%d" % (RUN, k)
         if variant.schema not in self.templates:
             name = "bench_%s_steady_empty_v%d" % (RUN, variant.schema)
-            text = open(os.path.join(bench.ROOT, "sql", "install.sql")).read()
-            text = text[:text.index("\\set migration %04d" % (variant.schema + 1))].replace(
-                "\\ir lib/", "\\ir %s/" % os.path.join(bench.ROOT, "sql", "lib"))
-            subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", self.pg.create(name)],
-                           input=text, text=True, check=True, stdout=subprocess.DEVNULL)
+            Pg.install(self.pg.create(name), variant.schema)
             self.templates[variant.schema] = name
         url = self.pg.create(dbname, template=self.templates[variant.schema])
         relay = None
