@@ -25,8 +25,8 @@ static const struct {
 	{"outbox_relay_renew", "SELECT outbox.lease_renew($1, $2, $3)", 3},
 	{"outbox_relay_window", "SELECT outbox.window_open($1)", 1},
 	{"outbox_relay_fetch",
-	 "SELECT id, topic, key, payload, header_names, header_values, created_ms "
-	 "FROM outbox.fetch_page($1, $2, $3, $4, $5)",
+	 "SELECT id, topic, key, payload, header_names, header_values, created_ms, window_end "
+	 "FROM outbox.read_page($1, $2, $3, $4, $5)",
 	 5},
 	{"outbox_relay_advance", "SELECT outbox.advance($1, $2, $3, $4, $5, $6, $7)", 7},
 	{"outbox_relay_awake", "SELECT outbox.relay_awake($1)", 1},
@@ -815,7 +815,7 @@ static int take_rows(struct outbox *ob, PGresult *res, struct batch *b)
 }
 
 int outbox_fetch_page(struct outbox *ob, const struct position *pos, int max_rows,
-		      int64_t max_bytes, struct batch *b, int *nrows)
+		      int64_t max_bytes, struct batch *b, int *nrows, bool *window_end)
 {
 	char after[24], rows[16], bytes[24];
 	const char *p[5] = {pos->done, pos->next, after, rows, bytes};
@@ -830,10 +830,14 @@ int outbox_fetch_page(struct outbox *ob, const struct position *pos, int max_row
 		return rc;
 	n = PQntuples(res);
 	*nrows = n;
+	*window_end = n == 0;
 	if (n == 0) {
 		PQclear(res);
 		return OB_OK;
 	}
+	/* Binary bool: one byte, 1 for true. Only the last row can say so. */
+	*window_end = !PQgetisnull(res, n - 1, 7) && PQgetlength(res, n - 1, 7) == 1 &&
+		      PQgetvalue(res, n - 1, 7)[0] == 1;
 	return take_rows(ob, res, b);
 }
 

@@ -90,9 +90,11 @@ int outbox_span_digest(struct outbox *ob, const struct position *from, const str
 		       int64_t *rows, int64_t *idsum) MUSTCHECK;
 /* Append the next page of pos's window (pos->next must be set) to b: at
  * most max_rows rows, cut at max_bytes (the first row always comes). *nrows
- * is the number appended; 0 means the window is exhausted. */
+ * is the number appended; 0 means the window is exhausted, and so does
+ * *window_end (set on a page shorter than max_rows that max_bytes did not
+ * cut: no row of the window follows it, no need to ask again). */
 int outbox_fetch_page(struct outbox *ob, const struct position *pos, int max_rows,
-		      int64_t max_bytes, struct batch *b, int *nrows) MUSTCHECK;
+		      int64_t max_bytes, struct batch *b, int *nrows, bool *window_end) MUSTCHECK;
 /* Fenced, monotone advance to pos; unless postgres.retention_ms keeps
  * relayed rows (then outbox_purge deletes them later), truncates the
  * partitions of outbox.event it left fully relayed (*truncated: how many).

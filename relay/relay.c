@@ -772,6 +772,7 @@ static int read_pages(struct relay *r, struct batch *b, struct position *work, i
 		      bool *full)
 {
 	int st, n;
+	bool window_end;
 
 	*full = false;
 	for (;;) {
@@ -784,9 +785,13 @@ static int read_pages(struct relay *r, struct batch *b, struct position *work, i
 		}
 		if (!work->next && (st = outbox_window_open(r->ob, work->done, &work->next)) != OB_OK)
 			return st;
-		if ((st = outbox_fetch_page(r->ob, work, rows_left, bytes_left, b, &n)) != OB_OK)
+		if ((st = outbox_fetch_page(r->ob, work, rows_left, bytes_left, b, &n,
+					    &window_end)) != OB_OK)
 			return st;
-		if (n == 0) {
+		if (window_end) {
+			/* Nothing of the window follows (an empty page, or a
+			 * short one the byte limit did not cut): no empty
+			 * fetch to learn it. */
 			position_finish_window(work);
 			return OB_OK;
 		}

@@ -38,6 +38,10 @@ SET client_min_messages = warning;
 \set description 'outbox.event partitioned by id blocks; relayed rows leave by TRUNCATE of a whole partition'
 \ir lib/apply.sql
 
+\set migration 0006_read_page
+\set description 'read_page(): a window''s page read once, byte limit on the way, window_end flag'
+\ir lib/apply.sql
+
 \unset migration
 \unset description
 SELECT format('outbox schema at version %s', outbox.version()) AS installed;

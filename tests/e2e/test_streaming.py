@@ -160,9 +160,9 @@ def test_writers_do_not_notify_while_the_relay_is_awake(outbox_db, topics, relay
     assert relay.stop() == 0
 
 
-@pytest.mark.parametrize("version", [1, 2, 4])
+@pytest.mark.parametrize("version", [1, 2, 4, 5])
 def test_upgrade_in_place(version, outbox_db, topics, relays, tmp_path):
-    """A schema version 1, 2 or 4 install with rows waiting, rows relayed
+    """A schema version 1, 2, 4 or 5 install with rows waiting, rows relayed
     and the NOTIFY trigger on upgrades with install.sql in place: rows (ids,
     transaction ids, contents) and relay state kept, the trigger runs the
     current function, the id sequence goes on, and the relay then publishes
@@ -195,8 +195,8 @@ def test_upgrade_in_place(version, outbox_db, topics, relays, tmp_path):
         before = scalar(conn, "SELECT array_agg(e ORDER BY id)::text FROM outbox.event AS e")
         state = scalar(conn, "SELECT array_agg(s)::text FROM outbox.relay_state AS s")
         out = psql(db, "-f", str(ROOT / "sql/install.sql"))
-        assert "version 5" in out.stdout, out.stdout + out.stderr
-        assert scalar(conn, "SELECT outbox.version()") == 5
+        assert "version 6" in out.stdout, out.stdout + out.stderr
+        assert scalar(conn, "SELECT outbox.version()") == 6
         assert scalar(conn, "SELECT array_agg(e ORDER BY id)::text FROM outbox.event AS e") == before
         assert scalar(conn, "SELECT array_agg(s)::text FROM outbox.relay_state AS s") == state
         assert scalar(conn, "SELECT outbox.notify_enabled()")

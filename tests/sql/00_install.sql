@@ -163,6 +163,8 @@ SELECT results_eq(
       ('outbox.publish(text,text,jsonb,jsonb)', 'bigint'),
       ('outbox.publish(text,text,text,jsonb)', 'bigint'),
       ('outbox.purge(text,bigint,integer)', 'bigint'),
+      ('outbox.read_page(pg_snapshot,pg_snapshot,bigint,integer,bigint)',
+       'TABLE(id bigint, topic text, key bytea, payload bytea, header_names text[], header_values text[], created_ms bigint, window_end boolean)'),
       ('outbox.refuse_reserved_topic(text)', 'boolean'),
       ('outbox.relay_awake(boolean)', 'boolean'),
       ('outbox.relay_forget(text)', 'boolean'),
@@ -182,7 +184,7 @@ SELECT results_eq(
       FROM pg_proc AS p
       WHERE p.pronamespace = 'outbox'::regnamespace
         AND p.proname IN ('lease_acquire', 'lease_renew', 'lease_release', 'position_get',
-                          'window_open', 'fetch_page', 'advance', 'cleanup', 'purge', 'lag', 'status',
+                          'window_open', 'fetch_page', 'read_page', 'advance', 'cleanup', 'purge', 'lag', 'status',
                           'relay_forget', 'reserve_topics', 'position_reset')
       ORDER BY 1$$,
     $$VALUES
@@ -196,6 +198,7 @@ SELECT results_eq(
       ('position_get', 'p_name text'),
       ('position_reset', 'p_name text, p_generation bigint, p_existing text, p_batch_seq bigint DEFAULT NULL::bigint'),
       ('purge', 'p_name text, p_retention_ms bigint, p_max_rows integer'),
+      ('read_page', 'p_done pg_snapshot, p_next pg_snapshot, p_after_id bigint, p_max_rows integer, p_max_bytes bigint'),
       ('relay_forget', 'p_name text'),
       ('reserve_topics', 'p_name text, p_generation bigint, p_topics text[]'),
       ('status', 'p_name text'),
@@ -281,7 +284,7 @@ SELECT is_empty(
 );
 
 -- The contract's constants ---------------------------------------------------
-SELECT is(outbox.version(), 5, 'schema version 5');
+SELECT is(outbox.version(), 6, 'schema version 6');
 SELECT is((SELECT count(*)::int FROM outbox.event WHERE topic <> 'plan'), 0, 'a fresh install has no outbox rows');
 SELECT is((SELECT count(*)::int FROM outbox.relay_state), 0, 'a fresh install has no relay');
 SELECT is(outbox.notify_enabled(), false, 'NOTIFY is off after install');

@@ -1,6 +1,6 @@
 -- 60_privileges.sql: what outbox_writer and outbox_relay may and may not do.
 BEGIN;
-SELECT plan(55);
+SELECT plan(57);
 
 -- Run a statement as a role; the role is back to ours afterwards, also when
 -- the statement fails (the caller's exception handler rolls the SET back).
@@ -58,6 +58,7 @@ SELECT set_eq(
     $$VALUES ('outbox.lease_acquire(text,text,integer,boolean)'), ('outbox.lease_renew(text,bigint,integer)'),
              ('outbox.lease_release(text,bigint)'), ('outbox.position_get(text)'), ('outbox.window_open(text)'),
              ('outbox.fetch_page(pg_snapshot,pg_snapshot,bigint,integer,bigint)'),
+             ('outbox.read_page(pg_snapshot,pg_snapshot,bigint,integer,bigint)'),
              ('outbox.fetch_page_bounds(pg_snapshot,pg_snapshot,bigint,integer,bigint)'),
              ('outbox.advance(text,bigint,bigint,text,text,bigint,bigint)'), ('outbox.cleanup(text)'),
              ('outbox.purge(text,bigint,integer)'),
@@ -100,6 +101,8 @@ SELECT throws_ok(pg_temp.writer($$SELECT * FROM outbox.lease_acquire('x', 'y', 1
                  'the writer cannot take a lease');
 SELECT throws_ok(pg_temp.writer($$SELECT * FROM outbox.fetch_page('1:1:', '2:2:', 0, 1, 1)$$), '42501', NULL,
                  'the writer cannot fetch pages');
+SELECT throws_ok(pg_temp.writer($$SELECT * FROM outbox.read_page('1:1:', '2:2:', 0, 1, 1)$$), '42501', NULL,
+                 'the writer cannot read pages');
 SELECT throws_ok(pg_temp.writer($$SELECT outbox.advance('x', 1, 1, '1:1:', NULL, 0)$$), '42501', NULL,
                  'the writer cannot advance a position');
 SELECT throws_ok(pg_temp.writer($$SELECT outbox.cleanup('x')$$), '42501', NULL,
@@ -130,6 +133,8 @@ SELECT lives_ok(pg_temp.relay($$SELECT * FROM outbox.fetch_page('1:1:', pg_curre
                 'fetches a page');
 SELECT is(pg_temp.relay_count($$SELECT count(*) FROM outbox.fetch_page('1:1:', pg_current_snapshot(), 0, 100, 1000000)$$),
           3::bigint, '... with the rows in it');
+SELECT is(pg_temp.relay_count($$SELECT count(*) FROM outbox.read_page('1:1:', pg_current_snapshot(), 0, 100, 1000000)$$),
+          3::bigint, 'reads a page with read_page, as the relay of version 6 does');
 SELECT pg_temp.next_block();  -- advance() leaves the block that still receives ids
 SELECT is(pg_temp.relay_count($$SELECT outbox.advance('priv', 1, 1, pg_current_snapshot()::text, NULL, 0)$$),
           1::bigint, 'advances its position, which truncates the relayed rows'' partition');
