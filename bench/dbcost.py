@@ -467,7 +467,8 @@ class Driver:
 
 VARIANTS = {
     # name: (kind, template, max_rows or None)
-    "relay": "the relay (RelWithDebInfo, crash points off), schema of install.sql (5 since the partitioned outbox)",
+    "relay": "the relay (RelWithDebInfo, crash points off), schema of install.sql (6 since read_page)",
+    "relay-v5": "--relay-v5 BIN on schema 5 (install.sql up to 0005): fetch_page's byte pass, an empty fetch per window",
     "relay-v4": "--relay-v4 BIN on schema 4 (install.sql up to 0004): the DELETE in advance and its VACUUM",
     "driver": "driver: the relay's statements from a libpq driver, schema v2",
     "driver-nobytes": "driver, fetch_page(..., max_bytes => NULL), schema v2",
@@ -521,7 +522,7 @@ class DbCost:
         if kind not in self.templates:
             name = "dbcost_%s_tpl_%s" % (RUN, kind)
             url = self.pg.create(name)
-            bench.Pg.install(url, 4 if kind == "v4" else None)
+            bench.Pg.install(url, {"v4": 4, "v5": 5}.get(kind))
             if kind == "proto":
                 subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", DRAFT_SQL],
                                check=True, stdout=subprocess.DEVNULL)
@@ -722,6 +723,10 @@ class DbCost:
             if not self.args.relay_v4:
                 raise SystemExit("dbcost: variant relay-v4 needs --relay-v4 BIN (a relay built for schema 4)")
             return self.run_relay(max_rows, kind="v4", binary=self.args.relay_v4)
+        if variant == "relay-v5":
+            if not self.args.relay_v5:
+                raise SystemExit("dbcost: variant relay-v5 needs --relay-v5 BIN (a relay built for schema 5)")
+            return self.run_relay(max_rows, kind="v5", binary=self.args.relay_v5)
         if variant == "driver":
             return self.run_driver("v2", max_rows)
         if variant == "driver-nobytes":
@@ -750,6 +755,8 @@ class DbCost:
                              "install.sql is at schema 5 now (runs 2-6 of bench/sql/RESULTS.md measured them)")
         if "relay-v4" in a.variants:
             self.template("v4")
+        if "relay-v5" in a.variants:
+            self.template("v5")
         for rep in range(a.repeat):
             res["copy"].append(self.copy_floor())
             log("copy floor: backend %.0f ms, server %.0f ms" % (res["copy"][-1]["backend_us"] / 1e3,
@@ -854,6 +861,8 @@ def report(res):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=300000)
+    ap.add_argument("--relay-v5", metavar="BIN",
+                    help="for variant relay-v5: a relay built for schema 5 (before read_page)")
     ap.add_argument("--relay-v4", metavar="BIN",
                     help="for variant relay-v4: a relay built for schema 4 (before the partitioned outbox)")
     ap.add_argument("--max-rows", type=int, nargs="+", default=[1000, 10000])

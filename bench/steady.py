@@ -645,9 +645,14 @@ class Steady:
             perf_file = os.path.join(self.tmp, "%s.perf" % label)
             if self.args.perf_dir:
                 perf_file = os.path.join(self.args.perf_dir, "relay-%s-%s-%d.perf" % (RUN, variant.name, rate))
+            pid = relay.pid
+            if self.args.perf_backend:
+                if not relay.backend:
+                    raise SystemExit("steady: --perf-backend: the relay's PostgreSQL backend was not found")
+                pid = relay.backend
             perf_proc = self.track(Proc(["perf", "record", "-q", "-e", "cpu-clock", "-F", "999",
                                          "--call-graph", self.args.perf_call_graph,
-                                         "-p", str(relay.pid), "-o", perf_file], "perf"))
+                                         "-p", str(pid), "-o", perf_file], "perf"))
         _, wf = w.wait_prefix("done", secs + 120)
         written = int(wf[1])
         complete = self.deliver(cons, written, self.args.drain_quiet)
@@ -675,7 +680,9 @@ class Steady:
             self.warn("%s: the writers committed only %d of %d rows (%.0f rows/s): the rate was not reached"
                          % (what, written, n, r["achieved_rate"]))
         if perf_proc:
-            self.results["perf"].append({"variant": variant.name, "rate": rate, "file": perf_file
+            self.results["perf"].append({"variant": variant.name, "rate": rate,
+                                         "process": "relay's PostgreSQL backend" if self.args.perf_backend else "relay",
+                                         "file": perf_file
                                          if self.args.perf_dir else None, "call_graph": self.args.perf_call_graph,
                                          "top": perf_top(perf_file, self.args.perf_top)})
         else:
@@ -937,9 +944,9 @@ def report(res):
         p("")
     for pf in res.get("perf", []):
         top = pf["top"]
-        p("perf record -g (cpu-clock) of the relay, variant %s at %d rows/s (a run of its own, not in the tables "
+        p("perf record -g (cpu-clock) of the %s, variant %s at %d rows/s (a run of its own, not in the tables "
           "above): by object %s; top %d symbols by self time:\n" % (
-              pf["variant"], pf["rate"], ", ".join("%s %.1f%%" % (o, x) for x, o in top["objects"]),
+              pf.get("process", "relay"), pf["variant"], pf["rate"], ", ".join("%s %.1f%%" % (o, x) for x, o in top["objects"]),
               len(top["symbols"])))
         p("| self % | symbol (object) |")
         p("|---|---|")
@@ -982,6 +989,8 @@ def main():
     ap.add_argument("--perf", type=int, nargs="?", const=1000, metavar="RATE",
                     help="after the rounds, one more run per variant at RATE (default 1000) under perf record -g; "
                          "prints the top symbols (not counted in the tables)")
+    ap.add_argument("--perf-backend", action="store_true",
+                    help="with --perf: profile the relay's PostgreSQL backend instead of the relay")
     ap.add_argument("--perf-top", type=int, default=15)
     ap.add_argument("--perf-call-graph", default="fp", help="perf record --call-graph: fp (= -g, the default) or "
                     "dwarf (deeper stacks through code built without frame pointers, larger files)")
