@@ -347,7 +347,8 @@ def phase_breakdown(ph):
         return None
     g = lambda k: ph.get(k, (0, 0.0, 0))[1] / txns
     return {"txns": txns,
-            "fetch_ms": g("pg outbox.fetch_page") + g("pg outbox.window_open"),
+            # read_page since schema 6, fetch_page before
+            "fetch_ms": g("pg outbox.read_page") + g("pg outbox.fetch_page") + g("pg outbox.window_open"),
             "produce_ms": g("produce loop (begin..commit)") + g("kafka begin_transaction"),
             "commit_ms": g("kafka commit_transaction"),
             "advance_ms": g("pg outbox.advance")}
@@ -1148,7 +1149,7 @@ def report(res):
         ph = [r for r in res["A"] if r.get("phases")]
         if ph:
             p("Where the main thread's wall time goes, ms per transaction (phase timer, same runs):\n")
-            p("| partitions | txn rows | who | PG fetch (window_open + fetch_page) | produce loop | "
+            p("| partitions | txn rows | who | PG fetch (window_open + read_page) | produce loop | "
               "Kafka commit | PG advance | sum | rows/s |")
             p("|---|---|---|---|---|---|---|---|---|")
             for r in sorted(ph, key=lambda r: (r["partitions"], r["txn_rows"], r["who"])):
