@@ -238,17 +238,7 @@ SELECT is(
 -- fetch_page() is inlined: the plan of a call shows outbox.event itself, no
 -- Function Scan that would materialize the page. (Which scan it uses depends
 -- on the table's size and statistics: bench/sql/ looks at that.)
-CREATE FUNCTION pg_temp.plan_of(p_sql text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    v_line text;
-    v_plan text := '';
-BEGIN
-    FOR v_line IN EXECUTE 'EXPLAIN (COSTS OFF) ' || p_sql LOOP
-        v_plan := v_plan || v_line || E'\n';
-    END LOOP;
-    RETURN v_plan;
-END
-$$;
+\ir lib/windows.sql
 SELECT unalike(pg_temp.plan_of($$SELECT * FROM outbox.fetch_page('1:1:', '5:5:', 0, 10, 1000)$$),
               '%Function Scan on fetch_page%', 'fetch_page() is inlined into the calling query');
 -- A backlog in a table that was never analyzed: the page is still read by

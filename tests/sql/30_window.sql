@@ -5,15 +5,8 @@
 BEGIN;
 SELECT plan(43);
 
--- The spec of a window, written the plain way, to compare fetch_page with:
--- rows visible in next and not in done, after after_id, in id order.
-CREATE FUNCTION pg_temp.window_ids(p_done pg_snapshot, p_next pg_snapshot, p_after bigint)
-    RETURNS SETOF bigint LANGUAGE sql AS $$
-    SELECT id FROM outbox.event
-    WHERE pg_visible_in_snapshot(txid, p_next) AND NOT pg_visible_in_snapshot(txid, p_done)
-      AND id > p_after
-    ORDER BY id;
-$$;
+-- window_ids(): the spec of a window, to compare fetch_page with.
+\ir lib/windows.sql
 -- All pages of a window, max_rows at a time, the relay's way.
 CREATE FUNCTION pg_temp.all_pages(p_done pg_snapshot, p_next pg_snapshot, p_max_rows int,
                                   p_max_bytes bigint DEFAULT 1000000000)

@@ -7,14 +7,8 @@
 BEGIN;
 SELECT plan(22);
 
--- Rows visible in next and not in done, after after_id, in id order.
-CREATE FUNCTION pg_temp.window_ids(p_done pg_snapshot, p_next pg_snapshot, p_after bigint)
-    RETURNS SETOF bigint LANGUAGE sql AS $$
-    SELECT id FROM outbox.event
-    WHERE pg_visible_in_snapshot(txid, p_next) AND NOT pg_visible_in_snapshot(txid, p_done)
-      AND id > p_after
-    ORDER BY id;
-$$;
+-- window_ids() (the plain definition of a window) and plan_of().
+\ir lib/windows.sql
 
 -- Every page of a window the relay's way with read_page(): (page, id,
 -- window_end), stopping at a window_end row or at an empty page, as the
@@ -185,17 +179,6 @@ SELECT throws_ok($$SELECT * FROM outbox.read_page('1:1:', '5:5:', NULL, 10, 10)$
 
 -- Inlined, one read: the plan shows outbox.event's partitions read once
 -- per page (no second pass for the byte limit) and no Function Scan.
-CREATE FUNCTION pg_temp.plan_of(q text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    l text;
-    r text := '';
-BEGIN
-    FOR l IN EXECUTE 'EXPLAIN (COSTS OFF) ' || q LOOP
-        r := r || l || E'\n';
-    END LOOP;
-    RETURN r;
-END
-$$;
 SELECT unalike(pg_temp.plan_of($$SELECT * FROM outbox.read_page('1:1:', '5:5:', 0, 10, 1000)$$),
                '%Function Scan on read_page%', 'read_page() is inlined into the calling query');
 
