@@ -49,7 +49,7 @@ PG_URL = os.environ.get("OUTBOX_PG_URL", "postgresql://postgres@127.0.0.1:55432/
 BOOTSTRAP = os.environ.get("OUTBOX_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
 # The relay's shipped kafka.properties (conf/relay.conf); the bare producers
 # get the same ones.
-KAFKA_PROPS = ["compression.type=lz4", "linger.ms=5"]
+KAFKA_PROPS = ["compression.type=lz4"]  # conf/relay.conf's; linger.ms is the relay's default (0)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 RUN = "%x%04x" % (int(time.time()) & 0xFFFFFF, os.getpid() & 0xFFFF)
 OWNER = "bench-owner"  # fixed relay.owner: a restarted relay retakes its lease at once
@@ -424,15 +424,16 @@ def read_i64(path):
 
 class Relay(Proc):
     def __init__(self, tmp, name, url, max_rows=10000, max_bytes=None, notify=True,
-                 poll_ms=200, ckpt_topic=None, tag="", log_level=None, retention_ms=0, binary=None):
+                 poll_ms=200, ckpt_topic=None, tag="", log_level=None, retention_ms=0, binary=None,
+                 kafka_props=()):
         self.write_conf(tmp, name, url, max_rows, max_bytes, notify, poll_ms, ckpt_topic, tag,
-                        log_level, retention_ms)
+                        log_level, retention_ms, kafka_props)
         super().__init__([binary or RELAY, "run", "-c", self.conf], "relay", stream="stderr",
                          env=phases_env("relay-%s%s" % (name, tag)))
         self.backend = None
 
     def write_conf(self, tmp, name, url, max_rows=10000, max_bytes=None, notify=True, poll_ms=200,
-                   ckpt_topic=None, tag="", log_level=None, retention_ms=0):
+                   ckpt_topic=None, tag="", log_level=None, retention_ms=0, kafka_props=()):
         self.conf = os.path.join(tmp, "relay-%s%s.conf" % (name, tag))
         # a checkpoint topic per relay name: a new relay's start-up does not
         # depend on how many checkpoints earlier runs left
@@ -440,7 +441,8 @@ class Relay(Proc):
         if max_bytes is None:
             max_bytes = max(16 << 20, max_rows * 512)
         extra = [p for p in os.environ.get("BENCH_RELAY_KAFKA_PROPS", "").split(",") if p]
-        props = ", ".join('"%s"' % p for p in KAFKA_PROPS + extra)
+        # later entries win: the environment's, then the variant's own
+        props = ", ".join('"%s"' % p for p in KAFKA_PROPS + extra + list(kafka_props))
         with open(self.conf, "w") as f:
             f.write("""relay = { name = "%s"; owner = "%s"; };
 postgres = { conninfo = "%s"; retention_ms = %d; };
@@ -633,14 +635,16 @@ class Bench:
             best = dt if best is None else min(best, dt)
         return rows / best
 
-    def a_relay(self, template, topic, parts, txn_rows, rows, retention_ms=0, binary=None, who="relay"):
+    def a_relay(self, template, topic, parts, txn_rows, rows, retention_ms=0, binary=None, who="relay",
+                kafka_props=()):
         dbname, url = self.copy_db(template)
         try:
             cons = self.track(Consumer(topic, rows, want=rows))
             label = "bench-%s-a%d" % (RUN, self.seq)
             relay = self.track(Relay(self.tmp, label, url,
                                      max_rows=txn_rows, max_bytes=max_bytes_for(txn_rows),
-                                     retention_ms=retention_ms, binary=binary))
+                                     retention_ms=retention_ms, binary=binary,
+                                     kafka_props=kafka_props))
             t_pub = relay.wait_publishing()
             relay.find_backend()
             b0 = pid_cpu_us(relay.backend) if relay.backend else None
@@ -710,11 +714,13 @@ class Bench:
                         elif who == "compare-retention":
                             r = self.a_relay(tpl, topic, parts, txn_rows, rows, retention_ms=3600000,
                                              binary=self.args.compare_relay,
-                                             who="relay, " + self.args.compare_label)
+                                             who="relay, " + self.args.compare_label,
+                                             kafka_props=self.args.compare_props)
                         elif who == "compare":
                             r = self.a_relay(tpl, topic, parts, txn_rows, rows,
                                              binary=self.args.compare_relay,
-                                             who="relay, " + self.args.compare_label)
+                                             who="relay, " + self.args.compare_label,
+                                             kafka_props=self.args.compare_props)
                         elif who == "retention":
                             # deletes deferred (postgres.retention_ms): what the
                             # DELETE in outbox.advance costs the drain
@@ -738,7 +744,7 @@ class Bench:
         # when the machine is quiet; give the open loop room to catch up
         return max(4, min(16, int(math.ceil(rate / per_txn / 300.0))))
 
-    def b_relay(self, rate, notify, secs, per_txn=1, binary=None, who="relay"):
+    def b_relay(self, rate, notify, secs, per_txn=1, binary=None, who="relay", kafka_props=()):
         topic = self.steady_topic()
         dbname, url = self.copy_db(self.empty_template())
         n = int(rate * secs)
@@ -748,7 +754,7 @@ class Bench:
             sent_file = os.path.join(self.tmp, "b-sent-%d" % self.seq)
             cons = self.track(Consumer(topic, n, out=arr_file))
             relay = self.track(Relay(self.tmp, "bench-%s-b%d" % (RUN, self.seq), url,
-                                     notify=notify, binary=binary))
+                                     notify=notify, binary=binary, kafka_props=kafka_props))
             relay.wait_publishing()
             relay.find_backend()
             time.sleep(0.5)
@@ -870,7 +876,8 @@ class Bench:
                     r = self.b_relay(rate, notify, secs, per_txn)
                 elif who == "compare":
                     r = self.b_relay(rate, notify, secs, per_txn, binary=self.args.compare_relay,
-                                     who="relay, " + self.args.compare_label)
+                                     who="relay, " + self.args.compare_label,
+                                     kafka_props=self.args.compare_props)
                 else:
                     r = self.b_bare(rate, secs, who)
                 log("B %s %d/s notify=%s rows/txn=%s: p50 %.1f p99 %.1f p99.9 %.1f max %.1f ms, achieved %.0f/s" % (
@@ -1319,6 +1326,10 @@ def main():
     ap.add_argument("--compare-relay", metavar="BINARY",
                     help="A and B: also run this other outbox-relay build (before/after a change)")
     ap.add_argument("--compare-label", default="candidate", help="its name in the tables")
+    ap.add_argument("--compare-props", metavar="NAME=VALUE,...", default="",
+                    type=lambda v: [p for p in v.split(",") if p],
+                    help="librdkafka properties for --compare-relay only, after the relay's own "
+                         "(e.g. linger.ms=0; the same binary with other settings)")
     ap.add_argument("--retention-variant", action="store_true",
                     help="A: also drain with postgres.retention_ms set (no DELETE while draining)")
     ap.add_argument("--rates", help="comma-separated steady rates (default 100,1000,5000)")

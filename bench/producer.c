@@ -94,12 +94,13 @@ static rd_kafka_t *new_producer(const struct opts *o, bool transactional)
 	rd_kafka_t *rk;
 
 	/* The relay's producer settings (relay/publisher.c), unless -X says
-	 * otherwise: queues that hold a whole transaction, murmur2. */
+	 * otherwise: queues that hold a whole transaction, murmur2, no linger. */
 	snprintf(v, sizeof(v), "%" PRId64, o->txn_rows * 2 + 16);
 	bench_conf_default(conf, &o->props, "queue.buffering.max.messages", v);
 	snprintf(v, sizeof(v), "%" PRId64, o->max_bytes * 2 / 1024 + 4096);
 	bench_conf_default(conf, &o->props, "queue.buffering.max.kbytes", v);
 	bench_conf_default(conf, &o->props, "partitioner", "murmur2_random");
+	bench_conf_default(conf, &o->props, "linger.ms", "0");
 	bench_conf_default(conf, &o->props, "message.timeout.ms", "60000");
 	if (transactional) {
 		bench_conf_set(conf, "transactional.id", o->txn_id);

@@ -362,6 +362,14 @@ struct publisher *publisher_new(const struct config *cfg, char *errbuf, size_t e
 	if (!user_set(cfg, "partitioner") &&
 	    conf_set(conf, "partitioner", "murmur2_random", errbuf, errlen) < 0)
 		goto fail;
+	/* The relay hands librdkafka a whole page at once and commits soon
+	 * after: a linger makes no request larger, it only delays each look's
+	 * records, and librdkafka before 2.10 spins the broker thread through
+	 * the last millisecond of every linger (bench/RESULTS.md, "L2").
+	 * queue.buffering.max.ms is the same property under its older name. */
+	if (!user_set(cfg, "linger.ms") && !user_set(cfg, "queue.buffering.max.ms") &&
+	    conf_set(conf, "linger.ms", "0", errbuf, errlen) < 0)
+		goto fail;
 	rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);
 	rd_kafka_conf_set_error_cb(conf, error_cb);
 	if (rd_kafka_conf_set_ssl_cert_verify_cb(conf, ssl_verify_cb) != RD_KAFKA_CONF_OK) {

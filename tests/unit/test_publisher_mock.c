@@ -628,6 +628,48 @@ static int setup_small_queue(void **state)
 			  "batch = { max_bytes = 1024; };\n");
 }
 
+/* Issue 16: the producer does not linger unless kafka.properties says so,
+ * under either of the property's names; the user's value wins. */
+static void test_linger_default(void **state)
+{
+	static const struct {
+		const char *props, *want;
+	} cases[] = {
+		{"", "0"},
+		{"\"compression.type=lz4\"", "0"},
+		{"\"linger.ms=7\"", "7"},
+		{"\"queue.buffering.max.ms=9\"", "9"},
+	};
+
+	(void)state;
+	log_setup(LOG_FATAL, LOG_TEXT);
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char text[512], err[512], got[32];
+		size_t sz = sizeof(got);
+		struct config *cfg;
+		struct publisher *pub;
+
+		snprintf(text, sizeof(text),
+			 "relay = { name = \"linger\"; };\n"
+			 "kafka = { bootstrap_servers = \"127.0.0.1:1\"; properties = [%s]; };\n",
+			 cases[i].props);
+		cfg = config_load_string(text, "linger.conf", err, sizeof(err));
+		if (!cfg)
+			fail_msg("%s", err);
+		pub = publisher_new(cfg, err, sizeof(err));
+		if (!pub)
+			fail_msg("case %zu: %s", i, err);
+		assert_int_equal(rd_kafka_conf_get(rd_kafka_conf(publisher_handle(pub)), "linger.ms",
+						   got, &sz),
+				 RD_KAFKA_CONF_OK);
+		if (strcmp(got, cases[i].want) != 0)
+			fail_msg("case %zu (%s): linger.ms %s, want %s", i, cases[i].props, got,
+				 cases[i].want);
+		publisher_free(pub);
+		config_free(cfg);
+	}
+}
+
 /* 12.12: a refused property is named, its value never shown, even where
  * librdkafka's own message quotes it */
 static void test_secret_not_echoed(void **state)
@@ -770,6 +812,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_row_larger_than_queue, setup_small_queue,
 						teardown),
 		cmocka_unit_test(test_secret_not_echoed),
+		cmocka_unit_test(test_linger_default),
 		T(test_permanent_produce_errors),
 		T(test_commit_stops_on_waiter),
 		cmocka_unit_test_setup_teardown(test_batch_refused_for_size_blames_no_row,
