@@ -94,9 +94,11 @@ def test_poison_row_in_open_transaction_waits_for_next_batch(outbox_db, topics, 
     transaction is open is left out of it; the rows before it are committed,
     and the relay stops on it as the first row of the next batch."""
     names = topics(3)
+    # poison_retry_ms short: once the row is deleted the relay resumes at
+    # its next retry, not up to 30 s (the default) later
     cfg = write_config(tmp_path / "r.conf", outbox_db, "r-spoison", **{
         "batch.max_wait_ms": 3000, "batch.poll_interval_ms": 100,
-        "batch.look_interval_ms": 100})
+        "batch.look_interval_ms": 100, "relay.poison_retry_ms": 1000})
     relay = relays(cfg)
     relay.wait_log("publishing")
     conn = connect(outbox_db)
