@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import urllib.parse
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -82,7 +83,8 @@ class Variant:
     ("group.name" -> value, dotted for nested groups) and librdkafka
     properties on top of the base configuration (scenario B's)."""
 
-    def __init__(self, name, binary=None, notify=True, settings=None, kprops=None, schema=None):
+    def __init__(self, name, binary=None, notify=True, settings=None, kprops=None, schema=None,
+                 pghost=None):
         if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
             raise ValueError("variant name %r: letters, digits, '.', '_', '-' only" % name)
         self.name = name
@@ -93,6 +95,9 @@ class Variant:
         # None: install.sql's latest; N: its migrations up to N (a relay
         # built for that schema, e.g. before the partitioned outbox)
         self.schema = int(schema) if schema else None
+        # the relay's own connection through another host (a Unix socket
+        # directory, say); the writers keep the run's URL
+        self.pghost = pghost or None
         if not os.access(self.binary, os.X_OK):
             raise ValueError("variant %s: %s is not an executable" % (name, self.binary))
 
@@ -100,13 +105,14 @@ class Variant:
     def parse(cls, spec):
         """NAME=[BINARY][:key=value;key=value...]. key "notify" (on/off) is
         the variant's NOTIFY; "schema" (N) installs install.sql's migrations
-        up to N only; "librdkafka.NAME" adds a kafka.properties entry
+        up to N only; "pghost" (a host or Unix socket directory) is where the
+        relay connects to PostgreSQL; "librdkafka.NAME" adds a kafka.properties entry
         NAME=value; anything else is a relay setting "group.name"."""
         if "=" not in spec:
             raise ValueError("--variant %r: NAME=[BINARY][:key=value;...]" % spec)
         name, rest = spec.split("=", 1)
         binary, _, opts = rest.partition(":")
-        notify, settings, kprops, schema = True, {}, {}, None
+        notify, settings, kprops, schema, pghost = True, {}, {}, None, None
         for kv in (x.strip() for x in opts.split(";")):
             if not kv:
                 continue
@@ -117,28 +123,32 @@ class Variant:
                 notify = v.lower() in ON
             elif k == "schema":
                 schema = v
+            elif k == "pghost":
+                pghost = v
             elif k.startswith("librdkafka."):
                 kprops[k[len("librdkafka."):]] = v
             elif "." in k:
                 settings[k] = v
             else:
-                raise ValueError("variant %s: %r is neither notify, schema, librdkafka.NAME nor group.name"
+                raise ValueError("variant %s: %r is neither notify, schema, pghost, librdkafka.NAME nor "
+                                 "group.name"
                                  % (name, k))
-        return cls(name, binary or None, notify, settings, kprops, schema)
+        return cls(name, binary or None, notify, settings, kprops, schema, pghost)
 
     @classmethod
     def from_json(cls, obj):
         n = obj.get("notify", True)
         return cls(obj["name"], obj.get("binary"), n if isinstance(n, bool) else str(n).lower() in ON,
                    obj.get("config", {}), {k: str(v) for k, v in obj.get("librdkafka", {}).items()},
-                   obj.get("schema"))
+                   obj.get("schema"), obj.get("pghost"))
 
     def describe(self):
         return describe(self.to_json())
 
     def to_json(self):
         return {"name": self.name, "binary": self.binary, "notify": self.notify,
-                "config": self.settings, "librdkafka": self.kprops, "schema": self.schema}
+                "config": self.settings, "librdkafka": self.kprops, "schema": self.schema,
+                "pghost": self.pghost}
 
     def conf_text(self, name, url, ckpt_topic):
         """The relay's configuration file: scenario B's (bench.py Relay),
@@ -148,7 +158,9 @@ class Variant:
         props.update(self.kprops)
         tree = {
             "relay": {"name": name, "owner": OWNER},
-            "postgres": {"conninfo": url, "retention_ms": 0},
+            "postgres": {"conninfo": url if not self.pghost else
+                         url + ("&" if "?" in url else "?") + "host=" + urllib.parse.quote(self.pghost, safe=""),
+                         "retention_ms": 0},
             "kafka": {"bootstrap_servers": BOOTSTRAP, "checkpoint_topic": ckpt_topic,
                       "properties": ["%s=%s" % kv for kv in props.items()]},
             "batch": {"max_rows": 10000, "max_bytes": 16 << 20, "max_wait_ms": 0,
@@ -182,6 +194,8 @@ def describe(v):
     parts = ["NOTIFY %s" % ("on" if v["notify"] else "off")]
     if v.get("schema"):
         parts.append("schema %s" % v["schema"])
+    if v.get("pghost"):
+        parts.append("relay's PostgreSQL host %s" % v["pghost"])
     parts += ["%s=%s" % kv for kv in sorted(v["config"].items())]
     parts += ["librdkafka %s=%s" % kv for kv in sorted(v["librdkafka"].items())]
     parts.append("relay " + (os.path.relpath(v["binary"], bench.ROOT) if v["binary"].startswith(bench.ROOT)
@@ -962,10 +976,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=[BIN][:k=v;k=v]",
                     help="a relay variant (repeatable); BIN defaults to build-bench's relay; keys: notify=on|off, "
+                         "schema=N, pghost=HOST (the relay's PostgreSQL host or socket directory), "
                          "librdkafka.NAME=VALUE (a kafka.properties entry), group.name=VALUE (a relay setting, "
                          "e.g. batch.poll_interval_ms=50). Default: notify-on and notify-off of build-bench's relay")
     ap.add_argument("--variants", metavar="FILE.json", help="variants as a JSON list of {name, binary, notify, "
-                    "config: {group.name: value}, librdkafka: {name: value}}")
+                    "config: {group.name: value}, librdkafka: {name: value}, schema, pghost}")
     ap.add_argument("--quick", action="store_true", help="10 s per rate, 10 s idle, 5 s baseline")
     ap.add_argument("--rates", default="100,1000,10000", help="comma-separated rows/s (default 100,1000,10000)")
     ap.add_argument("--seconds", type=int, help="seconds per rate (default 60, quick 10)")
