@@ -15,7 +15,7 @@
 
 /* The statements of the relay's hot loop, prepared once per connection
  * when postgres.prepared_statements is on: no parse and plan per call. */
-enum hot_stmt { HOT_RENEW, HOT_WINDOW, HOT_FETCH, HOT_ADVANCE, HOT_AWAKE, HOT_COUNT };
+enum hot_stmt { HOT_RENEW, HOT_FETCH, HOT_LOOK, HOT_ADVANCE, HOT_AWAKE, HOT_COUNT };
 
 static const struct {
 	const char *name;
@@ -23,10 +23,30 @@ static const struct {
 	int nparams;
 } hot[HOT_COUNT] = {
 	{"outbox_relay_renew", "SELECT outbox.lease_renew($1, $2, $3)", 3},
-	{"outbox_relay_window", "SELECT outbox.window_open($1)", 1},
 	{"outbox_relay_fetch",
 	 "SELECT id, topic, key, payload, header_names, header_values, created_ms, window_end "
 	 "FROM outbox.read_page($1, $2, $3, $4, $5)",
+	 5},
+	/* A new window and its first page in one round trip. The row with a
+	 * NULL id carries the window's end, pg_current_snapshot() (the snapshot
+	 * this statement reads with, so the page sees exactly the window's
+	 * commits; window_open() cannot be called here: it is VOLATILE and
+	 * would take a later one), and the stored position; the others are
+	 * read_page()'s. An end below either position ($1, or the stored one
+	 * that window_open() checks) reads no page: the caller reports the
+	 * regression, where read_page() would refuse a window that ends before
+	 * it starts. */
+	{"outbox_relay_look",
+	 "WITH w AS MATERIALIZED (SELECT pg_catalog.pg_current_snapshot() AS s, "
+	 "(SELECT coalesce(g.pos_next, g.pos_done) FROM outbox.position_get($5) AS g) AS stored) "
+	 "SELECT NULL::bigint, NULL::text, NULL::bytea, NULL::bytea, NULL::text[], NULL::text[], "
+	 "NULL::bigint, NULL::boolean, w.s::text, w.stored FROM w "
+	 "UNION ALL "
+	 "SELECT p.id, p.topic, p.key, p.payload, p.header_names, p.header_values, p.created_ms, "
+	 "p.window_end, NULL, NULL "
+	 "FROM w, outbox.read_page($1::pg_snapshot, w.s, $2, $3, $4) AS p "
+	 "WHERE pg_catalog.pg_snapshot_xmax(w.s) >= pg_catalog.pg_snapshot_xmax($1::pg_snapshot) "
+	 "AND pg_catalog.pg_snapshot_xmax(w.s) >= pg_catalog.pg_snapshot_xmax(w.stored::pg_snapshot)",
 	 5},
 	{"outbox_relay_advance", "SELECT outbox.advance($1, $2, $3, $4, $5, $6, $7)", 7},
 	{"outbox_relay_awake", "SELECT outbox.relay_awake($1)", 1},
@@ -629,28 +649,19 @@ static unsigned long long snapshot_xmax(const char *snap)
 	return colon ? strtoull(colon + 1, NULL, 10) : 0;
 }
 
-int outbox_window_open(struct outbox *ob, const char *done, char **next)
+/* OB_REGRESSION when a window's end `snap` is behind the position `done`. */
+static int check_window_end(struct outbox *ob, const char *snap, const char *done)
 {
-	const char *p[1] = {ob->cfg->relay_name};
-	PGresult *res;
-	int rc = call_hot(ob, HOT_WINDOW, p, 0, &res);
-
-	if (rc != OB_OK)
-		return rc;
-	if (snapshot_xmax(PQgetvalue(res, 0, 0)) < snapshot_xmax(done)) {
-		snprintf(ob->errstr, sizeof(ob->errstr),
-			 "transaction ids went backwards: the database's current snapshot %s is "
-			 "behind the relay's position %s; this database lost commits the relay "
-			 "saw (a failover to a replica that missed them, or a restore), and Kafka "
-			 "may hold events it no longer has. Stopping; follow \"OR003: transaction "
-			 "ids behind the position\" in docs/sql.md",
-			 PQgetvalue(res, 0, 0), done);
-		PQclear(res);
-		return OB_REGRESSION;
-	}
-	*next = xstrdup(PQgetvalue(res, 0, 0));
-	PQclear(res);
-	return OB_OK;
+	if (snapshot_xmax(snap) >= snapshot_xmax(done))
+		return OB_OK;
+	snprintf(ob->errstr, sizeof(ob->errstr),
+		 "transaction ids went backwards: the database's current snapshot %s is "
+		 "behind the relay's position %s; this database lost commits the relay "
+		 "saw (a failover to a replica that missed them, or a restore), and Kafka "
+		 "may hold events it no longer has. Stopping; follow \"OR003: transaction "
+		 "ids behind the position\" in docs/sql.md",
+		 snap, done);
+	return OB_REGRESSION;
 }
 
 int outbox_span_digest(struct outbox *ob, const struct position *from, const struct position *to,
@@ -790,14 +801,19 @@ out:
 }
 
 /* The rows of a result with fetch_page's columns (id, topic, key, payload,
- * header_names, header_values, created_ms) into b, which takes res. */
-static int take_rows(struct outbox *ob, PGresult *res, struct batch *b)
+ * header_names, header_values, created_ms) into b, which takes res; row
+ * `skip` (-1: none) is not one. */
+static int take_rows(struct outbox *ob, PGresult *res, int skip, struct batch *b)
 {
 	int rc;
 
 	batch_add_page(b, res);
 	for (int i = 0; i < PQntuples(res); i++) {
-		struct record *r = batch_add_record(b);
+		struct record *r;
+
+		if (i == skip)
+			continue;
+		r = batch_add_record(b);
 
 		r->id = bin_i64(PQgetvalue(res, i, 0));
 		r->topic = PQgetvalue(res, i, 1); /* libpq NUL-terminates binary values too */
@@ -812,6 +828,13 @@ static int take_rows(struct outbox *ob, PGresult *res, struct batch *b)
 			return rc;
 	}
 	return OB_OK;
+}
+
+/* A binary bool column: one byte, 1 for true; NULL is false. */
+static bool bin_true(const PGresult *res, int row, int col)
+{
+	return !PQgetisnull(res, row, col) && PQgetlength(res, row, col) == 1 &&
+	       PQgetvalue(res, row, col)[0] == 1;
 }
 
 int outbox_fetch_page(struct outbox *ob, const struct position *pos, int max_rows,
@@ -835,10 +858,79 @@ int outbox_fetch_page(struct outbox *ob, const struct position *pos, int max_row
 		PQclear(res);
 		return OB_OK;
 	}
-	/* Binary bool: one byte, 1 for true. Only the last row can say so. */
-	*window_end = !PQgetisnull(res, n - 1, 7) && PQgetlength(res, n - 1, 7) == 1 &&
-		      PQgetvalue(res, n - 1, 7)[0] == 1;
-	return take_rows(ob, res, b);
+	*window_end = bin_true(res, n - 1, 7);
+	return take_rows(ob, res, -1, b);
+}
+
+int outbox_look(struct outbox *ob, struct position *pos, int max_rows, int64_t max_bytes,
+		struct batch *b, int *nrows, bool *window_end)
+{
+	char after[24], rows[16], bytes[24];
+	const char *p[5] = {pos->done, after, rows, bytes, ob->cfg->relay_name};
+	PGresult *res;
+	int rc, n, snap = -1;
+	int64_t last = pos->after_id;
+
+	snprintf(after, sizeof(after), "%" PRId64, pos->after_id);
+	snprintf(rows, sizeof(rows), "%d", max_rows);
+	snprintf(bytes, sizeof(bytes), "%" PRId64, max_bytes);
+	rc = call_hot(ob, HOT_LOOK, p, 1, &res);
+	if (rc != OB_OK)
+		return rc;
+	n = PQntuples(res);
+	/* One row without an id, the window's end; the page's rows in id
+	 * order. Anything else is not this statement's answer: refuse it
+	 * rather than send a page whose order we cannot vouch for. */
+	for (int i = 0; i < n; i++) {
+		int64_t id;
+
+		if (PQgetisnull(res, i, 0)) {
+			if (snap >= 0 || PQgetisnull(res, i, 8) || PQgetisnull(res, i, 9))
+				goto malformed;
+			snap = i;
+			continue;
+		}
+		id = bin_i64(PQgetvalue(res, i, 0));
+		if (id <= last)
+			goto malformed;
+		last = id;
+	}
+	if (snap < 0)
+		goto malformed;
+	rc = check_window_end(ob, PQgetvalue(res, snap, 8), pos->done);
+	if (rc == OB_OK &&
+	    snapshot_xmax(PQgetvalue(res, snap, 8)) < snapshot_xmax(PQgetvalue(res, snap, 9))) {
+		/* window_open()'s OR003, in its words. */
+		snprintf(ob->errstr, sizeof(ob->errstr),
+			 "the database's transaction ids are behind the relay position of relay "
+			 "\"%s\": the current snapshot is %s, the stored position's is %s; this "
+			 "happens after restoring a dump into a new cluster or failing over to a "
+			 "replica that missed commits, and new rows would be skipped (hint: Stop the "
+			 "relay and follow \"Recovery: transaction id regression\" in docs/sql.md "
+			 "(outbox.position_reset()))",
+			 ob->cfg->relay_name, PQgetvalue(res, snap, 8), PQgetvalue(res, snap, 9));
+		rc = OB_REGRESSION;
+	}
+	if (rc != OB_OK) {
+		PQclear(res);
+		return rc;
+	}
+	pos->next = xstrdup(PQgetvalue(res, snap, 8));
+	*nrows = n - 1;
+	*window_end = n == 1 || bin_true(res, snap == n - 1 ? n - 2 : n - 1, 7);
+	if (n == 1) {
+		PQclear(res);
+		return OB_OK;
+	}
+	return take_rows(ob, res, snap, b);
+
+malformed:
+	snprintf(ob->errstr, sizeof(ob->errstr),
+		 "unexpected answer to the relay's look (%d rows): not one window end and "
+		 "rows in id order after %" PRId64,
+		 n, pos->after_id);
+	PQclear(res);
+	return OB_FAILED;
 }
 
 int outbox_advance(struct outbox *ob, int64_t generation, const struct position *pos,
@@ -1126,5 +1218,5 @@ int outbox_retained_page(struct outbox *ob, int64_t after_id, int max_rows, int6
 	*nrows = PQntuples(res);
 	for (int i = 0; i < *nrows; i++)
 		relayed[i] = !PQgetisnull(res, i, 7) && PQgetvalue(res, i, 7)[0] == 1;
-	return take_rows(ob, res, b); /* b takes res, also when empty */
+	return take_rows(ob, res, -1, b); /* b takes res, also when empty */
 }

@@ -77,12 +77,6 @@ int outbox_lease_renew(struct outbox *ob, int64_t generation, bool *held) MUSTCH
 int outbox_lease_release(struct outbox *ob, int64_t generation) MUSTCHECK;
 /* The stored position; pos->generation is the lease generation. */
 int outbox_position_get(struct outbox *ob, struct position *pos) MUSTCHECK;
-/* A new window's upper snapshot (pg_current_snapshot()); malloc'd. The
- * window starts at `done`, the relay's own position, which may be ahead of
- * the stored one (after a failover to a replica that missed the last
- * advances): an end below it is OB_REGRESSION, as OR003 is for the stored
- * position, instead of a window that would end before it starts. */
-int outbox_window_open(struct outbox *ob, const char *done, char **next) MUSTCHECK;
 /* The rows the database has between two positions, from (exclusive) and to
  * (inclusive): how many, and the sum of their ids mod 2^63 (the digest a
  * checkpoint carries of its batch). */
@@ -95,6 +89,15 @@ int outbox_span_digest(struct outbox *ob, const struct position *from, const str
  * cut: no row of the window follows it, no need to ask again). */
 int outbox_fetch_page(struct outbox *ob, const struct position *pos, int max_rows,
 		      int64_t max_bytes, struct batch *b, int *nrows, bool *window_end) MUSTCHECK;
+/* Open pos's next window and append its first page to b, in one
+ * statement: pos->next (NULL before) gets the window's end, and the rest
+ * is outbox_fetch_page's. The window starts at pos->done, the relay's own
+ * position, which may be ahead of the stored one (after a failover to a
+ * replica that missed the last advances): an end below it is OB_REGRESSION,
+ * as OR003 is for the stored position in outbox.window_open(), and pos is
+ * left as it was. */
+int outbox_look(struct outbox *ob, struct position *pos, int max_rows, int64_t max_bytes,
+		struct batch *b, int *nrows, bool *window_end) MUSTCHECK;
 /* Fenced, monotone advance to pos; unless postgres.retention_ms keeps
  * relayed rows (then outbox_purge deletes them later), truncates the
  * partitions of outbox.event it left fully relayed (*truncated: how many).

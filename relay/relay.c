@@ -783,10 +783,13 @@ static int read_pages(struct relay *r, struct batch *b, struct position *work, i
 			*full = true;
 			return OB_OK;
 		}
-		if (!work->next && (st = outbox_window_open(r->ob, work->done, &work->next)) != OB_OK)
-			return st;
-		if ((st = outbox_fetch_page(r->ob, work, rows_left, bytes_left, b, &n,
-					    &window_end)) != OB_OK)
+		if (!work->next)
+			/* A new window and its first page: one round trip. */
+			st = outbox_look(r->ob, work, rows_left, bytes_left, b, &n, &window_end);
+		else
+			st = outbox_fetch_page(r->ob, work, rows_left, bytes_left, b, &n,
+					       &window_end);
+		if (st != OB_OK)
 			return st;
 		if (window_end) {
 			/* Nothing of the window follows (an empty page, or a
