@@ -84,7 +84,7 @@ class Variant:
     properties on top of the base configuration (scenario B's)."""
 
     def __init__(self, name, binary=None, notify=True, settings=None, kprops=None, schema=None,
-                 pghost=None):
+                 pghost=None, sql=None):
         if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
             raise ValueError("variant name %r: letters, digits, '.', '_', '-' only" % name)
         self.name = name
@@ -98,6 +98,10 @@ class Variant:
         # the relay's own connection through another host (a Unix socket
         # directory, say); the writers keep the run's URL
         self.pghost = pghost or None
+        # an SQL file run after the install (a schema probe, say)
+        self.sql = os.path.abspath(sql) if sql else None
+        if self.sql and not os.path.isfile(self.sql):
+            raise ValueError("variant %s: sql file %s does not exist" % (name, self.sql))
         if not os.access(self.binary, os.X_OK):
             raise ValueError("variant %s: %s is not an executable" % (name, self.binary))
 
@@ -106,13 +110,14 @@ class Variant:
         """NAME=[BINARY][:key=value;key=value...]. key "notify" (on/off) is
         the variant's NOTIFY; "schema" (N) installs install.sql's migrations
         up to N only; "pghost" (a host or Unix socket directory) is where the
-        relay connects to PostgreSQL; "librdkafka.NAME" adds a kafka.properties entry
+        relay connects to PostgreSQL; "sql" (a file) is run after the
+        install, before the relay starts; "librdkafka.NAME" adds a kafka.properties entry
         NAME=value; anything else is a relay setting "group.name"."""
         if "=" not in spec:
             raise ValueError("--variant %r: NAME=[BINARY][:key=value;...]" % spec)
         name, rest = spec.split("=", 1)
         binary, _, opts = rest.partition(":")
-        notify, settings, kprops, schema, pghost = True, {}, {}, None, None
+        notify, settings, kprops, schema, pghost, sql = True, {}, {}, None, None, None
         for kv in (x.strip() for x in opts.split(";")):
             if not kv:
                 continue
@@ -125,22 +130,24 @@ class Variant:
                 schema = v
             elif k == "pghost":
                 pghost = v
+            elif k == "sql":
+                sql = v
             elif k.startswith("librdkafka."):
                 kprops[k[len("librdkafka."):]] = v
             elif "." in k:
                 settings[k] = v
             else:
-                raise ValueError("variant %s: %r is neither notify, schema, pghost, librdkafka.NAME nor "
+                raise ValueError("variant %s: %r is neither notify, schema, pghost, sql, librdkafka.NAME nor "
                                  "group.name"
                                  % (name, k))
-        return cls(name, binary or None, notify, settings, kprops, schema, pghost)
+        return cls(name, binary or None, notify, settings, kprops, schema, pghost, sql)
 
     @classmethod
     def from_json(cls, obj):
         n = obj.get("notify", True)
         return cls(obj["name"], obj.get("binary"), n if isinstance(n, bool) else str(n).lower() in ON,
                    obj.get("config", {}), {k: str(v) for k, v in obj.get("librdkafka", {}).items()},
-                   obj.get("schema"), obj.get("pghost"))
+                   obj.get("schema"), obj.get("pghost"), obj.get("sql"))
 
     def describe(self):
         return describe(self.to_json())
@@ -148,7 +155,7 @@ class Variant:
     def to_json(self):
         return {"name": self.name, "binary": self.binary, "notify": self.notify,
                 "config": self.settings, "librdkafka": self.kprops, "schema": self.schema,
-                "pghost": self.pghost}
+                "pghost": self.pghost, "sql": self.sql}
 
     def conf_text(self, name, url, ckpt_topic):
         """The relay's configuration file: scenario B's (bench.py Relay),
@@ -196,6 +203,8 @@ def describe(v):
         parts.append("schema %s" % v["schema"])
     if v.get("pghost"):
         parts.append("relay's PostgreSQL host %s" % v["pghost"])
+    if v.get("sql"):
+        parts.append("then %s" % os.path.relpath(v["sql"], bench.ROOT))
     parts += ["%s=%s" % kv for kv in sorted(v["config"].items())]
     parts += ["librdkafka %s=%s" % kv for kv in sorted(v["librdkafka"].items())]
     parts.append("relay " + (os.path.relpath(v["binary"], bench.ROOT) if v["binary"].startswith(bench.ROOT)
@@ -536,7 +545,7 @@ class Steady:
         name = "bench_%s_steady_empty" % RUN
         Pg.install(self.pg.create(name))
         self.template = name
-        self.templates = {None: name}
+        self.templates = {(None, None): name}
         # LogAppendTime: the broker stamps each record as it appends it
         for i in range(self.args.topics):
             self.topics.append(self.kafka.create("steady-%s-t%d" % (RUN, i), self.args.partitions,
@@ -566,11 +575,16 @@ class Steady:
     def segment(self, variant, rnd, phases, perf=False):
         k = self.next()
         dbname = "bench_%s_s%d" % (RUN, k)
-        if variant.schema not in self.templates:
-            name = "bench_%s_steady_empty_v%d" % (RUN, variant.schema)
-            Pg.install(self.pg.create(name), variant.schema)
-            self.templates[variant.schema] = name
-        url = self.pg.create(dbname, template=self.templates[variant.schema])
+        tkey = (variant.schema, variant.sql)
+        if tkey not in self.templates:
+            name = "bench_%s_steady_empty_t%d" % (RUN, len(self.templates))
+            turl = self.pg.create(name)
+            Pg.install(turl, variant.schema)
+            if variant.sql:
+                subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", turl, "-f", variant.sql],
+                               check=True, stdout=subprocess.DEVNULL)
+            self.templates[tkey] = name
+        url = self.pg.create(dbname, template=self.templates[tkey])
         relay = None
         try:
             Pg.run(url, "SELECT outbox.notify_enable()" if variant.notify else "SELECT outbox.notify_disable()")
@@ -976,11 +990,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=[BIN][:k=v;k=v]",
                     help="a relay variant (repeatable); BIN defaults to build-bench's relay; keys: notify=on|off, "
-                         "schema=N, pghost=HOST (the relay's PostgreSQL host or socket directory), "
+                         "schema=N, pghost=HOST (the relay's PostgreSQL host or socket directory), sql=FILE (run after the "
+                         "install), "
                          "librdkafka.NAME=VALUE (a kafka.properties entry), group.name=VALUE (a relay setting, "
                          "e.g. batch.poll_interval_ms=50). Default: notify-on and notify-off of build-bench's relay")
     ap.add_argument("--variants", metavar="FILE.json", help="variants as a JSON list of {name, binary, notify, "
-                    "config: {group.name: value}, librdkafka: {name: value}, schema, pghost}")
+                    "config: {group.name: value}, librdkafka: {name: value}, schema, pghost, sql}")
     ap.add_argument("--quick", action="store_true", help="10 s per rate, 10 s idle, 5 s baseline")
     ap.add_argument("--rates", default="100,1000,10000", help="comma-separated rows/s (default 100,1000,10000)")
     ap.add_argument("--seconds", type=int, help="seconds per rate (default 60, quick 10)")
