@@ -171,7 +171,11 @@ def test_readyz_stopping(outbox_db, topics, relays, tmp_path):
             return ready(port) == (503, {"ready": False, "role": "stopping",
                                          "reason": "stopping"})
         wait_for(stopping, 20, "/readyz to say stopping", interval=0.1)
-        assert relay_waits_for_lock(conn, dbname)()
+        # The role says stopping just before the release's UPDATE is sent:
+        # the wait for the row lock shows a moment later (well within the
+        # 4 s statement timeout).
+        wait_for(relay_waits_for_lock(conn, dbname), 3, "the lease release to wait for the lock",
+                 interval=0.05)
     finally:
         holder.rollback()
         holder.close()
