@@ -361,6 +361,14 @@ class PgCpu:
                 e = self.seen.get(pid)
                 if e is None:
                     e = self.seen[pid] = [pg_role(proc_title(pid)), 0]
+                elif e[0][0] == "other":
+                    # A child seen just after its fork still had the
+                    # postmaster's title: look again until it says what
+                    # it is (else a segment's backends can all count as
+                    # "other" and its "ours" read 0).
+                    title = proc_title(pid)
+                    if title:
+                        e[0] = pg_role(title)
                 e[1] = ticks
             return {pid: tuple(e) for pid, e in self.seen.items()}
 
