@@ -119,13 +119,17 @@ class Pg:
             conn.close()
 
     @staticmethod
+    def run_file(url, path):
+        """An SQL file into url by psql, stopping at its first error."""
+        subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", path],
+                       check=True, stdout=subprocess.DEVNULL)
+
+    @staticmethod
     def install(url, schema=None):
         """sql/install.sql into url; with schema N only its migrations up to
         N (an older schema, for a relay built for it)."""
         if schema is None:
-            subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f",
-                            os.path.join(ROOT, "sql", "install.sql")],
-                           check=True, stdout=subprocess.DEVNULL)
+            Pg.run_file(url, os.path.join(ROOT, "sql", "install.sql"))
             return
         text = open(os.path.join(ROOT, "sql", "install.sql")).read()
         text = text[:text.index("\\set migration %04d" % (schema + 1))].replace(

@@ -524,8 +524,7 @@ class DbCost:
             url = self.pg.create(name)
             bench.Pg.install(url, {"v4": 4, "v5": 5}.get(kind))
             if kind == "proto":
-                subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", DRAFT_SQL],
-                               check=True, stdout=subprocess.DEVNULL)
+                bench.Pg.run_file(url, DRAFT_SQL)
             t = time.time()
             load(url, self.topic_names(), self.args.rows)
             bench.Pg.run(url, "VACUUM (ANALYZE) outbox.event")

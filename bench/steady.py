@@ -502,7 +502,6 @@ class Steady:
         self.tmp = tempfile.mkdtemp(prefix="outbox-steady-")
         self.procs = []
         self.seq = 0
-        self.template = None
         self.topics = []
         self.pgcpu = None
         self.offsets = None
@@ -552,7 +551,6 @@ class Steady:
         self.offsets = Offsets()
         name = "bench_%s_steady_empty" % RUN
         Pg.install(self.pg.create(name))
-        self.template = name
         self.templates = {(None, None): name}
         # LogAppendTime: the broker stamps each record as it appends it
         for i in range(self.args.topics):
@@ -589,8 +587,7 @@ class Steady:
             turl = self.pg.create(name)
             Pg.install(turl, variant.schema)
             if variant.sql:
-                subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", turl, "-f", variant.sql],
-                               check=True, stdout=subprocess.DEVNULL)
+                Pg.run_file(turl, variant.sql)
             self.templates[tkey] = name
         url = self.pg.create(dbname, template=self.templates[tkey])
         relay = None
