@@ -162,9 +162,23 @@ def test_writers_do_not_notify_while_the_relay_is_awake(outbox_db, topics, relay
     assert relay.stop() == 0
 
 
-@pytest.mark.parametrize("version", [1, 2, 4, 5])
+# Every grant on outbox.event, its columns and its id sequence but the
+# owner's (%% for psycopg's parameters).
+EVENT_ACL = """
+SELECT array_agg(g ORDER BY g) FROM (
+    SELECT format('%%s %%s %%s %%s', c.relname, x.grantee::regrole, x.privilege_type, x.is_grantable) AS g
+    FROM pg_class AS c, aclexplode(c.relacl) AS x
+    WHERE c.oid IN ('outbox.event'::regclass, 'outbox.event_id_seq'::regclass) AND x.grantee <> c.relowner
+    UNION ALL
+    SELECT format('%%s.%%s %%s %%s %%s', c.relname, a.attname, x.grantee::regrole, x.privilege_type, x.is_grantable)
+    FROM pg_class AS c JOIN pg_attribute AS a ON a.attrelid = c.oid, aclexplode(a.attacl) AS x
+    WHERE c.oid = 'outbox.event'::regclass AND a.attnum > 0) AS t
+"""
+
+
+@pytest.mark.parametrize("version", [1, 2, 4, 5, 6])
 def test_upgrade_in_place(version, outbox_db, topics, relays, tmp_path):
-    """A schema version 1, 2, 4 or 5 install with rows waiting, rows relayed
+    """A schema version 1, 2, 4, 5 or 6 install with rows waiting, rows relayed
     and the NOTIFY trigger on upgrades with install.sql in place: rows (ids,
     transaction ids, contents) and relay state kept, the trigger runs the
     current function, the id sequence goes on, and the relay then publishes
@@ -196,9 +210,26 @@ def test_upgrade_in_place(version, outbox_db, topics, relays, tmp_path):
         next_id = scalar(conn, "SELECT nextval(pg_get_serial_sequence('outbox.event', 'id'))")
         before = scalar(conn, "SELECT array_agg(e ORDER BY id)::text FROM outbox.event AS e")
         state = scalar(conn, "SELECT array_agg(s)::text FROM outbox.relay_state AS s")
+        # an operator's grants (table and column level) and, on a
+        # partitioned table, an operator's index
+        psql(db, "-c", "DO $$ BEGIN CREATE ROLE outbox_test_auditor; EXCEPTION WHEN duplicate_object THEN END $$",
+             "-c", "GRANT SELECT (id, topic) ON outbox.event TO outbox_test_auditor",
+             "-c", "GRANT SELECT ON outbox.event TO PUBLIC")
+        if version >= 5:
+            psql(db, "-c", "CREATE INDEX event_created_idx ON outbox.event (created_at)")
+        acl = scalar(conn, EVENT_ACL)
+        assert any("outbox_test_auditor" in g for g in acl) and any(g.startswith("event - ") for g in acl), acl
         out = psql(db, "-f", str(ROOT / "sql/install.sql"))
-        assert "version 6" in out.stdout, out.stdout + out.stderr
-        assert scalar(conn, "SELECT outbox.version()") == 6
+        assert "version 7" in out.stdout, out.stdout + out.stderr
+        assert scalar(conn, "SELECT outbox.version()") == 7
+        # (0005 revokes PUBLIC's privileges on the table it creates: an
+        # upgrade across it keeps every grant but those, docs/sql.md)
+        assert scalar(conn, EVENT_ACL) == (acl if version >= 5 else [g for g in acl if " - " not in g])
+        assert scalar(conn, "SELECT count(*) FROM pg_inherits WHERE inhparent = 'outbox.event'::regclass") == 4
+        if version >= 5:
+            assert scalar(conn, """SELECT count(*) FROM pg_inherits AS i JOIN pg_index AS x ON x.indexrelid = i.inhrelid
+                                   WHERE i.inhparent = 'outbox.event_created_idx'::regclass
+                                     AND x.indisvalid""") == 4
         assert scalar(conn, "SELECT array_agg(e ORDER BY id)::text FROM outbox.event AS e") == before
         assert scalar(conn, "SELECT array_agg(s)::text FROM outbox.relay_state AS s") == state
         assert scalar(conn, "SELECT outbox.notify_enabled()")

@@ -39,13 +39,13 @@ SELECT results_eq(
              ('created_at', 'timestamp with time zone', true, 'now()', '')$$,
     'outbox.event has the contract''s columns, types, defaults and identity'
 );
--- Partitioned by blocks of 65536 ids into eight partitions (schema version
--- 5): LIST on block % 8. A partitioned table's unique key would have to
+-- Partitioned by blocks of 65536 ids into four partitions (schema version
+-- 7; eight in versions 5 and 6): LIST on block % 4. A partitioned table's unique key would have to
 -- contain the partition key's columns, and an expression may not be one: the
 -- parent has no primary key, each partition a unique index on id (equal ids
 -- always fall into the same partition, so ids are unique table-wide).
-SELECT is(pg_get_partkeydef('outbox.event'::regclass), 'LIST ((((id / 65536) % (8)::bigint)))',
-          'outbox.event is partitioned by LIST on its id''s block of 65536 modulo 8');
+SELECT is(pg_get_partkeydef('outbox.event'::regclass), 'LIST ((((id / 65536) % (4)::bigint)))',
+          'outbox.event is partitioned by LIST on its id''s block of 65536 modulo 4');
 SELECT results_eq(
     $$SELECT c.relname::text COLLATE "default", pg_get_expr(c.relpartbound, c.oid) COLLATE "default",
              c.relkind::text, c.relispartition
@@ -53,8 +53,8 @@ SELECT results_eq(
       WHERE i.inhparent = 'outbox.event'::regclass
       ORDER BY 1$$,
     $$SELECT format('event_p%s', k), format('FOR VALUES IN (''%s'')', k), 'r', true
-      FROM generate_series(0, 7) AS k$$,
-    'it has exactly the eight partitions event_p0..event_p7, one for each remainder (no default partition)');
+      FROM generate_series(0, 3) AS k$$,
+    'it has exactly the four partitions event_p0..event_p3, one for each remainder (no default partition)');
 SELECT is_empty(
     $$SELECT conname FROM pg_constraint WHERE conrelid = 'outbox.event'::regclass AND contype IN ('p', 'u')$$,
     'the parent has no primary or unique key (one cannot be declared on an expression partition key)');
@@ -67,12 +67,12 @@ SELECT results_eq(
       WHERE i.inhparent = 'outbox.event'::regclass AND x.indisunique
       ORDER BY 1$$,
     $$SELECT format('event_p%s', k), format('outbox.event_p%s_id_key', k), true, true, 'id'
-      FROM generate_series(0, 7) AS k$$,
+      FROM generate_series(0, 3) AS k$$,
     'every partition has exactly one unique index, valid, on id alone');
 SELECT has_index('outbox', 'event', 'event_txid_idx', ARRAY['txid'], 'outbox.event has an index on txid');
 SELECT is((SELECT count(*)::int FROM pg_inherits AS i JOIN pg_index AS x ON x.indexrelid = i.inhrelid
            WHERE i.inhparent = 'outbox.event_txid_idx'::regclass AND x.indisvalid),
-          8, '... in every partition');
+          4, '... in every partition');
 SELECT is_empty(
     $$SELECT c.relname FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid
       WHERE i.inhparent = 'outbox.event'::regclass
@@ -126,7 +126,7 @@ SELECT results_eq(
     'outbox.event_partition has a partition number, the newest block truncated, the last try');
 SELECT results_eq(
     'SELECT part, done_block, tried_at FROM outbox.event_partition ORDER BY part',
-    $$SELECT k, -1::bigint, '-infinity'::timestamptz FROM generate_series(0, 7) AS k$$,
+    $$SELECT k, -1::bigint, '-infinity'::timestamptz FROM generate_series(0, 3) AS k$$,
     'a fresh install has one row per partition: nothing truncated, never tried');
 
 -- Functions: the API the relay calls by name. Any change of a name, an
@@ -251,7 +251,7 @@ SELECT is((SELECT count(*)::int FROM pg_stats WHERE schemaname = 'outbox' AND ta
 SELECT is((SELECT count(*)::int
            FROM regexp_matches(pg_temp.plan_of($$SELECT * FROM outbox.fetch_page('1:1:', '5:5:', 12345, 10000, 16777216)$$),
                                'Index Scan using event_p[0-7]_id_key on event_p[0-7]', 'g')),
-          8, 'a backlog page is read by the id index of every partition, even on a table without statistics');
+          4, 'a backlog page is read by the id index of every partition, even on a table without statistics');
 SELECT alike(pg_temp.plan_of($$SELECT * FROM outbox.fetch_page('1:1:', '5:5:', 12345, 10000, 16777216)$$),
              E'%Merge Append\n%Sort Key: e.id\n%', '... merged in id order (Merge Append)');
 SELECT doesnt_match(pg_temp.plan_of($$SELECT * FROM outbox.fetch_page('1:1:', '5:5:', 12345, 10000, 16777216)$$),
@@ -274,7 +274,7 @@ SELECT is_empty(
 );
 
 -- The contract's constants ---------------------------------------------------
-SELECT is(outbox.version(), 6, 'schema version 6');
+SELECT is(outbox.version(), 7, 'schema version 7');
 SELECT is((SELECT count(*)::int FROM outbox.event WHERE topic <> 'plan'), 0, 'a fresh install has no outbox rows');
 SELECT is((SELECT count(*)::int FROM outbox.relay_state), 0, 'a fresh install has no relay');
 SELECT is(outbox.notify_enabled(), false, 'NOTIFY is off after install');

@@ -18,9 +18,9 @@ $$;
 
 SELECT is(pg_temp.v4_bigint('SELECT version FROM public.v4_version'), 4::bigint,
           '(the database was at schema version 4 before install.sql)');
-SELECT is(pg_temp.v4_bigint('SELECT outbox.version()'), 6::bigint, 'after install.sql it is at version 6');
+SELECT is(pg_temp.v4_bigint('SELECT outbox.version()'), 7::bigint, 'after install.sql it is at version 7');
 SELECT is(pg_temp.v4_text('SELECT string_agg(version::text, '','' ORDER BY version) FROM outbox.schema_version'),
-          '1,2,3,4,5,6', '... with every version recorded once');
+          '1,2,3,4,5,6,7', '... with every version recorded once');
 
 -- The rows -------------------------------------------------------------------------------
 SELECT is(pg_temp.v4_bigint('SELECT count(*) FROM public.v4_event'), 12::bigint, '(12 rows before)');

@@ -88,7 +88,7 @@ SQL
 psql_q -d "$test_url" >/dev/null <<SQL
 DO \$\$
 BEGIN
-    FOR k IN 0..7 LOOP
+    FOR k IN 0..3 LOOP
         EXECUTE format('ALTER TABLE outbox.event_p%s SET (autovacuum_enabled = false)', k);
     END LOOP;
 END

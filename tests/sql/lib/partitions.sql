@@ -1,10 +1,10 @@
 -- lib/partitions.sql: helpers for tests of the partitioned outbox.event
--- (schema version 5): partition event_p<k> holds the blocks of 65536 ids
--- whose number % 8 = k. Included with \ir.
+-- (schema version 7; eight partitions in 5 and 6): partition event_p<k> holds the blocks of 65536 ids
+-- whose number % 4 = k. Included with \ir.
 
 -- Move the id sequence to the start of the next block (the next row gets
 -- id block * 65536) and return that block: rows inserted from now on go into
--- partition block % 8. setval() is not undone by a ROLLBACK; the sequence
+-- partition block % 4. setval() is not undone by a ROLLBACK; the sequence
 -- only moves forward, so later tests are not disturbed.
 CREATE FUNCTION pg_temp.next_block() RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
@@ -18,7 +18,7 @@ $$;
 
 -- The partition a block's rows go into.
 CREATE FUNCTION pg_temp.part_of(p_block bigint) RETURNS regclass LANGUAGE sql AS $$
-    SELECT format('outbox.event_p%s', p_block % 8)::regclass;
+    SELECT format('outbox.event_p%s', p_block % 4)::regclass;
 $$;
 
 -- The rows of one partition, as this statement sees them.
