@@ -467,7 +467,8 @@ class Driver:
 
 VARIANTS = {
     # name: (kind, template, max_rows or None)
-    "relay": "the relay (RelWithDebInfo, crash points off), schema of install.sql (6 since read_page)",
+    "relay": "the relay (RelWithDebInfo, crash points off), schema of install.sql (7 since four partitions)",
+    "relay-v6": "--relay-v6 BIN on schema 6 (install.sql up to 0006): eight partitions",
     "relay-v5": "--relay-v5 BIN on schema 5 (install.sql up to 0005): fetch_page's byte pass, an empty fetch per window",
     "relay-v4": "--relay-v4 BIN on schema 4 (install.sql up to 0004): the DELETE in advance and its VACUUM",
     "driver": "driver: the relay's statements from a libpq driver, schema v2",
@@ -522,7 +523,7 @@ class DbCost:
         if kind not in self.templates:
             name = "dbcost_%s_tpl_%s" % (RUN, kind)
             url = self.pg.create(name)
-            bench.Pg.install(url, {"v4": 4, "v5": 5}.get(kind))
+            bench.Pg.install(url, {"v4": 4, "v5": 5, "v6": 6}.get(kind))
             if kind == "proto":
                 bench.Pg.run_file(url, DRAFT_SQL)
             t = time.time()
@@ -726,6 +727,10 @@ class DbCost:
             if not self.args.relay_v5:
                 raise SystemExit("dbcost: variant relay-v5 needs --relay-v5 BIN (a relay built for schema 5)")
             return self.run_relay(max_rows, kind="v5", binary=self.args.relay_v5)
+        if variant == "relay-v6":
+            if not self.args.relay_v6:
+                raise SystemExit("dbcost: variant relay-v6 needs --relay-v6 BIN (a relay built for schema 6)")
+            return self.run_relay(max_rows, kind="v6", binary=self.args.relay_v6)
         if variant == "driver":
             return self.run_driver("v2", max_rows)
         if variant == "driver-nobytes":
@@ -756,6 +761,8 @@ class DbCost:
             self.template("v4")
         if "relay-v5" in a.variants:
             self.template("v5")
+        if "relay-v6" in a.variants:
+            self.template("v6")
         for rep in range(a.repeat):
             res["copy"].append(self.copy_floor())
             log("copy floor: backend %.0f ms, server %.0f ms" % (res["copy"][-1]["backend_us"] / 1e3,
@@ -862,6 +869,8 @@ def main():
     ap.add_argument("--rows", type=int, default=300000)
     ap.add_argument("--relay-v5", metavar="BIN",
                     help="for variant relay-v5: a relay built for schema 5 (before read_page)")
+    ap.add_argument("--relay-v6", metavar="BIN",
+                    help="for variant relay-v6: a relay built for schema 6 (eight partitions)")
     ap.add_argument("--relay-v4", metavar="BIN",
                     help="for variant relay-v4: a relay built for schema 4 (before the partitioned outbox)")
     ap.add_argument("--max-rows", type=int, nargs="+", default=[1000, 10000])

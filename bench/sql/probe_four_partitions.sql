@@ -1,6 +1,8 @@
--- Benchmark probe, not a migration: outbox.event with four partitions
--- instead of eight, to measure what each partition costs the relay's
--- looks (bench/steady.py --variant 'NAME=:sql=bench/sql/probe_four_partitions.sql').
+-- Benchmark probe, not a migration: outbox.event of schema 6 with four
+-- partitions instead of eight, to measure what each partition costs the
+-- relay's looks (bench/steady.py --variant
+-- 'NAME=BIN:schema=6;sql=bench/sql/probe_four_partitions.sql', BIN a relay
+-- built for schema 6). Schema 7 has four partitions of its own.
 --
 -- Run on a freshly installed, empty outbox. It detaches and drops
 -- partitions 4-7, so only ids below 4 * 65536 = 262144 have a partition:
