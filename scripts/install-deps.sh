@@ -17,7 +17,7 @@ packages=(
 	libpq-dev librdkafka-dev libconfig-dev libmicrohttpd-dev libcmocka-dev
 	postgresql-15 postgresql-contrib postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl
 	openjdk-17-jre-headless openjdk-17-jdk-headless openssl maven kcat valgrind prometheus systemd python3-venv pgbouncer
-	python3 python3-pytest python3-psycopg2 python3-confluent-kafka
+	python3 python3-pytest python3-pytest-xdist python3-psycopg2 python3-confluent-kafka
 )
 
 missing=()

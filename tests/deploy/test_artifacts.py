@@ -713,6 +713,7 @@ def example_db():
          "-c", f"DROP DATABASE IF EXISTS {name}", check=False)
 
 
+@pytest.mark.serial  # runs deploy/compose/roles.sql: cluster-wide fixed logins
 def test_least_privilege_roles_and_the_example_writer(example_db, tmp_path):
     """install.sql, then compose/roles.sql and examples/schema.sql, then the
     writer as "app": its events are in the outbox; "app" and "relay" can do

@@ -84,6 +84,7 @@ def dpkg_turn():
         os.close(fd)
 
 
+@pytest.mark.serial  # dpkg -i / purge system-wide, roles.sql, a build on every CPU
 def test_package_installs_works_and_purges(dpkg_turn, example_db, tmp_path):
     before = dpkg_turn
     out = run("bash", ROOT / "scripts/package-deb", tmp_path / "build", timeout=600)

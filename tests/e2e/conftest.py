@@ -43,6 +43,9 @@ SESSION_TOPICS = set()
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "sanitizer: also run against the ASan+UBSan relay build")
+    config.addinivalue_line("markers", "serial: run alone, after the others (scripts/test runs the rest "
+                            "on two pytest-xdist workers): it disturbs the shared PostgreSQL, broker or "
+                            "cluster-wide objects, or times something in seconds")
 
 
 def pg_url_for(dbname):

@@ -37,6 +37,7 @@ def relay_waits_for_lock(conn, dbname):
     return check
 
 
+@pytest.mark.serial  # 503 due within a window of seconds
 def test_healthz_503_on_a_stalled_loop(outbox_db, topics, relays, tmp_path):
     """README: /healthz answers 503 when the loop has been stuck longer than
     transaction timeout + two commit timeouts + 10 s, and 200 before that.

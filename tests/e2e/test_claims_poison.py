@@ -83,6 +83,7 @@ def test_missing_topic_stops_then_creating_it_resumes(outbox_db, topics, relays,
     assert relay.stop() == 0, relay.text()
 
 
+@pytest.mark.serial  # halt, fix and resume timed in seconds
 def test_missing_topic_fixed_by_update_at_the_next_look(outbox_db, topics, relays, tmp_path):
     """The row is fixed by `UPDATE outbox.event SET topic = ...`; the relay
     finds out at its next look, relay.poison_retry_ms after it stopped: not

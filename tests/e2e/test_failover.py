@@ -157,7 +157,7 @@ def test_synchronous_failover_loses_nothing(pair, topics, relays, tmp_path):
     tps = topics(3, partitions=2)
     ckpt = f"ckpt-failover-{db.p1}-{os.getpid()}"
     create_topics([ckpt])
-    cfg = write_config(tmp_path / "relay.conf", db.url(db.p1), "r-failover",
+    cfg = write_config(tmp_path / "relay.conf", db.url(db.p1), "r-db-failover",
                        **{"postgres.conninfo": db.multi_host(), "kafka.checkpoint_topic": ckpt,
                           "log.level": "debug", "batch.max_rows": 200,
                           "relay.lease_ttl_ms": 10000})

@@ -12,6 +12,10 @@ from conftest import ckpt_topic, create_topics, header, read_all, wait_for, writ
 from test_relay import (assert_positions_agree, check_exactly_once, connect, drained, insert_rows,
                         scalar)
 
+# Run alone (scripts/test runs the "serial" tests after the others,
+# one at a time): takeovers timed against 2 s leases.
+pytestmark = pytest.mark.serial
+
 
 class Writer(threading.Thread):
     """Inserts rows in small transactions until stopped; knows how many."""

@@ -124,6 +124,7 @@ def test_standby_and_poison_and_lag(outbox_db, topics, relays, tmp_path):
     assert leader.stop() == 0 and standby.stop() == 0
 
 
+@pytest.mark.serial  # it kills the shared broker and stops the shared PostgreSQL
 def test_readiness_follows_broker_and_database(outbox_db, topics, relays, tmp_path):
     tps = topics(1)
     relay, port = start(relays, tmp_path, outbox_db, "r-http3")
@@ -202,6 +203,7 @@ def test_garbage_requests_do_not_stall(outbox_db, topics, relays, tmp_path):
     assert relay.stop() == 0, relay.text()
 
 
+@pytest.mark.serial  # connections checked and closed within seconds
 def test_connection_limit_reached_then_freed(outbox_db, topics, relays, tmp_path):
     """http.max_connections idle or half-sent connections take every slot:
     the next request is not served (refused, or queued behind them) until

@@ -13,6 +13,10 @@ import pytest
 from conftest import write_config
 from test_http import free_port, get
 
+# Run alone (scripts/test runs the "serial" tests after the others,
+# one at a time): its deadlines (a slow client closed within 1.5-3.5 s, 11 requests in 6 s) need the CPU to itself.
+pytestmark = pytest.mark.serial
+
 TIMEOUT_S = 2
 SLOTS = 4
 # How long each slow client goes on dribbling if nobody closes it: well past

@@ -6,9 +6,16 @@ import re
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import read_all, wait_for, write_config
 from test_http import free_port, metric
 from test_relay import check_exactly_once, connect, drained, insert_rows, scalar
+
+# Run alone (scripts/test runs the "serial" tests after the others,
+# one at a time): a proxy on a fixed port in front of the broker; a batch
+# timed against max_wait.
+pytestmark = pytest.mark.serial
 
 
 def test_lease_kept_while_a_batch_waits_for_rows(outbox_db, topics, relays, tmp_path):

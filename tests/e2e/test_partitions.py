@@ -71,7 +71,7 @@ def test_retention_keeps_every_partition(outbox_db, topics, relays, tmp_path):
     past their retention as before."""
     names = topics(3)
     conn = connect(outbox_db)
-    cfg = write_config(tmp_path / "r.conf", outbox_db, "r-keep", **{
+    cfg = write_config(tmp_path / "r.conf", outbox_db, "r-keep-parts", **{
         "postgres.retention_ms": 3600000, "batch.poll_interval_ms": 100})
     insert_rows(conn, names, 0, 300, per_txn=100)
     p0 = relfilenode(conn, "outbox.event_p0")

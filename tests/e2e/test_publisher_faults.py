@@ -11,6 +11,10 @@ import pytest
 from conftest import WAITING, create_topics, header, read_all, wait_for, write_config
 from test_relay import connect, drained, insert_rows, scalar
 
+# Run alone (scripts/test runs the "serial" tests after the others,
+# one at a time): a 4 s margin over the broker's abort sweep.
+pytestmark = pytest.mark.serial
+
 
 @pytest.mark.sanitizer
 def test_compressed_record_over_topic_limit_is_published(outbox_db, relays, tmp_path):

@@ -324,6 +324,7 @@ def test_check_and_status_commands(outbox_db, topics, relays, tmp_path):
     assert st["advanced_at"] != "(null)"
 
 
+@pytest.mark.serial  # a wake-up timed in seconds
 def test_notify_wakes_the_relay_else_it_polls(outbox_db, topics, relays, tmp_path):
     """With NOTIFY off the relay finds rows only at its poll (every
     batch.poll_interval_ms): rows committed one by one within a second land

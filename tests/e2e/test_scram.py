@@ -28,6 +28,10 @@ from secure_util import (SASL_USER, STATE, SecurityAdmin, assert_secret_never_sh
                          readme_acls, sasl_props, secure_config)
 from test_relay import check_exactly_once, connect, drained, insert_rows
 
+# Run alone (scripts/test runs the "serial" tests after the others,
+# one at a time): a second broker on fixed ports and a fixed state directory.
+pytestmark = pytest.mark.serial
+
 SCRIPT = ROOT / "deploy/local/scram-broker"
 SCRAM = "SCRAM-SHA-512"
 

@@ -28,6 +28,10 @@ from secure_util import (MTLS_BOOTSTRAP, MTLS_USER, SASL_BOOTSTRAP, SASL_USER, T
                          readme_acls, sasl_props, secure_config)
 from test_relay import check_exactly_once, connect, drained, insert_rows, scalar
 
+# Run alone (scripts/test runs the "serial" tests after the others,
+# one at a time): it changes the shared broker's ACLs of the shared users.
+pytestmark = pytest.mark.serial
+
 
 @pytest.fixture(scope="module")
 def acl_admin():
@@ -190,7 +194,7 @@ def test_create_acl_only_for_a_missing_topic(outbox_db, topics, relays, acl_admi
     """A checkpoint topic that does not exist: the relay names the missing
     Create, and creates the topic once it may."""
     tps = topics(1)
-    name = "r-create"
+    name = "r-create-acl"
     ckpt = ckpt_topic(outbox_db, name)
     grant(acl_admin, SASL_USER, readme_acls(name, tps, ckpt))
     cfg = secure_config(tmp_path / "relay.conf", outbox_db, name, SASL_BOOTSTRAP, sasl_props())
