@@ -465,6 +465,10 @@ class Driver:
 
 # --- the benchmark ------------------------------------------------------------------
 
+# Variants of a relay built for an earlier schema (--relay-vN BIN), on
+# install.sql up to that version.
+OLD_RELAYS = {"relay-v4": 4, "relay-v5": 5, "relay-v6": 6}
+
 VARIANTS = {
     # name: (kind, template, max_rows or None)
     "relay": "the relay (RelWithDebInfo, crash points off), schema of install.sql (7 since four partitions)",
@@ -523,7 +527,7 @@ class DbCost:
         if kind not in self.templates:
             name = "dbcost_%s_tpl_%s" % (RUN, kind)
             url = self.pg.create(name)
-            bench.Pg.install(url, {"v4": 4, "v5": 5, "v6": 6}.get(kind))
+            bench.Pg.install(url, {"v%d" % n: n for n in OLD_RELAYS.values()}.get(kind))
             if kind == "proto":
                 bench.Pg.run_file(url, DRAFT_SQL)
             t = time.time()
@@ -719,18 +723,13 @@ class DbCost:
     def one(self, variant, max_rows):
         if variant == "relay":
             return self.run_relay(max_rows)
-        if variant == "relay-v4":
-            if not self.args.relay_v4:
-                raise SystemExit("dbcost: variant relay-v4 needs --relay-v4 BIN (a relay built for schema 4)")
-            return self.run_relay(max_rows, kind="v4", binary=self.args.relay_v4)
-        if variant == "relay-v5":
-            if not self.args.relay_v5:
-                raise SystemExit("dbcost: variant relay-v5 needs --relay-v5 BIN (a relay built for schema 5)")
-            return self.run_relay(max_rows, kind="v5", binary=self.args.relay_v5)
-        if variant == "relay-v6":
-            if not self.args.relay_v6:
-                raise SystemExit("dbcost: variant relay-v6 needs --relay-v6 BIN (a relay built for schema 6)")
-            return self.run_relay(max_rows, kind="v6", binary=self.args.relay_v6)
+        if variant in OLD_RELAYS:
+            n = OLD_RELAYS[variant]
+            binary = getattr(self.args, "relay_v%d" % n)
+            if not binary:
+                raise SystemExit("dbcost: variant %s needs --relay-v%d BIN (a relay built for schema %d)"
+                                 % (variant, n, n))
+            return self.run_relay(max_rows, kind="v%d" % n, binary=binary)
         if variant == "driver":
             return self.run_driver("v2", max_rows)
         if variant == "driver-nobytes":
@@ -757,12 +756,9 @@ class DbCost:
         if any(v.startswith("proto") for v in a.variants):
             raise SystemExit("dbcost: the proto variants apply bench/sql/draft_0003 to schema 2-4; "
                              "install.sql is at schema 5 now (runs 2-6 of bench/sql/RESULTS.md measured them)")
-        if "relay-v4" in a.variants:
-            self.template("v4")
-        if "relay-v5" in a.variants:
-            self.template("v5")
-        if "relay-v6" in a.variants:
-            self.template("v6")
+        for v, n in OLD_RELAYS.items():
+            if v in a.variants:
+                self.template("v%d" % n)
         for rep in range(a.repeat):
             res["copy"].append(self.copy_floor())
             log("copy floor: backend %.0f ms, server %.0f ms" % (res["copy"][-1]["backend_us"] / 1e3,

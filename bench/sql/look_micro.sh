@@ -13,6 +13,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
+. "$root/scripts/lib/pg.sh"  # with_db
 : "${OUTBOX_PG_URL:?source /var/tmp/outbox-relay-local/env first}"
 ROWS=${ROWS:-30000}
 REPEAT=${REPEAT:-3}
@@ -29,11 +30,12 @@ echo ";" >> "$tmp/look.sql"
 
 variants=(installed "$@")
 urls=()
+snaps=()
 trap 'rm -rf "$tmp"; for i in "${!variants[@]}"; do psql -X -q -d "$OUTBOX_PG_URL" -c "DROP DATABASE IF EXISTS look_micro_$i"; done' EXIT
 for i in "${!variants[@]}"; do
 	db=look_micro_$i
 	psql -X -q -d "$OUTBOX_PG_URL" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
-	url=$(python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(path="/" + sys.argv[2])))' "$OUTBOX_PG_URL" "$db")
+	url=$(with_db "$OUTBOX_PG_URL" "$db")
 	urls+=("$url")
 	psql -X -q -v ON_ERROR_STOP=1 -d "$url" -f "$root/sql/install.sql" >/dev/null
 	[ "$i" -gt 0 ] && psql -X -q -v ON_ERROR_STOP=1 -d "$url" -f "${variants[$i]}"
@@ -45,15 +47,14 @@ UPDATE outbox.relay_state SET pos_done = pg_current_snapshot(), pos_next = NULL,
 WHERE name = 'micro';
 VACUUM ANALYZE outbox.event;
 SQL
+	snaps+=("$(psql -X -At -d "$url" -c "SELECT pos_done FROM outbox.relay_state WHERE name = 'micro'")")
 done
 for mode in $MODES; do
 	for r in $(seq 1 "$REPEAT"); do
 		for i in "${!variants[@]}"; do
-			url=${urls[$i]}
-			snap=$(psql -X -At -d "$url" -c "SELECT pos_done FROM outbox.relay_state WHERE name = 'micro'")
 			ms=$(PGOPTIONS="-c plan_cache_mode=$mode" pgbench -n -M prepared -T 5 -c 1 \
-				-D snap="$snap" -D after=0 -D rows=10000 -D bytes=16777216 -D name=micro \
-				-f "$tmp/look.sql" "$url" | awk '/latency average/ {print $4}')
+				-D snap="${snaps[$i]}" -D after=0 -D rows=10000 -D bytes=16777216 -D name=micro \
+				-f "$tmp/look.sql" "${urls[$i]}" | awk '/latency average/ {print $4}')
 			echo "$(basename "${variants[$i]}"), $ROWS relayed rows, plan_cache_mode $mode: $ms ms a look"
 		done
 	done

@@ -20,11 +20,12 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
+. "$root/scripts/lib/pg.sh"  # with_db
 : "${OUTBOX_PG_URL:?source /var/tmp/outbox-relay-local/env first}"
 ROWS=${ROWS:-20000}
 ROUNDS=${ROUNDS:-3}
 db=trigger_micro
-url=$(python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(path="/" + sys.argv[2])))' "$OUTBOX_PG_URL" "$db")
+url=$(with_db "$OUTBOX_PG_URL" "$db")
 awake=
 cleanup() {
 	[ -n "$awake" ] && kill "$awake" 2>/dev/null || true
@@ -48,7 +49,9 @@ SQL
 psql -X -q -d "$url" -c "SELECT outbox.relay_awake(true)" -c "SELECT pg_sleep(86400)" >/dev/null 2>&1 &
 awake=$!
 for _ in $(seq 50); do
-	held=$(psql -X -At -d "$url" -c "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ShareLock' AND granted")
+	held=$(psql -X -At -d "$url" -c "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'
+		AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+		AND classid = 1329745752 AND objid = 1 AND objsubid = 2 AND mode = 'ShareLock' AND granted")
 	[ "$held" = 1 ] && break
 	sleep 0.1
 done

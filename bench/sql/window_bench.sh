@@ -41,15 +41,7 @@ window_rows=${WINDOW_ROWS:-100}
 rounds=${ROUNDS:-3}
 keep=${KEEP_DB:-0}
 
-# The same server, another database: swap the database of a URL or of a
-# key=value connection string.
-with_db() {
-    case $1 in
-    postgres://* | postgresql://*)
-        printf '%s\n' "$1" | sed -E "s#^(postgres(ql)?://[^/?]*)(/[^?]*)?#\\1/$2#" ;;
-    *) printf '%s dbname=%s\n' "$1" "$2" ;;
-    esac
-}
+. "$root/scripts/lib/pg.sh"  # with_db
 bench_url=$(with_db "$url" "$db")
 psql_q() { psql -X -q -v ON_ERROR_STOP=1 "$@"; }
 say() { echo "window_bench: $*" >&2; }

@@ -18,15 +18,7 @@ root=$(cd "$here/../.." && pwd)
 url=${OUTBOX_PG_URL:-postgresql://postgres@127.0.0.1:55432/outbox}
 db=${OUTBOX_PGTAP_DB:-outbox_pgtap}
 
-# The same server, another database: swap the database of a URL or of a
-# key=value connection string.
-with_db() {
-    case $1 in
-    postgres://* | postgresql://*)
-        printf '%s\n' "$1" | sed -E "s#^(postgres(ql)?://[^/?]*)(/[^?]*)?#\\1/$2#" ;;
-    *) printf '%s dbname=%s\n' "$1" "$2" ;;
-    esac
-}
+. "$root/scripts/lib/pg.sh"  # with_db
 test_url=$(with_db "$url" "$db")
 v4_db=${db}_v4
 v4_url=$(with_db "$url" "$v4_db")
