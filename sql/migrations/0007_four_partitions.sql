@@ -83,17 +83,17 @@ DO $$
 DECLARE
     c record;
 BEGIN
-    FOR c IN SELECT x.oid, x.relkind
-             FROM pg_class AS x
-             WHERE x.oid IN (SELECT i.indexrelid FROM pg_index AS i
-                             WHERE i.indrelid = 'outbox.event_v6'::regclass
-                                OR i.indrelid IN (SELECT h.inhrelid FROM pg_inherits AS h
-                                                  WHERE h.inhparent = 'outbox.event_v6'::regclass))
-                OR x.oid IN (SELECT h.inhrelid FROM pg_inherits AS h
-                             WHERE h.inhparent = 'outbox.event_v6'::regclass) LOOP
-        EXECUTE format('ALTER %s %s RENAME TO %I',
-                       CASE WHEN c.relkind IN ('i', 'I') THEN 'INDEX' ELSE 'TABLE' END,
-                       c.oid::regclass, 'v6_' || (SELECT relname FROM pg_class WHERE oid = c.oid));
+    -- The partitions, then the indexes of the table and of its partitions.
+    FOR c IN SELECT 'TABLE' AS kind, h.inhrelid::regclass AS rel, p.relname
+             FROM pg_inherits AS h JOIN pg_class AS p ON p.oid = h.inhrelid
+             WHERE h.inhparent = 'outbox.event_v6'::regclass
+             UNION ALL
+             SELECT 'INDEX', i.indexrelid::regclass, x.relname
+             FROM pg_index AS i JOIN pg_class AS x ON x.oid = i.indexrelid
+             WHERE i.indrelid = 'outbox.event_v6'::regclass
+                OR i.indrelid IN (SELECT h.inhrelid FROM pg_inherits AS h
+                                  WHERE h.inhparent = 'outbox.event_v6'::regclass) LOOP
+        EXECUTE format('ALTER %s %s RENAME TO %I', c.kind, c.rel, 'v6_' || c.relname);
     END LOOP;
 END
 $$;

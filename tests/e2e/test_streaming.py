@@ -232,6 +232,11 @@ def test_upgrade_in_place(version, outbox_db, topics, relays, tmp_path):
         # upgrade across it keeps every grant but those, docs/sql.md)
         assert scalar(conn, EVENT_ACL) == (acl if version >= 5 else [g for g in acl if " - " not in g])
         assert scalar(conn, "SELECT count(*) FROM pg_inherits WHERE inhparent = 'outbox.event'::regclass") == 4
+        # nothing of the old table is left (0005 named it event_v4, 0007
+        # event_v6 and its partitions and indexes v6_*)
+        assert scalar(conn, r"""SELECT string_agg(relname, ', ') FROM pg_class
+                                WHERE relnamespace = 'outbox'::regnamespace
+                                  AND (relname LIKE 'event\_v_%%' OR relname LIKE 'v6\_%%')""") is None
         if version >= 5:
             assert scalar(conn, """SELECT count(*) FROM pg_inherits AS i JOIN pg_index AS x ON x.indexrelid = i.inhrelid
                                    WHERE i.inhparent = 'outbox.event_created_idx'::regclass
