@@ -96,6 +96,18 @@ bool snapshot_valid(const char *s)
 	return true;
 }
 
+uint64_t snapshot_xmax(const char *snap)
+{
+	const char *colon = snap ? strchr(snap, ':') : NULL;
+
+	return colon ? strtoull(colon + 1, NULL, 10) : 0;
+}
+
+uint64_t position_xmax(const struct position *pos)
+{
+	return snapshot_xmax(pos->next ? pos->next : pos->done);
+}
+
 char *checkpoint_encode(const struct position *pos)
 {
 	const char *next = pos->next ? pos->next : "-";

@@ -47,6 +47,12 @@ void position_finish_window(struct position *pos);
 /* True when s is a well-formed pg_snapshot text with xmin <= xmax and
  * every xip in [xmin, xmax). */
 bool snapshot_valid(const char *s);
+/* The xmax of a pg_snapshot text ("xmin:xmax:xip,..."); 0 for NULL. */
+uint64_t snapshot_xmax(const char *snap);
+/* The xmax of pos's newest snapshot (next inside a window, else done):
+ * every transaction id below it that it does not list as running counts
+ * as completed there. */
+uint64_t position_xmax(const struct position *pos);
 
 /* The checkpoint record's value. Returns a malloc'd NUL-terminated string. */
 char *checkpoint_encode(const struct position *pos);

@@ -279,6 +279,12 @@ char *metrics_render(const struct metrics *m, bool ready, size_t *len)
 		m->batches_read_ahead);
 	counter(&b, "fenced_total", "Times this process found itself fenced by another relay.",
 		m->fenced);
+	counter(&b, "window_marks_total",
+		"Writes to PostgreSQL that made a batch's windows crash-safe before its Kafka commit.",
+		m->window_marks);
+	counter(&b, "database_restarts_seen_total",
+		"Crash restarts or takeovers of the database seen between a look and a write.",
+		m->db_restarts_seen);
 	counter(&b, "postgres_errors_total", "Failed PostgreSQL calls.", m->db_errors);
 	counter(&b, "kafka_errors_total", "Failed Kafka transactions and calls.", m->kafka_errors);
 	histogram(&b, "commit_duration_seconds",

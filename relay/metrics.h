@@ -69,6 +69,8 @@ struct metrics {
 	uint64_t producer_recreations;
 	uint64_t batches_read_ahead;
 	uint64_t fenced;
+	uint64_t window_marks;     /* make_durable's writes (relay.c) */
+	uint64_t db_restarts_seen; /* changes of the server's life (struct db_mark) */
 	uint64_t db_errors;
 	uint64_t kafka_errors;
 

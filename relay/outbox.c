@@ -15,7 +15,20 @@
 
 /* The statements of the relay's hot loop, prepared once per connection
  * when postgres.prepared_statements is on: no parse and plan per call. */
-enum hot_stmt { HOT_RENEW, HOT_FETCH, HOT_LOOK, HOT_ADVANCE, HOT_AWAKE, HOT_COUNT };
+enum hot_stmt { HOT_RENEW, HOT_FETCH, HOT_LOOK, HOT_ADVANCE, HOT_AWAKE, HOT_MARK, HOT_COUNT };
+
+/*
+ * The server's life: when its WAL statistics were last reset. PostgreSQL
+ * resets them at the end of crash recovery (a crash of the server or of any
+ * backend, an immediate stop), keeps them across a clean restart, and a
+ * standby promoted in a failover has its own. A look and a write of the
+ * relay's own that see the same value ran with no crash between them
+ * (docs/design.md, "Crash-safe window ends"). pg_stat_wal is readable by
+ * every role. A reset by hand (pg_stat_reset_shared('wal')) reads as a
+ * crash: the relay reads its last windows again, which is harmless.
+ */
+#define LIFE_SQL "(SELECT sw.stats_reset::text FROM pg_catalog.pg_stat_wal AS sw)"
+
 
 static const struct {
 	const char *name;
@@ -38,18 +51,29 @@ static const struct {
 	 * it starts. */
 	{"outbox_relay_look",
 	 "WITH w AS MATERIALIZED (SELECT pg_catalog.pg_current_snapshot() AS s, "
-	 "(SELECT coalesce(g.pos_next, g.pos_done) FROM outbox.position_get($5) AS g) AS stored) "
+	 "(SELECT coalesce(g.pos_next, g.pos_done) FROM outbox.position_get($5) AS g) AS stored, "
+	 LIFE_SQL " AS life) "
 	 "SELECT NULL::bigint, NULL::text, NULL::bytea, NULL::bytea, NULL::text[], NULL::text[], "
-	 "NULL::bigint, NULL::boolean, w.s::text, w.stored FROM w "
+	 "NULL::bigint, NULL::boolean, w.s::text, w.stored, w.life FROM w "
 	 "UNION ALL "
 	 "SELECT p.id, p.topic, p.key, p.payload, p.header_names, p.header_values, p.created_ms, "
-	 "p.window_end, NULL, NULL "
+	 "p.window_end, NULL, NULL, NULL "
 	 "FROM w, outbox.read_page($1::pg_snapshot, w.s, $2, $3, $4) AS p "
 	 "WHERE pg_catalog.pg_snapshot_xmax(w.s) >= pg_catalog.pg_snapshot_xmax($1::pg_snapshot) "
 	 "AND pg_catalog.pg_snapshot_xmax(w.s) >= pg_catalog.pg_snapshot_xmax(w.stored::pg_snapshot)",
 	 5},
-	{"outbox_relay_advance", "SELECT outbox.advance($1, $2, $3, $4, $5, $6, $7)", 7},
+	/* With the transaction id it commits under and the server's life
+	 * (struct db_mark). */
+	{"outbox_relay_advance",
+	 "SELECT outbox.advance($1, $2, $3, $4, $5, $6, $7), "
+	 "pg_catalog.pg_current_xact_id()::text, " LIFE_SQL,
+	 7},
 	{"outbox_relay_awake", "SELECT outbox.relay_awake($1)", 1},
+	/* The lease renewal as the write that makes a batch's windows
+	 * crash-safe (outbox_mark). */
+	{"outbox_relay_mark",
+	 "SELECT outbox.lease_renew($1, $2, $3), pg_catalog.pg_current_xact_id()::text, " LIFE_SQL,
+	 3},
 };
 
 /*
@@ -63,18 +87,23 @@ static const struct {
  * $2 = true makes it SET LOCAL. No parallel workers: the relay's statements
  * are small, except the lag count over a backlog, which parallel workers
  * made cost several times its serial CPU for a shorter wall time
- * (bench/sql/RESULTS.md, "Issue 13").
+ * (bench/sql/RESULTS.md, "Issue 13"). synchronous_commit on, whatever the
+ * database or role says: the relay's own commits (advance, the lease, the
+ * mark before a Kafka commit) must be flushed, or a crash could undo them
+ * and hand out again transaction ids that a published window counts as
+ * completed (struct db_mark).
  */
 #define SETTINGS_SQL                                                                               \
 	"SELECT pg_catalog.set_config('statement_timeout', $1, $2), "                              \
-	"pg_catalog.set_config('max_parallel_workers_per_gather', '0', $2)"
+	"pg_catalog.set_config('max_parallel_workers_per_gather', '0', $2), "                      \
+	"pg_catalog.set_config('synchronous_commit', 'on', $2)"
 
-/* "none": how many of the two settings the server took from the startup
- * packet. Fewer than two means something in between dropped them: a pooler
- * told to ignore "options", which then is not a direct connection. */
+/* "none": how many of the three settings the server took from the startup
+ * packet. Fewer means something in between dropped them: a pooler told to
+ * ignore "options", which then is not a direct connection. */
 #define STARTUP_CHECK_SQL                                                                          \
 	"SELECT count(*) FROM pg_catalog.pg_settings WHERE source = 'client' AND name IN "         \
-	"('statement_timeout', 'max_parallel_workers_per_gather')"
+	"('statement_timeout', 'max_parallel_workers_per_gather', 'synchronous_commit')"
 
 struct outbox {
 	const struct config *cfg;
@@ -247,10 +276,11 @@ static int settings_apply(struct outbox *ob, char *errbuf, size_t errlen)
 		break;
 	case POOLING_NONE:
 		rc = run(ob, NULL, STARTUP_CHECK_SQL, 0, NULL, 0, &res);
-		if (rc == OB_OK && strcmp(PQgetvalue(res, 0, 0), "2") != 0) {
+		if (rc == OB_OK && strcmp(PQgetvalue(res, 0, 0), "3") != 0) {
 			snprintf(errbuf, errlen,
 				 "PostgreSQL did not get the relay's startup options (statement_timeout, "
-				 "max_parallel_workers_per_gather): something between them dropped "
+				 "max_parallel_workers_per_gather, synchronous_commit): something "
+				 "between them dropped "
 				 "them, such as PgBouncer with ignore_startup_parameters = options; "
 				 "behind a pooler set postgres.pooling to \"session\" or \"transaction\", "
 				 "the pooler's pool_mode");
@@ -288,9 +318,11 @@ struct outbox *outbox_connect(const struct config *cfg, int *status, char *errbu
 		*status = OB_TRANSIENT;
 	if (conninfo_check(cfg->pg_conninfo, &secret, &user_opts, errbuf, errlen) < 0)
 		return NULL;
-	len = (user_opts ? strlen(user_opts) : 0) + 96;
+	len = (user_opts ? strlen(user_opts) : 0) + 128;
 	opts = xmalloc(len);
-	snprintf(opts, len, "%s%s-c statement_timeout=%d -c max_parallel_workers_per_gather=0",
+	snprintf(opts, len,
+		 "%s%s-c statement_timeout=%d -c max_parallel_workers_per_gather=0 "
+		 "-c synchronous_commit=on",
 		 user_opts ? user_opts : "", user_opts ? " " : "", cfg->pg_statement_timeout_ms);
 	vals[6] = opts;
 	if (cfg->pg_pooling != POOLING_NONE)
@@ -641,14 +673,6 @@ int outbox_position_get(struct outbox *ob, struct position *pos)
 	return OB_OK;
 }
 
-/* The xmax of a pg_snapshot text ("xmin:xmax:xip,..."). */
-static unsigned long long snapshot_xmax(const char *snap)
-{
-	const char *colon = strchr(snap, ':');
-
-	return colon ? strtoull(colon + 1, NULL, 10) : 0;
-}
-
 /* OB_REGRESSION when a window's end `snap` is behind the position `done`. */
 static int check_window_end(struct outbox *ob, const char *snap, const char *done)
 {
@@ -862,8 +886,16 @@ int outbox_fetch_page(struct outbox *ob, const struct position *pos, int max_row
 	return take_rows(ob, res, -1, b);
 }
 
+/* The transaction id and the server's life of a write's answer, columns
+ * col and col + 1. */
+static void take_mark(const PGresult *res, int col, struct db_mark *mark)
+{
+	mark->xid = strtoull(PQgetvalue(res, 0, col), NULL, 10);
+	snprintf(mark->life, sizeof(mark->life), "%s", PQgetvalue(res, 0, col + 1));
+}
+
 int outbox_look(struct outbox *ob, struct position *pos, int max_rows, int64_t max_bytes,
-		struct batch *b, int *nrows, bool *window_end)
+		struct batch *b, int *nrows, bool *window_end, char *life, size_t lifelen)
 {
 	char after[24], rows[16], bytes[24];
 	const char *p[5] = {pos->done, after, rows, bytes, ob->cfg->relay_name};
@@ -897,6 +929,7 @@ int outbox_look(struct outbox *ob, struct position *pos, int max_rows, int64_t m
 	}
 	if (snap < 0)
 		goto malformed;
+	snprintf(life, lifelen, "%s", PQgetvalue(res, snap, 10));
 	rc = check_window_end(ob, PQgetvalue(res, snap, 8), pos->done);
 	if (rc == OB_OK &&
 	    snapshot_xmax(PQgetvalue(res, snap, 8)) < snapshot_xmax(PQgetvalue(res, snap, 9))) {
@@ -934,7 +967,7 @@ malformed:
 }
 
 int outbox_advance(struct outbox *ob, int64_t generation, const struct position *pos,
-		   int64_t *truncated, bool *already)
+		   int64_t *truncated, bool *already, struct db_mark *mark)
 {
 	char gen[24], seq[24], after[24], keep[24];
 	const char *p[7] = {ob->cfg->relay_name, gen, seq, pos->done, pos->next, after, keep};
@@ -957,6 +990,25 @@ int outbox_advance(struct outbox *ob, int64_t generation, const struct position 
 			 "to an earlier try was lost)",
 			 ob->cfg->relay_name, pos->batch_seq);
 	*truncated = text_i64(res, 0, 0);
+	take_mark(res, 1, mark);
+	PQclear(res);
+	return OB_OK;
+}
+
+int outbox_mark(struct outbox *ob, int64_t generation, bool *held, struct db_mark *mark)
+{
+	char gen[24], ttl[16];
+	const char *p[3] = {ob->cfg->relay_name, gen, ttl};
+	PGresult *res;
+	int rc;
+
+	snprintf(gen, sizeof(gen), "%" PRId64, generation);
+	snprintf(ttl, sizeof(ttl), "%d", ob->cfg->lease_ttl_ms);
+	rc = call_hot(ob, HOT_MARK, p, 0, &res);
+	if (rc != OB_OK)
+		return rc;
+	*held = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+	take_mark(res, 1, mark);
 	PQclear(res);
 	return OB_OK;
 }

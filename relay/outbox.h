@@ -36,6 +36,23 @@ const char *ob_status_str(int st);
 struct outbox;
 struct waiter;
 
+/*
+ * What a committed write of the relay's own tells about the server's
+ * transaction ids (docs/design.md, "Crash-safe window ends"). After a crash
+ * PostgreSQL hands out again every id that no flushed WAL names, such as a
+ * rolled-back transaction's; a window's end counts those as completed. A
+ * write's commit is flushed (the relay's synchronous_commit is on), so the
+ * server never hands out xid or a lower id again; and as its id came after
+ * every window end taken before it was sent, those windows are crash-safe
+ * from then on, unless the server crashed in between: then `life`, the
+ * server's life (pg_stat_wal.stats_reset, reset by crash recovery), differs
+ * from the one the look saw.
+ */
+struct db_mark {
+	uint64_t xid;
+	char life[64];
+};
+
 struct lease {
 	bool acquired;
 	int64_t generation;
@@ -95,18 +112,27 @@ int outbox_fetch_page(struct outbox *ob, const struct position *pos, int max_row
  * position, which may be ahead of the stored one (after a failover to a
  * replica that missed the last advances): an end below it is OB_REGRESSION,
  * as OR003 is for the stored position in outbox.window_open(), and pos is
- * left as it was. */
+ * left as it was. life gets the server's life (struct db_mark) as the
+ * window's end was taken. */
 int outbox_look(struct outbox *ob, struct position *pos, int max_rows, int64_t max_bytes,
-		struct batch *b, int *nrows, bool *window_end) MUSTCHECK;
+		struct batch *b, int *nrows, bool *window_end, char *life,
+		size_t lifelen) MUSTCHECK;
 /* Fenced, monotone advance to pos; unless postgres.retention_ms keeps
  * relayed rows (then outbox_purge deletes them later), truncates the
  * partitions of outbox.event it left fully relayed (*truncated: how many).
  * Idempotent: when exactly this position (generation, batch, snapshots,
  * after_id) is already stored, as after a reply lost to a dropped
  * connection, it succeeds with *truncated 0, logs it at info and sets
- * *already (may be NULL). Any other move back is OB_BACKWARDS. */
+ * *already (may be NULL). Any other move back is OB_BACKWARDS. *mark gets
+ * the write's transaction id and the server's life. */
 int outbox_advance(struct outbox *ob, int64_t generation, const struct position *pos,
-		   int64_t *truncated, bool *already) MUSTCHECK;
+		   int64_t *truncated, bool *already, struct db_mark *mark) MUSTCHECK;
+/* The write that makes the windows read so far crash-safe (docs/design.md,
+ * "Crash-safe window ends"): a lease renewal (*held false: fenced, as
+ * outbox_lease_renew), committed with the relay's synchronous_commit (on),
+ * with its struct db_mark. */
+int outbox_mark(struct outbox *ob, int64_t generation, bool *held,
+		struct db_mark *mark) MUSTCHECK;
 /* Register the topics this relay writes itself (checkpoint, dead letters):
  * the database then refuses outbox rows aimed at them (OR006). Replaces the
  * relay's earlier set; fenced by generation (OB_FENCED). Call after taking

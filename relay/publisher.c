@@ -1399,6 +1399,12 @@ enum pub_status publisher_commit(struct publisher *pub)
 	return commit(pub);
 }
 
+enum pub_status publisher_abort(struct publisher *pub, const char *why)
+{
+	snprintf(pub->errstr, sizeof(pub->errstr), "%s", why);
+	return abort_txn(pub, PUB_RESEND);
+}
+
 enum pub_status publisher_send(struct publisher *pub, const struct batch *b,
 			       const char *ckpt_value)
 {

@@ -87,6 +87,11 @@ enum pub_status publisher_send(struct publisher *pub, const struct batch *b,
 enum pub_status publisher_produce(struct publisher *pub, const struct batch *b,
 				  const char *ckpt_value) MUSTCHECK;
 enum pub_status publisher_commit(struct publisher *pub) MUSTCHECK;
+/* Abort the transaction that publisher_produce (or publisher_end) left
+ * open, for a reason of the caller's (why, kept as publisher_errstr):
+ * PUB_RESEND when aborted; otherwise as a failed commit (PUB_UNKNOWN: the
+ * next producer settles it; PUB_FENCED, PUB_FATAL). */
+enum pub_status publisher_abort(struct publisher *pub, const char *why) MUSTCHECK;
 
 /* publisher_produce in steps, for a transaction that takes rows while it is
  * open: publisher_begin begins it and hands b's records to librdkafka;

@@ -50,6 +50,18 @@ struct relay {
 	struct position pos;
 	/* pos plus the rows gathered in batch: the next checkpoint. */
 	struct position work;
+	/* The position of the last checkpoint in Kafka (crash-safe: made so
+	 * before its commit), where reading starts again after a crash. */
+	struct position committed;
+	/* Crash-safe window ends (docs/design.md): the server's life
+	 * (struct db_mark) as the relay last looked or wrote; durable_xmax:
+	 * windows whose xmax is at most this are crash-safe, a write of ours
+	 * committed after them in the same life; life_changed: a look or a
+	 * write saw another life, so the windows read since `committed` may
+	 * count as completed ids that the server hands out again. */
+	char db_life[64];
+	uint64_t durable_xmax;
+	bool life_changed;
 	struct batch batch;
 	bool batch_full; /* a size limit ended the batch: a backlog */
 
@@ -436,6 +448,43 @@ static enum step renew_lease(struct relay *r)
 	return check_lease(r);
 }
 
+/* A look or a write of ours saw the server's life `life`: note a change
+ * (read_again handles it). */
+static void see_life(struct relay *r, const char *life)
+{
+	if (r->db_life[0] && strcmp(r->db_life, life) != 0 && !r->life_changed) {
+		log_warning("the database restarted after a crash, or another server took over, "
+			    "since the relay last looked (WAL statistics reset at %s, before at %s): "
+			    "transaction ids that the windows read since batch %" PRId64
+			    " count as completed may be handed out again; reading from there again",
+			    life, r->db_life, r->committed.batch_seq);
+		r->life_changed = true;
+		r->durable_xmax = 0;
+		metrics_lock()->db_restarts_seen++;
+		metrics_unlock();
+	}
+	snprintf(r->db_life, sizeof(r->db_life), "%s", life);
+}
+
+/* A write of ours committed (flushed): the windows taken before it in the
+ * same life are crash-safe (struct db_mark). */
+static void wrote(struct relay *r, const struct db_mark *mark)
+{
+	see_life(r, mark->life);
+	if (!r->life_changed && mark->xid + 1 > r->durable_xmax)
+		r->durable_xmax = mark->xid + 1;
+}
+
+/* After a change of the server's life: forget the windows read since the
+ * last checkpoint and read from it again. */
+static void read_again(struct relay *r)
+{
+	position_copy(&r->pos, &r->committed);
+	batch_reset(&r->ahead);
+	r->have_ahead = false;
+	r->life_changed = false;
+}
+
 /* Advance the database to pos; retried through reconnects. A reply lost
  * after the server committed is answered "already applied" by the retry
  * (outbox.advance is idempotent). A stop request does not end the retries
@@ -444,9 +493,10 @@ static enum step renew_lease(struct relay *r)
 static enum step db_advance(struct relay *r, const struct position *pos)
 {
 	int64_t truncated, give_up = 0;
+	struct db_mark mark;
 
 	for (;;) {
-		int st = outbox_advance(r->ob, r->generation, pos, &truncated, NULL);
+		int st = outbox_advance(r->ob, r->generation, pos, &truncated, NULL, &mark);
 		if (st == OB_OK)
 			break;
 		if (db_trouble(r, st, "could not advance the database position") == STEP_EXIT) {
@@ -469,6 +519,7 @@ static enum step db_advance(struct relay *r, const struct position *pos)
 				return STEP_EXIT;
 		}
 	}
+	wrote(r, &mark);
 	if (pos->batch_seq > r->db_confirmed_seq)
 		r->db_confirmed_seq = pos->batch_seq;
 	log_debug("advanced to batch %" PRId64 " (after_id %" PRId64 "), truncated %" PRId64
@@ -752,6 +803,7 @@ static enum step reconcile(struct relay *r)
 	}
 	s = STEP_OK;
 	r->pos.generation = r->generation;
+	position_copy(&r->committed, &r->pos);
 	if (r->pos.batch_seq > r->db_confirmed_seq)
 		r->db_confirmed_seq = r->pos.batch_seq;
 	log_info("position: batch %" PRId64 ", done %s, next %s, after_id %" PRId64,
@@ -773,6 +825,7 @@ static int read_pages(struct relay *r, struct batch *b, struct position *work, i
 {
 	int st, n;
 	bool window_end;
+	char life[64];
 
 	*full = false;
 	for (;;) {
@@ -783,10 +836,19 @@ static int read_pages(struct relay *r, struct batch *b, struct position *work, i
 			*full = true;
 			return OB_OK;
 		}
-		if (!work->next)
+		if (!work->next) {
 			/* A new window and its first page: one round trip. */
-			st = outbox_look(r->ob, work, rows_left, bytes_left, b, &n, &window_end);
-		else
+			life[0] = '\0';
+			st = outbox_look(r->ob, work, rows_left, bytes_left, b, &n, &window_end, life,
+					 sizeof(life));
+			if (life[0])
+				see_life(r, life);
+			if (r->life_changed)
+				/* The caller drops what it read and reads again
+				 * from `committed`: whatever this look found, an
+				 * end behind the position in memory included. */
+				return OB_OK;
+		} else
 			st = outbox_fetch_page(r->ob, work, rows_left, bytes_left, b, &n,
 					       &window_end);
 		if (st != OB_OK)
@@ -818,9 +880,13 @@ static enum step fill_batch(struct relay *r)
 	if (r->limited)
 		max_rows = r->row_limit;
 	r->row_limit = 0;
-	batch_reset(&r->batch);
-	position_copy(&r->work, &r->pos);
-	st = read_pages(r, &r->batch, &r->work, max_rows, &r->batch_full);
+	do {
+		if (r->life_changed)
+			read_again(r);
+		batch_reset(&r->batch);
+		position_copy(&r->work, &r->pos);
+		st = read_pages(r, &r->batch, &r->work, max_rows, &r->batch_full);
+	} while (st == OB_OK && r->life_changed);
 	if (st != OB_OK) {
 		/* Nothing was sent: drop the partial batch and start over. */
 		batch_reset(&r->batch);
@@ -850,6 +916,10 @@ static void read_ahead(struct relay *r)
 	batch_reset(&r->ahead);
 	position_copy(&r->ahead_work, &r->work);
 	st = read_pages(r, &r->ahead, &r->ahead_work, r->cfg->batch_max_rows, &r->ahead_full);
+	if (st == OB_OK && r->life_changed) {
+		batch_reset(&r->ahead); /* make_durable aborts the batch */
+		return;
+	}
 	if (st != OB_OK) {
 		log_debug("reading the next batch ahead failed (read again later): %s",
 			  outbox_errstr(r->ob));
@@ -1128,6 +1198,8 @@ static enum pub_status stream_rows(struct relay *r)
 			log_debug("reading rows for the open transaction failed: %s",
 				  outbox_errstr(r->ob));
 			refused = true; /* drop what this read added */
+		} else if (r->life_changed) {
+			refused = true; /* make_durable aborts the batch */
 		}
 		deadline = now_ms() + cfg->commit_timeout_ms;
 		for (size_t i = from; i < r->batch.nrecs && !refused; i++) {
@@ -1220,6 +1292,86 @@ static enum step vet_again(struct relay *r)
 	return s;
 }
 
+/*
+ * Between producing r->batch (and reading ahead) and its Kafka commit: make
+ * its windows crash-safe (docs/design.md, "Crash-safe window ends"). A
+ * window's end counts as completed the ids of transactions that rolled back
+ * just before it, and a crash before their WAL was flushed lets PostgreSQL
+ * hand those ids out again: rows committed under them would fall into a
+ * window already in Kafka, lost or stopping the next start (OR003). A write
+ * of ours committed after the windows, in the same server life, closes
+ * that: its flushed commit keeps every lower id from being handed out again.
+ * No write when one already did (durable_xmax: on a backlog, the advance of
+ * the batch before came after this batch was read ahead). STEP_OK: commit;
+ * STEP_REFILL: the transaction was aborted, read the batch again (the
+ * server's life changed, or the write failed); STEP_EXIT.
+ */
+static enum step make_durable(struct relay *r)
+{
+	struct db_mark mark;
+	enum pub_status pst;
+	const char *why = "the server's life changed since the batch was read";
+	bool held = true;
+	int st = OB_OK;
+
+	if (!r->life_changed && position_xmax(&r->work) <= r->durable_xmax)
+		return STEP_OK;
+	if (!r->life_changed) {
+		st = outbox_mark(r->ob, r->generation, &held, &mark);
+		if (st == OB_OK && held) {
+			r->last_renew_ms = now_ms();
+			metrics_lock()->window_marks++;
+			metrics_unlock();
+			wrote(r, &mark);
+			if (!r->life_changed && position_xmax(&r->work) <= r->durable_xmax)
+				return STEP_OK;
+			if (!r->life_changed) {
+				/* An id below the windows' end in the same life:
+				 * ids went backwards all the same. */
+				log_warning("the database gave transaction id %" PRIu64 " after a "
+					    "window that ends at %" PRIu64 ": reading again",
+					    mark.xid, position_xmax(&r->work));
+				r->life_changed = true;
+			}
+		} else {
+			why = st != OB_OK ? "could not make the batch's windows crash-safe"
+					  : "the lease was lost";
+		}
+	}
+	pst = publisher_abort(r->pub, why);
+	if (pst == PUB_FENCED) {
+		log_error("%s: another relay took over transactional.id \"%s\"; stopping",
+			  publisher_errstr(r->pub), r->cfg->relay_name);
+		return step_exit(r, EXIT_FENCED);
+	}
+	if (pst != PUB_RESEND && pst != PUB_UNKNOWN) {
+		log_error("%s", publisher_errstr(r->pub));
+		return step_exit(r, EXIT_STARTUP);
+	}
+	metrics_lock()->transactions_aborted++;
+	metrics_unlock();
+	log_info("transaction of batch %" PRId64 " aborted before its commit: %s",
+		 r->work.batch_seq, why);
+	drop_ahead(r);
+	if (r->life_changed) {
+		read_again(r);
+		return STEP_REFILL;
+	}
+	if (st != OB_OK)
+		return db_trouble(r, st, "could not make the batch's windows crash-safe") ==
+				       STEP_EXIT
+			       ? STEP_EXIT
+			       : STEP_REFILL;
+	{
+		struct metrics *m = metrics_lock();
+		m->lease_held = false;
+		m->fenced++;
+		metrics_unlock();
+	}
+	r->lease_lost = true;
+	return step_stopped(r);
+}
+
 /* Publish r->batch as one transaction until it is committed: STEP_OK when
  * committed, STEP_REFILL when the batch must be gathered again (poison
  * row), STEP_EXIT. */
@@ -1242,6 +1394,8 @@ static enum step publish_batch(struct relay *r)
 		t0 = now_ms();
 		if (st == PUB_OK) {
 			read_ahead(r);
+			if ((s = make_durable(r)) != STEP_OK)
+				break;
 			r->committing = true;
 			st = publisher_commit(r->pub);
 			r->committing = false;
@@ -1480,6 +1634,7 @@ static enum step loop(struct relay *r)
 			continue;
 		if (s == STEP_EXIT)
 			return s;
+		position_copy(&r->committed, &r->work);
 		crash_point("after-commit");
 		if (db_advance(r, &r->work) == STEP_EXIT)
 			return STEP_EXIT;
@@ -1582,5 +1737,6 @@ int relay_run(struct config *cfg)
 	position_clear(&r.ahead_work);
 	position_clear(&r.pos);
 	position_clear(&r.work);
+	position_clear(&r.committed);
 	return r.exit_code;
 }

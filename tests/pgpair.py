@@ -54,9 +54,12 @@ class Pair:
     deploy/local/standby, both run as postgres. `sync`: the standby is in
     the primary's synchronous_standby_names (else it is asynchronous).
     `dbname` is created on the primary (so it is in the standby's base
-    backup) and `install_sql` run in it."""
+    backup) and `install_sql` run in it. `standby=False`: the primary alone
+    (restart() crashes and starts it); `settings`: more postgresql.conf
+    lines for the primary."""
 
-    def __init__(self, sync, dbname="outbox", install_sql=ROOT / "sql/install.sql"):
+    def __init__(self, sync, dbname="outbox", install_sql=ROOT / "sql/install.sql",
+                 standby=True, settings=""):
         self.sync = sync
         self.dbname = dbname
         self.state = Path(tempfile.mkdtemp(prefix="outbox-failover-", dir="/var/tmp"))
@@ -74,7 +77,7 @@ class Pair:
         with open(self.primary / "postgresql.conf", "a") as f:
             f.write(f"listen_addresses = '127.0.0.1'\nport = {self.p1}\n"
                     f"unix_socket_directories = '{self.state}/pg-run'\n"
-                    "wal_level = replica\nlog_min_messages = warning\n")
+                    "wal_level = replica\nlog_min_messages = warning\n" + settings)
         self.start(self.primary)
         admin = psycopg2.connect(self.url(self.p1, "postgres"))
         admin.autocommit = True
@@ -82,7 +85,8 @@ class Pair:
         admin.close()
         subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", self.url(self.p1), "-f",
                         install_sql], check=True, capture_output=True)
-        self.standby_cmd("up")
+        if standby:
+            self.standby_cmd("up")
 
     @property
     def env(self):
@@ -130,6 +134,12 @@ class Pair:
 
     def stop(self, data, mode="immediate"):
         as_postgres(f"{PG_BIN}/pg_ctl", "-D", data, "-m", mode, "-w", "stop", check=False)
+
+    def restart(self, mode="immediate"):
+        """The primary stopped (-m immediate by default: a crash, its WAL
+        not yet flushed is lost) and started again."""
+        self.stop(self.primary_data, mode)
+        self.start(self.primary_data)
 
     def primary_sql(self, sql, args=(), db="postgres"):
         """One statement on the current primary (autocommit); its first row."""
