@@ -1322,6 +1322,9 @@ static enum step make_durable(struct relay *r)
 			r->last_renew_ms = now_ms();
 			metrics_lock()->window_marks++;
 			metrics_unlock();
+			log_debug("batch %" PRId64 ": windows up to xmax %" PRIu64 " made crash-safe by "
+				  "transaction %" PRIu64,
+				  r->work.batch_seq, position_xmax(&r->work), mark.xid);
 			wrote(r, &mark);
 			if (!r->life_changed && position_xmax(&r->work) <= r->durable_xmax)
 				return STEP_OK;

@@ -10,6 +10,7 @@ writer wakes every 10 s only, no autovacuum, no timed checkpoint, and the
 relay's lease is renewed every 20 s only. Nothing but a commit flushes WAL
 then, as on a busy server in the instant before a crash."""
 import os
+import re
 import signal
 import sys
 
@@ -189,3 +190,34 @@ def test_crash_between_look_and_kafka_commit(server, topics, relays, tmp_path):
     assert relay.stop() == 0, relay.text()
     check_exactly_once(read_all(tps), range(11 + 2 * ROLLBACKS))
     assert "reading from there again" in relay.text(), relay.text()
+
+
+def test_a_drain_makes_no_extra_write(outbox_db, topics, relays, tmp_path):
+    """On a backlog each batch is read ahead while the one before travels,
+    and that one's advance comes after the read: it makes the batch's
+    windows crash-safe, so a drain writes nothing more than its advances.
+    Only a batch that nothing covered yet writes its own mark (the first
+    after the start; the last, which takes rows while its transaction is
+    open). At a trickle every transaction needs one."""
+    tps = topics(3)
+    conn = connect(outbox_db)
+    insert_rows(conn, tps, 0, 8000, per_txn=1000)
+    cfg = write_config(tmp_path / "relay.conf", outbox_db, "r-marks",
+                       **{"batch.max_rows": 1000, "log.level": "debug"})
+    relay = relays(cfg)
+    wait_for(drained(conn), 120, "the backlog to drain")
+    text = relay.text()
+    batches = len(re.findall(r"batch \d+: \d+ rows committed", text))
+    marks = len(re.findall(r"made crash-safe by transaction", text))
+    assert batches >= 8, text
+    assert marks <= 2, f"{marks} marks for {batches} batches of a drain:\n{text}"
+
+    for n in range(8000, 8005):
+        insert_rows(conn, tps, n, 1, per_txn=1)
+        wait_for(drained(conn), 30, f"row {n}")
+    assert relay.stop() == 0, relay.text()
+    text = relay.text()
+    trickle = len(re.findall(r"batch \d+: \d+ rows committed", text)) - batches
+    assert trickle >= 5
+    assert len(re.findall(r"made crash-safe by transaction", text)) - marks == trickle, text
+    check_exactly_once(read_all(tps), range(8005))
