@@ -475,13 +475,14 @@ static void wrote(struct relay *r, const struct db_mark *mark)
 		r->durable_xmax = mark->xid + 1;
 }
 
+static void drop_ahead(struct relay *r);
+
 /* After a change of the server's life: forget the windows read since the
  * last checkpoint and read from it again. */
 static void read_again(struct relay *r)
 {
 	position_copy(&r->pos, &r->committed);
-	batch_reset(&r->ahead);
-	r->have_ahead = false;
+	drop_ahead(r);
 	r->life_changed = false;
 }
 
@@ -942,12 +943,13 @@ static void drop_ahead(struct relay *r)
 }
 
 /* The next batch: the one read ahead, if any (r->pos is then where it was
- * read from), else fill_batch. */
+ * read from), else fill_batch (which also reads again after a change of
+ * the server's life, dropping what was read ahead). */
 static enum step next_batch(struct relay *r)
 {
 	struct batch tmp;
 
-	if (!r->have_ahead)
+	if (!r->have_ahead || r->life_changed)
 		return fill_batch(r);
 	tmp = r->batch;
 	r->batch = r->ahead;
