@@ -620,7 +620,17 @@ int outbox_lease_acquire(struct outbox *ob, const char *owner, struct lease *lea
 	return OB_OK;
 }
 
-int outbox_lease_renew(struct outbox *ob, int64_t generation, bool *held)
+/* The transaction id and the server's life of a write's answer, columns
+ * col and col + 1. */
+static void take_mark(const PGresult *res, int col, struct db_mark *mark)
+{
+	mark->xid = strtoull(PQgetvalue(res, 0, col), NULL, 10);
+	snprintf(mark->life, sizeof(mark->life), "%s", PQgetvalue(res, 0, col + 1));
+}
+
+/* A lease renewal by hot statement st: *held, and with HOT_MARK *mark. */
+static int renew(struct outbox *ob, enum hot_stmt st, int64_t generation, bool *held,
+		 struct db_mark *mark)
 {
 	char gen[24], ttl[16];
 	const char *p[3] = {ob->cfg->relay_name, gen, ttl};
@@ -629,12 +639,19 @@ int outbox_lease_renew(struct outbox *ob, int64_t generation, bool *held)
 
 	snprintf(gen, sizeof(gen), "%" PRId64, generation);
 	snprintf(ttl, sizeof(ttl), "%d", ob->cfg->lease_ttl_ms);
-	rc = call_hot(ob, HOT_RENEW, p, 0, &res);
+	rc = call_hot(ob, st, p, 0, &res);
 	if (rc != OB_OK)
 		return rc;
 	*held = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+	if (mark)
+		take_mark(res, 1, mark);
 	PQclear(res);
 	return OB_OK;
+}
+
+int outbox_lease_renew(struct outbox *ob, int64_t generation, bool *held)
+{
+	return renew(ob, HOT_RENEW, generation, held, NULL);
 }
 
 int outbox_lease_release(struct outbox *ob, int64_t generation)
@@ -886,14 +903,6 @@ int outbox_fetch_page(struct outbox *ob, const struct position *pos, int max_row
 	return take_rows(ob, res, -1, b);
 }
 
-/* The transaction id and the server's life of a write's answer, columns
- * col and col + 1. */
-static void take_mark(const PGresult *res, int col, struct db_mark *mark)
-{
-	mark->xid = strtoull(PQgetvalue(res, 0, col), NULL, 10);
-	snprintf(mark->life, sizeof(mark->life), "%s", PQgetvalue(res, 0, col + 1));
-}
-
 int outbox_look(struct outbox *ob, struct position *pos, int max_rows, int64_t max_bytes,
 		struct batch *b, int *nrows, bool *window_end, char *life, size_t lifelen)
 {
@@ -997,20 +1006,7 @@ int outbox_advance(struct outbox *ob, int64_t generation, const struct position 
 
 int outbox_mark(struct outbox *ob, int64_t generation, bool *held, struct db_mark *mark)
 {
-	char gen[24], ttl[16];
-	const char *p[3] = {ob->cfg->relay_name, gen, ttl};
-	PGresult *res;
-	int rc;
-
-	snprintf(gen, sizeof(gen), "%" PRId64, generation);
-	snprintf(ttl, sizeof(ttl), "%d", ob->cfg->lease_ttl_ms);
-	rc = call_hot(ob, HOT_MARK, p, 0, &res);
-	if (rc != OB_OK)
-		return rc;
-	*held = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
-	take_mark(res, 1, mark);
-	PQclear(res);
-	return OB_OK;
+	return renew(ob, HOT_MARK, generation, held, mark);
 }
 
 int outbox_reserve_topics(struct outbox *ob, int64_t generation, const char *const *topics, int n)

@@ -129,6 +129,17 @@ static enum step step_stopped(struct relay *r)
 	return step_exit(r, EXIT_OK);
 }
 
+/* A renewal found the lease taken by another relay. */
+static void lease_gone(struct relay *r)
+{
+	struct metrics *m = metrics_lock();
+
+	m->lease_held = false;
+	m->fenced++;
+	metrics_unlock();
+	r->lease_lost = true;
+}
+
 /*
  * The waiter's tick (wait.h), between the slices of every blocking step:
  * beat the heartbeat, renew the lease when a third of its TTL has passed,
@@ -151,15 +162,10 @@ static bool relay_tick(void *arg)
 		return true;
 	r->in_tick = true;
 	if (outbox_lease_renew(r->ob, r->generation, &held) == OB_OK) {
-		if (held) {
+		if (held)
 			r->last_renew_ms = now_ms();
-		} else {
-			struct metrics *m = metrics_lock();
-			m->lease_held = false;
-			m->fenced++;
-			metrics_unlock();
-			r->lease_lost = true;
-		}
+		else
+			lease_gone(r);
 	} else {
 		log_warning("could not renew the lease while waiting: %s", outbox_errstr(r->ob));
 	}
@@ -429,11 +435,7 @@ static enum step check_lease(struct relay *r)
 			return STEP_EXIT;
 	}
 	if (!held) {
-		struct metrics *m = metrics_lock();
-		m->lease_held = false;
-		m->fenced++;
-		metrics_unlock();
-		r->lease_lost = true;
+		lease_gone(r);
 		return step_stopped(r);
 	}
 	r->last_renew_ms = now_ms();
@@ -1367,13 +1369,7 @@ static enum step make_durable(struct relay *r)
 				       STEP_EXIT
 			       ? STEP_EXIT
 			       : STEP_REFILL;
-	{
-		struct metrics *m = metrics_lock();
-		m->lease_held = false;
-		m->fenced++;
-		metrics_unlock();
-	}
-	r->lease_lost = true;
+	lease_gone(r);
 	return step_stopped(r);
 }
 
