@@ -181,6 +181,7 @@ def test_crash_between_kafka_commit_and_advance(database_default, server, topics
     check_exactly_once(read_all(tps), range(19))
 
 
+@pytest.mark.sanitizer
 def test_crash_between_look_and_kafka_commit(server, topics, relays, tmp_path):
     """The server crashes while the relay holds a produced batch whose window
     came right after rolled-back transactions, and rows commit under the
